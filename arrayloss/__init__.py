@@ -1,0 +1,28 @@
+"""arrayloss: loss functions with explicit backward passes for the Python array API.
+
+One generic implementation runs on every array library that array-api-compat knows (NumPy,
+CuPy, PyTorch, JAX, array-api-strict); CuPy arrays go to fused CUDA kernels that do the forward
+and the backward pass in one trip over memory.  The semantics are PyTorch's.
+"""
+
+from ._dispatch import fused_kernels
+from ._gaussian_nll import gaussian_nll_loss, gaussian_nll_loss_and_grad, gaussian_nll_loss_backward
+from ._modules import GaussianNLLLoss, NLLLoss
+from ._nll import nll_loss, nll_loss_and_grad, nll_loss_backward
+from ._validation import TargetOutOfRangeError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GaussianNLLLoss",
+    "NLLLoss",
+    "TargetOutOfRangeError",
+    "__version__",
+    "fused_kernels",
+    "gaussian_nll_loss",
+    "gaussian_nll_loss_and_grad",
+    "gaussian_nll_loss_backward",
+    "nll_loss",
+    "nll_loss_and_grad",
+    "nll_loss_backward",
+]

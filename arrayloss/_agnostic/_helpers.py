@@ -1,0 +1,59 @@
+"""Array-API helpers shared by the generic loss implementations."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+from array_api_compat import is_numpy_namespace
+
+Array = Any
+
+
+def compute_dtype(xp: ModuleType, dtype: Any) -> Any:
+    """The dtype arithmetic runs in: float32 for 16-bit floats, the dtype itself otherwise.
+
+    Half and bfloat16 lose too much in intermediate rounding and overflow past 65504 in sums, so
+    they are computed and accumulated in float32 and rounded once at the end.
+    """
+    return xp.float32 if xp.finfo(dtype).bits < 32 else dtype
+
+
+def as_compute(xp: ModuleType, x: Array, dtype: Any) -> Array:
+    """``x`` in ``dtype`` without a copy when it already has it."""
+    return x if x.dtype == dtype else xp.astype(x, dtype)
+
+
+def as_0d(xp: ModuleType, x: Array) -> Array:
+    """A reduction's result as a 0-d array: NumPy reductions return NumPy scalars instead."""
+    return np.asarray(x) if is_numpy_namespace(xp) else x
+
+
+@contextlib.contextmanager
+def quiet_floating_point() -> Iterator[None]:
+    """Silence NumPy's floating-point warnings (log(0), 0/0, inf-inf).
+
+    Those values are the documented results (an all-ignored ``'mean'`` is NaN, a zero variance
+    with ``eps=0`` is infinite), as in PyTorch, which does not warn either.  Other libraries
+    do not warn, and NumPy's state is restored on exit.
+    """
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        yield
+
+
+def sum_to_shape(xp: ModuleType, x: Array, shape: tuple[int, ...]) -> Array:
+    """Sum a broadcast result back to ``shape``, the reverse of broadcasting to ``x.shape``."""
+    x_shape = tuple(x.shape)
+    if x_shape == shape:
+        return x
+    lead = len(x_shape) - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + axis
+        for axis, size in enumerate(shape)
+        if size == 1 and x_shape[lead + axis] != 1
+    )
+    summed = xp.sum(x, axis=axes, keepdims=True) if axes else x
+    return xp.reshape(summed, shape)

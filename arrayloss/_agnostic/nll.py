@@ -1,0 +1,168 @@
+"""Negative log-likelihood in pure array-API code.
+
+With ``w[c]`` the class weight (1 without weights) and ``t_n`` the target of element ``n``::
+
+    loss_n       = -w[t_n] * input[n, t_n]     (0 where t_n == ignore_index)
+    'sum'        = sum_n loss_n
+    'mean'       = sum_n loss_n / total_weight,  total_weight = sum over non-ignored n of w[t_n]
+    grad[n, c]   = -w[t_n] * G_n  if c == t_n and t_n is not ignored, else 0
+
+where ``G_n`` is the upstream gradient of element ``n`` (divided by ``total_weight`` for
+``'mean'``).  No one-hot matrix is built: the gradient is one ``where`` over the class axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from array_api_compat import device
+
+from .._validation import NLLCall, target_out_of_range_error
+from ._helpers import as_0d, as_compute, compute_dtype, quiet_floating_point
+
+Array = Any
+
+
+@dataclass(frozen=True)
+class _Gathered:
+    """Per-element quantities in a batched layout ``(N, d1, ..., dK)``, compute dtype."""
+
+    index: Array  # int64 target, 0 where inactive, so it is always a safe index
+    active: Array  # bool: not ignored and inside [0, C)
+    weight: Array  # w[t_n] where active, else 0
+    loss: Array  # -w[t_n] * input[n, t_n] where active, else 0
+
+
+def _batched_input(call: NLLCall) -> Array:
+    xp = call.xp
+    return xp.reshape(call.input, (1, call.n_classes)) if call.input.ndim == 1 else call.input
+
+
+def _target_masks(call: NLLCall) -> tuple[Array, Array]:
+    """(ignored, in_range) for every target, comparing values safely for any integer dtype."""
+    xp = call.xp
+    target = call.target
+    if call.input.ndim == 1:
+        target = xp.reshape(target, (1,))
+    limits = xp.iinfo(target.dtype)
+    none = xp.zeros(target.shape, dtype=xp.bool, device=device(target))
+    # A value the dtype cannot hold matches nothing (uint8 targets never equal -100).
+    ignored = target == call.ignore_index if limits.min <= call.ignore_index <= limits.max else none
+    in_range = xp.logical_not(none)
+    if limits.min < 0:
+        in_range = target >= 0
+    if call.n_classes <= limits.max:
+        in_range = xp.logical_and(in_range, target < call.n_classes)
+    return ignored, in_range
+
+
+def _raise_first_bad_target(call: NLLCall, ignored: Array, in_range: Array) -> None:
+    xp = call.xp
+    bad = xp.logical_not(xp.logical_or(ignored, in_range))
+    if not bool(xp.any(bad)):
+        return
+    flat_bad = xp.astype(xp.reshape(bad, (-1,)), xp.int8)
+    first = int(xp.argmax(flat_bad))
+    value = int(xp.reshape(call.target, (-1,))[first])
+    raise target_out_of_range_error(value, call.n_classes, call.ignore_index)
+
+
+def _gather(call: NLLCall, dtype: Any) -> _Gathered:
+    xp = call.xp
+    ignored, in_range = _target_masks(call)
+    if call.validate:
+        _raise_first_bad_target(call, ignored, in_range)
+    active = xp.logical_and(in_range, xp.logical_not(ignored))
+    target = xp.reshape(call.target, active.shape)
+    index = xp.astype(xp.where(active, target, 0), xp.int64)
+
+    zeros = xp.zeros(index.shape, dtype=dtype, device=device(index))
+    if call.n_classes == 0:
+        # Nothing can be gathered from an empty class axis; every target is ignored or invalid.
+        return _Gathered(index=index, active=active, weight=zeros, loss=zeros)
+
+    picked = xp.take_along_axis(_batched_input(call), xp.expand_dims(index, axis=1), axis=1)
+    picked = as_compute(xp, xp.squeeze(picked, axis=1), dtype)
+    if call.weight is None:
+        weight = xp.astype(active, dtype)
+    else:
+        class_weight = xp.take(as_compute(xp, call.weight, dtype), xp.reshape(index, (-1,)), axis=0)
+        weight = xp.where(active, xp.reshape(class_weight, index.shape), zeros)
+    # `where`, not a product with the mask: NaN or inf in ignored rows must not leak.
+    loss = xp.where(active, -(picked * weight), zeros)
+    return _Gathered(index=index, active=active, weight=weight, loss=loss)
+
+
+def _reduce(call: NLLCall, gathered: _Gathered) -> tuple[Array, Array | None]:
+    """The loss in the result dtype, and the total weight (``'mean'`` only)."""
+    xp = call.xp
+    if call.reduction == "none":
+        return xp.astype(xp.reshape(gathered.loss, call.loss_shape), call.dtype), None
+    total = as_0d(xp, xp.sum(gathered.loss))
+    if call.reduction == "sum":
+        return as_0d(xp, xp.astype(total, call.dtype)), None
+    total_weight = as_0d(xp, xp.sum(gathered.weight))
+    return as_0d(xp, xp.astype(as_0d(xp, total / total_weight), call.dtype)), total_weight
+
+
+def _total_weight(call: NLLCall, gathered: _Gathered) -> Array | None:
+    return as_0d(call.xp, call.xp.sum(gathered.weight)) if call.reduction == "mean" else None
+
+
+def _grad_input(
+    call: NLLCall,
+    gathered: _Gathered,
+    grad_output: Array | float,
+    total_weight: Array | None,
+    dtype: Any,
+) -> Array:
+    xp = call.xp
+    upstream = grad_output
+    if not isinstance(upstream, float):
+        upstream = as_compute(xp, upstream, dtype)
+        if call.reduction == "none":
+            upstream = xp.reshape(upstream, gathered.index.shape)
+    # The same operation order as PyTorch, so float64 results agree bitwise.
+    if call.reduction == "none":
+        coef = -gathered.weight * upstream
+    elif call.reduction == "sum":
+        coef = gathered.weight * (-upstream)
+    else:
+        assert total_weight is not None
+        coef = gathered.weight * (-(upstream / total_weight))
+    coef = xp.where(gathered.active, coef, xp.zeros_like(gathered.weight))
+
+    batched = _batched_input(call)
+    class_shape = (1, call.n_classes) + (1,) * (batched.ndim - 2)
+    classes = xp.reshape(xp.arange(call.n_classes, dtype=xp.int64, device=device(batched)),
+                         class_shape)
+    hit = classes == xp.expand_dims(gathered.index, axis=1)
+    grad = xp.where(hit, xp.expand_dims(coef, axis=1), xp.zeros((), dtype=dtype,
+                                                                device=device(batched)))
+    return xp.astype(xp.reshape(grad, tuple(call.input.shape)), call.input.dtype)
+
+
+def forward(call: NLLCall) -> Array:
+    """The loss, reduced as ``call.reduction`` says."""
+    dtype = compute_dtype(call.xp, call.dtype)
+    with quiet_floating_point():
+        loss, _ = _reduce(call, _gather(call, dtype))
+        return loss
+
+
+def backward(call: NLLCall, grad_output: Array | float) -> Array:
+    """The gradient with respect to ``input``."""
+    dtype = compute_dtype(call.xp, call.dtype)
+    with quiet_floating_point():
+        gathered = _gather(call, dtype)
+        return _grad_input(call, gathered, grad_output, _total_weight(call, gathered), dtype)
+
+
+def loss_and_grad(call: NLLCall) -> tuple[Array, Array]:
+    """The reduced loss and its gradient with respect to ``input``, sharing the gather."""
+    dtype = compute_dtype(call.xp, call.dtype)
+    with quiet_floating_point():
+        gathered = _gather(call, dtype)
+        loss, total_weight = _reduce(call, gathered)
+        return loss, _grad_input(call, gathered, 1.0, total_weight, dtype)

@@ -1,0 +1,53 @@
+"""Backend selection: the one place that decides between fused CuPy kernels and generic code."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+from types import ModuleType
+
+from array_api_compat import is_cupy_namespace
+
+_use_fused: ContextVar[bool] = ContextVar("arrayloss_use_fused", default=True)
+
+
+@contextlib.contextmanager
+def fused_kernels(enabled: bool) -> Iterator[None]:
+    """Turn the fused CuPy kernels on or off inside a ``with`` block.
+
+    CuPy arrays normally go to arrayloss's fused CUDA kernels.  Inside
+    ``with fused_kernels(False):`` they take the generic array-API path instead, the code every
+    other backend runs; tests and benchmarks use this to compare the two.  The setting is
+    per thread and per asyncio task, and the previous one is restored on exit.
+
+    Parameters
+    ----------
+    enabled : bool
+        Whether CuPy arrays use the fused kernels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import arrayloss as al
+    >>> with al.fused_kernels(False):
+    ...     loss = al.gaussian_nll_loss(np.zeros(3), np.ones(3), 1.0)
+    >>> float(loss)
+    0.5
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+    token = _use_fused.set(enabled)
+    try:
+        yield
+    finally:
+        _use_fused.reset(token)
+
+
+def backend(xp: ModuleType, loss: str) -> ModuleType:
+    """The module implementing ``loss`` (``"gaussian_nll"`` or ``"nll"``) for namespace ``xp``."""
+    if _use_fused.get() and is_cupy_namespace(xp):
+        # Imported on first use, so NumPy-only users never import CuPy.
+        return importlib.import_module(f"arrayloss._cupy.{loss}")
+    return importlib.import_module(f"arrayloss._agnostic.{loss}")

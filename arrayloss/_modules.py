@@ -1,0 +1,174 @@
+"""Loss objects in the style of ``torch.nn``: the options are held once, checked at construction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from array_api_compat import is_array_api_obj
+
+from . import _validation
+from ._gaussian_nll import (
+    ALL_GRADIENTS,
+    gaussian_nll_loss,
+    gaussian_nll_loss_and_grad,
+    gaussian_nll_loss_backward,
+)
+from ._nll import nll_loss, nll_loss_and_grad, nll_loss_backward
+
+__all__ = ["GaussianNLLLoss", "NLLLoss"]
+
+Array = Any
+Gradients = tuple[Array | None, Array | None, Array | None]
+
+
+class GaussianNLLLoss:
+    """Gaussian negative log-likelihood with its options held by the object.
+
+    ``loss(input, target, var)`` is :func:`gaussian_nll_loss`,
+    ``loss.backward(grad_output, input, target, var)`` is
+    :func:`gaussian_nll_loss_backward` and ``loss.loss_and_grad(input, target, var)`` is
+    :func:`gaussian_nll_loss_and_grad`, all with the options given here.  Unlike PyTorch,
+    the options are checked when the object is built.
+
+    Parameters
+    ----------
+    full : bool, default False
+        Add the constant ``0.5 * log(2 * pi)`` to every element.
+    eps : float, default 1e-6
+        Lower clamp for the variance.
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+        How the per-element losses are combined.
+    validate : bool, default True
+        Check that array variances are non-negative.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import arrayloss as al
+    >>> loss_fn = al.GaussianNLLLoss(reduction="sum")
+    >>> input, target, var = np.array([1.0, 2.0]), np.zeros(2), np.array([1.0, 4.0])
+    >>> float(loss_fn(input, target, var).round(4))
+    1.6931
+    >>> loss_fn.backward(1.0, input, target, var, wrt="input")[0]
+    array([1. , 0.5])
+    """
+
+    def __init__(
+        self,
+        *,
+        full: bool = False,
+        eps: float = 1e-6,
+        reduction: str = "mean",
+        validate: bool = True,
+    ) -> None:
+        self.full = _validation.check_flag("full", full)
+        self.eps = _validation.check_eps(eps)
+        self.reduction = _validation.check_reduction(reduction)
+        self.validate = _validation.check_flag("validate", validate)
+
+    def _options(self) -> dict[str, Any]:
+        return {"full": self.full, "eps": self.eps, "reduction": self.reduction,
+                "validate": self.validate}
+
+    def __call__(self, input: Array, target: Array, var: Array | float) -> Array:
+        """The loss; see :func:`gaussian_nll_loss`."""
+        return gaussian_nll_loss(input, target, var, **self._options())
+
+    def backward(
+        self,
+        grad_output: Array | float,
+        input: Array,
+        target: Array,
+        var: Array | float,
+        *,
+        wrt: str | Sequence[str] = ALL_GRADIENTS,
+    ) -> Gradients:
+        """``(grad_input, grad_target, grad_var)``; see :func:`gaussian_nll_loss_backward`."""
+        return gaussian_nll_loss_backward(
+            grad_output, input, target, var, wrt=wrt, **self._options()
+        )
+
+    def loss_and_grad(
+        self,
+        input: Array,
+        target: Array,
+        var: Array | float,
+        *,
+        wrt: str | Sequence[str] = ALL_GRADIENTS,
+    ) -> tuple[Array, Gradients]:
+        """``(loss, (grad_input, grad_target, grad_var))``.
+
+        See :func:`gaussian_nll_loss_and_grad`.
+        """
+        return gaussian_nll_loss_and_grad(input, target, var, wrt=wrt, **self._options())
+
+    def __repr__(self) -> str:
+        return (f"GaussianNLLLoss(full={self.full}, eps={self.eps}, "
+                f"reduction={self.reduction!r}, validate={self.validate})")
+
+
+class NLLLoss:
+    """Negative log-likelihood with its options held by the object.
+
+    ``loss(input, target)`` is :func:`nll_loss`, ``loss.backward(grad_output, input,
+    target)`` is :func:`nll_loss_backward` and ``loss.loss_and_grad(input, target)`` is
+    :func:`nll_loss_and_grad`, all with the options given here.  Unlike PyTorch, the options
+    are checked when the object is built (``weight``'s fit to the input when it is used).
+
+    Parameters
+    ----------
+    weight : array, optional
+        Class weights of shape ``(C,)``, held by reference (not copied).
+    ignore_index : int, default -100
+        Targets equal to it are skipped.
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+        How the per-element losses are combined.
+    validate : bool, default True
+        Check that targets lie in ``[0, C)`` or equal ``ignore_index``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import arrayloss as al
+    >>> loss_fn = al.NLLLoss(weight=np.array([1.0, 2.0]), ignore_index=-1)
+    >>> log_probs = np.log(np.array([[0.5, 0.5], [0.25, 0.75], [0.9, 0.1]]))
+    >>> float(loss_fn(log_probs, np.array([0, 1, -1])).round(4))
+    0.4228
+    """
+
+    def __init__(
+        self,
+        weight: Array | None = None,
+        *,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        validate: bool = True,
+    ) -> None:
+        if weight is not None and not is_array_api_obj(weight):
+            raise TypeError(f"weight must be an array or None, got {type(weight).__name__}")
+        self.weight: Array | None = weight
+        self.ignore_index = _validation.check_ignore_index(ignore_index)
+        self.reduction = _validation.check_reduction(reduction)
+        self.validate = _validation.check_flag("validate", validate)
+
+    def _options(self) -> dict[str, Any]:
+        return {"ignore_index": self.ignore_index, "reduction": self.reduction,
+                "validate": self.validate}
+
+    def __call__(self, input: Array, target: Array) -> Array:
+        """The loss; see :func:`nll_loss`."""
+        return nll_loss(input, target, self.weight, **self._options())
+
+    def backward(self, grad_output: Array | float, input: Array, target: Array) -> Array:
+        """``grad_input``; see :func:`nll_loss_backward`."""
+        return nll_loss_backward(grad_output, input, target, self.weight, **self._options())
+
+    def loss_and_grad(self, input: Array, target: Array) -> tuple[Array, Array]:
+        """``(loss, grad_input)``; see :func:`nll_loss_and_grad`."""
+        return nll_loss_and_grad(input, target, self.weight, **self._options())
+
+    def __repr__(self) -> str:
+        weight = "None" if self.weight is None else f"<array of shape {tuple(self.weight.shape)}>"
+        return (f"NLLLoss(weight={weight}, ignore_index={self.ignore_index}, "
+                f"reduction={self.reduction!r}, validate={self.validate})")
