@@ -13,10 +13,12 @@ where ``G_n`` is the upstream gradient of element ``n`` (divided by ``total_weig
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
-from array_api_compat import device
+import numpy as np
+from array_api_compat import device, is_numpy_namespace
 
 from .._validation import NLLCall, target_out_of_range_error
 from ._helpers import as_0d, as_compute, compute_dtype, quiet_floating_point
@@ -37,6 +39,24 @@ class _Gathered:
 def _batched_input(call: NLLCall) -> Array:
     xp = call.xp
     return xp.reshape(call.input, (1, call.n_classes)) if call.input.ndim == 1 else call.input
+
+
+def _flat_positions(call: NLLCall, index: Array) -> Array:
+    """Where ``input[n, index[n, s], s]`` lies in the flattened (row-major) input.
+
+    One ``take`` from the flat input is several times faster than ``take_along_axis``,
+    which builds an index for every axis.
+    """
+    xp = call.xp
+    count = math.prod(index.shape)
+    spatial = count // index.shape[0] if count else 1
+    position = xp.arange(count, dtype=xp.int64, device=device(index))  # n * S + s
+    flat_index = xp.reshape(index, (-1,))
+    if spatial == 1:
+        return position * call.n_classes + flat_index
+    return (position // spatial) * (call.n_classes * spatial) + position % spatial + (
+        flat_index * spatial
+    )
 
 
 def _target_masks(call: NLLCall) -> tuple[Array, Array]:
@@ -82,8 +102,9 @@ def _gather(call: NLLCall, dtype: Any) -> _Gathered:
         # Nothing can be gathered from an empty class axis; every target is ignored or invalid.
         return _Gathered(index=index, active=active, weight=zeros, loss=zeros)
 
-    picked = xp.take_along_axis(_batched_input(call), xp.expand_dims(index, axis=1), axis=1)
-    picked = as_compute(xp, xp.squeeze(picked, axis=1), dtype)
+    flat_input = xp.reshape(_batched_input(call), (-1,))
+    picked = as_compute(xp, xp.take(flat_input, _flat_positions(call, index), axis=0), dtype)
+    picked = xp.reshape(picked, index.shape)
     if call.weight is None:
         weight = xp.astype(active, dtype)
     else:
@@ -133,14 +154,25 @@ def _grad_input(
         coef = gathered.weight * (-(upstream / total_weight))
     coef = xp.where(gathered.active, coef, xp.zeros_like(gathered.weight))
 
-    batched = _batched_input(call)
-    class_shape = (1, call.n_classes) + (1,) * (batched.ndim - 2)
-    classes = xp.reshape(xp.arange(call.n_classes, dtype=xp.int64, device=device(batched)),
-                         class_shape)
-    hit = classes == xp.expand_dims(gathered.index, axis=1)
-    grad = xp.where(hit, xp.expand_dims(coef, axis=1), xp.zeros((), dtype=dtype,
-                                                                device=device(batched)))
-    return xp.astype(xp.reshape(grad, tuple(call.input.shape)), call.input.dtype)
+    grad = _place_on_targets(call, gathered.index, coef, dtype)
+    return xp.astype(xp.reshape(grad, tuple(call.input.shape)), call.input.dtype, copy=False)
+
+
+def _place_on_targets(call: NLLCall, index: Array, coef: Array, dtype: Any) -> Array:
+    """An input-shaped array holding ``coef[n, s]`` at ``[n, index[n, s], s]``, 0 elsewhere."""
+    xp = call.xp
+    batched_shape = tuple(_batched_input(call).shape)
+    if is_numpy_namespace(xp):
+        # NumPy: calloc'd zeros plus one scattered write per element is ~6x faster than a
+        # `where` over every class; the fused CUDA kernel writes each entry once instead.
+        grad = np.zeros(math.prod(batched_shape), dtype=dtype)
+        grad[_flat_positions(call, index)] = xp.reshape(coef, (-1,))
+        return np.reshape(grad, batched_shape)
+    class_shape = (1, call.n_classes) + (1,) * (len(batched_shape) - 2)
+    classes = xp.arange(call.n_classes, dtype=xp.int64, device=device(index))
+    hit = xp.reshape(classes, class_shape) == xp.expand_dims(index, axis=1)
+    zero = xp.zeros((), dtype=dtype, device=device(index))
+    return xp.where(hit, xp.expand_dims(coef, axis=1), zero)
 
 
 def forward(call: NLLCall) -> Array:
