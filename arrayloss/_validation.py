@@ -8,6 +8,7 @@ backends receive that object and never re-check what is checked here.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Iterable
@@ -148,12 +149,20 @@ def _namespace(named: dict[str, Any]) -> ModuleType:
     return xp
 
 
+@functools.lru_cache(maxsize=256)
+def _dtype_kind(xp: ModuleType, dtype: Any) -> str:
+    """'floating', 'integral' or 'other'; cached, as ``isdtype`` costs microseconds per call."""
+    if xp.isdtype(dtype, "real floating"):
+        return "floating"
+    return "integral" if xp.isdtype(dtype, "integral") else "other"
+
+
 def _is_floating(xp: ModuleType, dtype: Any) -> bool:
-    return bool(xp.isdtype(dtype, "real floating"))
+    return _dtype_kind(xp, dtype) == "floating"
 
 
 def _is_integer(xp: ModuleType, dtype: Any) -> bool:
-    return bool(xp.isdtype(dtype, "integral"))
+    return _dtype_kind(xp, dtype) == "integral"
 
 
 def _require_floating(xp: ModuleType, name: str, x: Array) -> None:
