@@ -152,7 +152,7 @@ def gaussian_nll_loss_backward(
     -------
     grad_input, grad_target, grad_var : array or None
         Each with its argument's shape and dtype.  ``grad_target`` is ``None`` for an integer
-        ``target`` and ``grad_var`` for a scalar ``var``, which have no gradient.
+        ``target`` and ``grad_var`` for a scalar or integer ``var``, which have no gradient.
 
     Raises
     ------

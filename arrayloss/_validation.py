@@ -295,8 +295,8 @@ def gaussian_nll_call(
 def check_wrt(wrt: object, call: GaussianNLLCall) -> frozenset[str]:
     """Normalise ``wrt`` to the gradients a Gaussian NLL backward actually computes.
 
-    Unknown names are an error; ``"var"`` is dropped for a scalar var and ``"target"`` for an
-    integer target, since those have no gradient.
+    Unknown names are an error; ``"var"`` is dropped for a scalar or integer var and
+    ``"target"`` for an integer target, since those have no gradient.
     """
     names = (wrt,) if isinstance(wrt, str) else wrt
     if not isinstance(names, Iterable):
@@ -308,7 +308,7 @@ def check_wrt(wrt: object, call: GaussianNLLCall) -> frozenset[str]:
             f"wrt may contain only 'input', 'target' and 'var', got {', '.join(map(repr, unknown))}"
         )
     wanted = set(names)
-    if call.var_shape is None:
+    if isinstance(call.var, float) or not _is_floating(call.xp, call.var.dtype):
         wanted.discard("var")
     if not _is_floating(call.xp, call.target.dtype):
         wanted.discard("target")
