@@ -15,16 +15,19 @@ Gradients are summed back over broadcast dimensions to each argument's shape.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from array_api_compat import device
 
 from .._validation import GaussianNLLCall, negative_var_error
+from ._blocked import row_blocks, rows_of, run_blocks, spans_rows
 from ._helpers import as_0d, as_compute, compute_dtype, quiet_floating_point, sum_to_shape
 
 Array = Any
 Gradients = tuple[Array | None, Array | None, Array | None]
+
+GRADIENT_NAMES = ("input", "target", "var")
 
 #: The constant ``full=True`` adds to every element: ``0.5 * log(2 * pi)``.
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -62,9 +65,6 @@ def _elementwise_loss(call: GaussianNLLCall, terms: _Terms) -> Array:
     loss = 0.5 * (log_var + terms.diff * terms.diff / terms.var)
     if call.full:
         loss = loss + HALF_LOG_2PI
-    if tuple(loss.shape) != call.loss_shape:
-        # Only when input and target do not already span the loss (a size-1 var never widens it).
-        loss = xp.broadcast_to(loss, call.loss_shape)
     return loss
 
 
@@ -76,7 +76,7 @@ def _log_scalar(value: float) -> float:
 def _reduce(call: GaussianNLLCall, loss: Array) -> Array:
     xp = call.xp
     if call.reduction == "none":
-        return xp.astype(loss, call.dtype)
+        return xp.astype(loss, call.dtype, copy=False)
     if call.reduction == "mean" and call.numel == 0:
         # The mean of nothing is NaN (as in PyTorch); computed without a 0/0 on the device.
         return xp.full((), math.nan, dtype=call.dtype, device=device(call.input))
@@ -95,37 +95,146 @@ def _upstream(call: GaussianNLLCall, grad_output: Array | float, dtype: Any) -> 
     return grad_output
 
 
-def _gradients(
+def _raw_gradients(
     call: GaussianNLLCall, terms: _Terms, upstream: Array | float, wrt: frozenset[str]
 ) -> Gradients:
+    """The gradients in the compute dtype, summed to each argument's shape (var: as fitted)."""
     xp = call.xp
     grad_input = grad_target = grad_var = None
     if wrt & {"input", "target"}:
         grad_diff = upstream * terms.diff / terms.var
         if "input" in wrt:
-            grad_input = _shaped(call, grad_diff, tuple(call.input.shape), call.input.dtype)
+            grad_input = sum_to_shape(xp, grad_diff, tuple(call.input.shape))
         if "target" in wrt:
-            grad_target = _shaped(call, -grad_diff, tuple(call.target.shape), call.target.dtype)
+            grad_target = sum_to_shape(xp, -grad_diff, tuple(call.target.shape))
     if "var" in wrt:
-        assert call.var_shape is not None and not isinstance(call.var, float)
+        assert not isinstance(call.var, float)
         scaled = terms.diff * terms.diff / terms.var
-        grad = 0.5 * upstream * (1.0 - scaled) / terms.var
-        grad = _shaped(call, grad, tuple(call.var.shape), call.var.dtype)
-        grad_var = xp.reshape(grad, call.var_shape)
+        grad_var = sum_to_shape(xp, 0.5 * upstream * (1.0 - scaled) / terms.var,
+                                tuple(call.var.shape))
     return grad_input, grad_target, grad_var
 
 
-def _shaped(call: GaussianNLLCall, grad: Array, shape: tuple[int, ...], dtype: Any) -> Array:
+def _finish(call: GaussianNLLCall, grads: Gradients) -> Gradients:
+    """Cast each gradient to its argument's dtype and give grad_var the caller's var shape."""
     xp = call.xp
-    if tuple(grad.shape) != call.loss_shape:
-        grad = xp.broadcast_to(grad, call.loss_shape)
-    return xp.astype(sum_to_shape(xp, grad, shape), dtype)
+    grad_input, grad_target, grad_var = grads
+    if grad_input is not None:
+        grad_input = xp.astype(grad_input, call.input.dtype, copy=False)
+    if grad_target is not None:
+        grad_target = xp.astype(grad_target, call.target.dtype, copy=False)
+    if grad_var is not None:
+        assert call.var_shape is not None and not isinstance(call.var, float)
+        grad_var = xp.reshape(xp.astype(grad_var, call.var.dtype, copy=False), call.var_shape)
+    return grad_input, grad_target, grad_var
+
+
+# ------------------------------------------------------------------ NumPy: blocks of rows
+
+
+def _block_call(call: GaussianNLLCall, rows: slice) -> GaussianNLLCall:
+    ndim = len(call.loss_shape)
+    var = call.var if isinstance(call.var, float) else rows_of(call.var, rows, ndim)
+    return replace(
+        call,
+        input=rows_of(call.input, rows, ndim),
+        target=rows_of(call.target, rows, ndim),
+        var=var,
+        var_shape=None if isinstance(var, float) else tuple(var.shape),
+        loss_shape=(len(range(*rows.indices(call.loss_shape[0]))), *call.loss_shape[1:]),
+    )
+
+
+def _total(call: GaussianNLLCall, partials: list[Array]) -> Array:
+    """The reduced loss from per-block sums, added in block order in double precision."""
+    total = math.fsum(float(part) for part in partials)
+    if call.reduction == "mean":
+        total = total / call.numel if call.numel else math.nan
+    return call.xp.asarray(total, dtype=call.dtype)
+
+
+def _forward_blocked(call: GaussianNLLCall, blocks: list[slice], dtype: Any) -> Array:
+    xp = call.xp
+    if call.reduction == "none":
+        out = xp.empty(call.loss_shape, dtype=call.dtype)
+
+        def write_block(rows: slice) -> None:
+            block = _block_call(call, rows)
+            with quiet_floating_point():
+                out[rows] = _elementwise_loss(block, _terms(block, dtype))
+
+        run_blocks(write_block, blocks)
+        return out
+
+    def sum_block(rows: slice) -> Array:
+        block = _block_call(call, rows)
+        with quiet_floating_point():
+            return xp.sum(_elementwise_loss(block, _terms(block, dtype)))
+
+    return _total(call, run_blocks(sum_block, blocks))
+
+
+def _gradients_blocked(
+    call: GaussianNLLCall,
+    blocks: list[slice],
+    upstream: Array | float,
+    wrt: frozenset[str],
+    dtype: Any,
+    with_loss: bool,
+) -> tuple[Array | None, Gradients]:
+    """Gradients (and the reduced loss if ``with_loss``), one pass over the blocks.
+
+    Gradients of arguments split into blocks are written into their slice of the output;
+    those of arguments every block shares (broadcast along the first axis) are summed over
+    the blocks in block order.
+    """
+    xp = call.xp
+    ndim = len(call.loss_shape)
+    arguments = (call.input, call.target, call.var)
+    split = [name in wrt and spans_rows(arg, ndim)
+             for name, arg in zip(GRADIENT_NAMES, arguments, strict=True)]
+    outputs = [xp.empty(arg.shape, dtype=arg.dtype) if is_split else None
+               for arg, is_split in zip(arguments, split, strict=True)]
+
+    def block_work(rows: slice) -> tuple[Array | None, Gradients]:
+        block = _block_call(call, rows)
+        block_upstream = upstream
+        if not isinstance(upstream, float) and upstream.ndim == ndim:
+            block_upstream = rows_of(upstream, rows, ndim)
+        with quiet_floating_point():
+            terms = _terms(block, dtype)
+            loss = xp.sum(_elementwise_loss(block, terms)) if with_loss else None
+            grads = _raw_gradients(block, terms, block_upstream, wrt)
+        shared = []
+        for grad, output in zip(grads, outputs, strict=True):
+            if output is not None:
+                output[rows] = grad
+                grad = None
+            shared.append(grad)
+        return loss, (shared[0], shared[1], shared[2])
+
+    results = run_blocks(block_work, blocks)
+    combined: list[Array | None] = list(outputs)
+    for position in range(3):
+        if combined[position] is None and results[0][1][position] is not None:
+            total: Any = results[0][1][position]
+            for _, grads in results[1:]:
+                total = total + grads[position]
+            combined[position] = total
+    loss = _total(call, [loss for loss, _ in results]) if with_loss else None
+    return loss, _finish(call, (combined[0], combined[1], combined[2]))
+
+
+# ------------------------------------------------------------------ the backend interface
 
 
 def forward(call: GaussianNLLCall) -> Array:
     """The loss, reduced as ``call.reduction`` says."""
     _check_values(call)
     dtype = compute_dtype(call.xp, call.dtype)
+    blocks = row_blocks(call.xp, call.loss_shape)
+    if blocks is not None:
+        return _forward_blocked(call, blocks, dtype)
     with quiet_floating_point():
         return _reduce(call, _elementwise_loss(call, _terms(call, dtype)))
 
@@ -134,16 +243,25 @@ def backward(call: GaussianNLLCall, grad_output: Array | float, wrt: frozenset[s
     """The gradients named in ``wrt`` (the others are ``None``)."""
     _check_values(call)
     dtype = compute_dtype(call.xp, call.dtype)
+    upstream = _upstream(call, grad_output, dtype)
+    blocks = row_blocks(call.xp, call.loss_shape)
+    if blocks is not None:
+        return _gradients_blocked(call, blocks, upstream, wrt, dtype, with_loss=False)[1]
     with quiet_floating_point():
         terms = _terms(call, dtype)
-        return _gradients(call, terms, _upstream(call, grad_output, dtype), wrt)
+        return _finish(call, _raw_gradients(call, terms, upstream, wrt))
 
 
 def loss_and_grad(call: GaussianNLLCall, wrt: frozenset[str]) -> tuple[Array, Gradients]:
     """The reduced loss and its gradients, sharing the intermediates."""
     _check_values(call)
     dtype = compute_dtype(call.xp, call.dtype)
+    upstream = _upstream(call, 1.0, dtype)
+    blocks = row_blocks(call.xp, call.loss_shape)
+    if blocks is not None:
+        loss, grads = _gradients_blocked(call, blocks, upstream, wrt, dtype, with_loss=True)
+        return loss, grads
     with quiet_floating_point():
         terms = _terms(call, dtype)
         loss = _reduce(call, _elementwise_loss(call, terms))
-        return loss, _gradients(call, terms, _upstream(call, 1.0, dtype), wrt)
+        return loss, _finish(call, _raw_gradients(call, terms, upstream, wrt))
