@@ -150,7 +150,8 @@ def _total(call: GaussianNLLCall, partials: list[Array]) -> Array:
     total = math.fsum(float(part) for part in partials)
     if call.reduction == "mean":
         total = total / call.numel if call.numel else math.nan
-    return call.xp.asarray(total, dtype=call.dtype)
+    with quiet_floating_point():  # a float16 sum may overflow to inf, as in PyTorch
+        return call.xp.asarray(total, dtype=call.dtype)
 
 
 def _forward_blocked(call: GaussianNLLCall, blocks: list[slice], dtype: Any) -> Array:
