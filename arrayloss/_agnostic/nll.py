@@ -59,22 +59,28 @@ def _flat_positions(call: NLLCall, index: Array) -> Array:
     )
 
 
-def _target_masks(call: NLLCall) -> tuple[Array, Array]:
-    """(ignored, in_range) for every target, comparing values safely for any integer dtype."""
+def _target_masks(call: NLLCall) -> tuple[Array, Array, Array]:
+    """(targets, ignored, in_range), comparing values safely for any integer dtype.
+
+    ``targets`` is the target in a batched layout, as int64 for unsigned types wider than 8
+    bits (some libraries, PyTorch among them, cannot compare those).  A uint64 above the int64
+    range turns negative there, which still reads as out of range.
+    """
     xp = call.xp
-    target = call.target
+    targets = call.target
     if call.input.ndim == 1:
-        target = xp.reshape(target, (1,))
-    limits = xp.iinfo(target.dtype)
-    none = xp.zeros(target.shape, dtype=xp.bool, device=device(target))
+        targets = xp.reshape(targets, (1,))
+    limits = xp.iinfo(targets.dtype)
+    if limits.min == 0 and limits.max > 255:
+        targets = xp.astype(targets, xp.int64)
+    none = xp.zeros(targets.shape, dtype=xp.bool, device=device(targets))
     # A value the dtype cannot hold matches nothing (uint8 targets never equal -100).
-    ignored = target == call.ignore_index if limits.min <= call.ignore_index <= limits.max else none
-    in_range = xp.logical_not(none)
-    if limits.min < 0:
-        in_range = target >= 0
-    if call.n_classes <= limits.max:
-        in_range = xp.logical_and(in_range, target < call.n_classes)
-    return ignored, in_range
+    representable = limits.min <= call.ignore_index <= limits.max
+    ignored = targets == call.ignore_index if representable else none
+    in_range = targets >= 0 if xp.iinfo(targets.dtype).min < 0 else xp.logical_not(none)
+    if call.n_classes <= xp.iinfo(targets.dtype).max:
+        in_range = xp.logical_and(in_range, targets < call.n_classes)
+    return targets, ignored, in_range
 
 
 def _raise_first_bad_target(call: NLLCall, ignored: Array, in_range: Array) -> None:
@@ -84,18 +90,18 @@ def _raise_first_bad_target(call: NLLCall, ignored: Array, in_range: Array) -> N
         return
     flat_bad = xp.astype(xp.reshape(bad, (-1,)), xp.int8)
     first = int(xp.argmax(flat_bad))
+    # Read from the caller's array: a uint64 keeps its true value there.
     value = int(xp.reshape(call.target, (-1,))[first])
     raise target_out_of_range_error(value, call.n_classes, call.ignore_index)
 
 
 def _gather(call: NLLCall, dtype: Any) -> _Gathered:
     xp = call.xp
-    ignored, in_range = _target_masks(call)
+    targets, ignored, in_range = _target_masks(call)
     if call.validate:
         _raise_first_bad_target(call, ignored, in_range)
     active = xp.logical_and(in_range, xp.logical_not(ignored))
-    target = xp.reshape(call.target, active.shape)
-    index = xp.astype(xp.where(active, target, 0), xp.int64)
+    index = xp.astype(xp.where(active, targets, 0), xp.int64)
 
     zeros = xp.zeros(index.shape, dtype=dtype, device=device(index))
     if call.n_classes == 0:

@@ -1,0 +1,24 @@
+"""Helpers shared by the tests: moving arrays between NumPy and the backend under test."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def to_numpy(array: Any) -> np.ndarray:
+    """Any backend's array (or a NumPy scalar) as a NumPy array, for assertions."""
+    if isinstance(array, (np.ndarray, np.generic)):
+        return np.asarray(array)
+    if hasattr(array, "__cuda_array_interface__") and type(array).__module__.startswith("cupy"):
+        return array.get()
+    if type(array).__module__.startswith("torch"):
+        return array.detach().cpu().numpy()
+    return np.from_dlpack(array)  # array_api_strict, jax: host copies via DLPack
+
+
+def from_numpy(xp: Any, array: np.ndarray, dtype: str | None = None) -> Any:
+    """A NumPy array moved into ``xp``, with the dtype named by ``dtype`` (default: its own)."""
+    name = dtype or array.dtype.name
+    return xp.asarray(np.asarray(array), dtype=getattr(xp, name))

@@ -1,0 +1,102 @@
+"""The backend matrix: one ``xp`` fixture over every array library that works here.
+
+``ARRAYLOSS_BACKENDS`` (a comma list of numpy, array_api_strict, torch, jax, cupy) selects them;
+by default every installed one runs.  CuPy runs only where a real CUDA device works: CuPy imports
+fine on a machine without a GPU, so the probe allocates and launches a kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from array_api_compat import array_namespace
+
+ALL_BACKENDS = ("numpy", "array_api_strict", "torch", "jax", "cupy")
+
+
+def _cupy_works() -> bool:
+    try:
+        import cupy
+
+        return int((cupy.arange(3) + 1).sum().get()) == 6
+    except Exception:  # ImportError, CUDARuntimeError, a driver without NVRTC, ...
+        return False
+
+
+def _load(name: str) -> tuple[Any | None, str]:
+    """(the library's namespace, or None) and why not."""
+    if name == "numpy":
+        return array_namespace(np.empty(0)), ""
+    if name == "array_api_strict":
+        try:
+            import array_api_strict
+        except ImportError:
+            return None, "array_api_strict is not installed"
+        return array_namespace(array_api_strict.empty(0)), ""
+    if name == "torch":
+        try:
+            import torch
+        except ImportError:
+            return None, "torch is not installed"
+        return array_namespace(torch.empty(0)), ""
+    if name == "jax":
+        try:
+            import jax
+            import jax.numpy as jnp
+        except ImportError:
+            return None, "jax is not installed"
+        jax.config.update("jax_enable_x64", True)
+        return array_namespace(jnp.empty(0)), ""
+    if name == "cupy":
+        if not _cupy_works():
+            return None, "no working CUDA device for CuPy"
+        import cupy
+
+        return array_namespace(cupy.empty(0)), ""
+    raise ValueError(f"unknown backend {name!r} in ARRAYLOSS_BACKENDS")
+
+
+def _selected() -> list[str]:
+    names = os.environ.get("ARRAYLOSS_BACKENDS", ",".join(ALL_BACKENDS))
+    return [name.strip() for name in names.split(",") if name.strip()]
+
+
+@pytest.fixture(
+    params=[pytest.param(name, marks=pytest.mark.array_api_backends) for name in _selected()]
+)
+def xp(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The namespace of one array library of the matrix."""
+    namespace, reason = _load(request.param)
+    if namespace is None:
+        pytest.skip(reason)
+    for marker in request.node.iter_markers("skip_backend"):
+        if request.param in marker.args:
+            pytest.skip(marker.kwargs.get("reason", f"not for {request.param}"))
+    context: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if request.param == "array_api_strict":
+        import array_api_strict
+
+        # No data-dependent shapes or boolean masks: what runs here runs under jax.jit too.
+        context = array_api_strict.ArrayAPIStrictFlags(
+            boolean_indexing=False, data_dependent_shapes=False
+        )
+    with context:
+        yield namespace
+
+
+@pytest.fixture
+def backend_name(xp: Any) -> str:
+    """The short name of ``xp``'s library: numpy, array_api_strict, torch, jax or cupy."""
+    name = xp.__name__.split(".")[-1]
+    return {"numpy": "numpy", "cupy": "cupy", "torch": "torch"}.get(
+        name, "jax" if "jax" in xp.__name__ else "array_api_strict"
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "skip_backend(*names, reason=...): skip those backends")
