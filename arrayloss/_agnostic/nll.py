@@ -83,15 +83,18 @@ def _target_masks(call: NLLCall) -> tuple[Array, Array, Array]:
     return targets, ignored, in_range
 
 
-def _raise_first_bad_target(call: NLLCall, ignored: Array, in_range: Array) -> None:
+def _raise_first_bad_target(
+    call: NLLCall, targets: Array, ignored: Array, in_range: Array
+) -> None:
     xp = call.xp
     bad = xp.logical_not(xp.logical_or(ignored, in_range))
     if not bool(xp.any(bad)):
         return
     flat_bad = xp.astype(xp.reshape(bad, (-1,)), xp.int8)
     first = int(xp.argmax(flat_bad))
-    # Read from the caller's array: a uint64 keeps its true value there.
-    value = int(xp.reshape(call.target, (-1,))[first])
+    value = int(xp.reshape(targets, (-1,))[first])
+    if value < 0 and xp.iinfo(call.target.dtype).min == 0:
+        value += 2**64  # a uint64 beyond the int64 range, read back through int64
     raise target_out_of_range_error(value, call.n_classes, call.ignore_index)
 
 
@@ -99,7 +102,7 @@ def _gather(call: NLLCall, dtype: Any) -> _Gathered:
     xp = call.xp
     targets, ignored, in_range = _target_masks(call)
     if call.validate:
-        _raise_first_bad_target(call, ignored, in_range)
+        _raise_first_bad_target(call, targets, ignored, in_range)
     active = xp.logical_and(in_range, xp.logical_not(ignored))
     index = xp.astype(xp.where(active, targets, 0), xp.int64)
 
