@@ -68,7 +68,7 @@ def gaussian_problems(draw):
         var_rows = True
     elif kind == "ones":
         mask = draw(st.lists(st.booleans(), min_size=len(shape), max_size=len(shape)))
-        v = rng.uniform(0, 3, tuple(1 if m else s for s, m in zip(shape, mask))).astype(dtype)
+        v = rng.uniform(0, 3, tuple(1 if m else s for s, m in zip(shape, mask, strict=True))).astype(dtype)
     else:
         v = rng.uniform(0, 3, shape).astype(dtype)
     full = draw(st.booleans())
@@ -80,7 +80,7 @@ def gaussian_problems(draw):
 @SETTINGS
 @given(gaussian_problems())
 def test_gaussian_matches_float64_formula(problem) -> None:
-    x, t, v, full, eps, reduction, var_rows = problem
+    x, t, v, full, eps, reduction, _ = problem
     want_loss, want_x, want_t, want_v = gaussian_reference(*problem)
     loss = al.gaussian_nll_loss(x, t, v, full=full, eps=eps, reduction=reduction)
     rtol = 1e-11 if x.dtype == np.float64 else 2e-5
@@ -187,7 +187,7 @@ def test_gaussian_bad_shapes_raise_documented_errors(input_shape, var_shape, tar
     input_shape, var_shape = tuple(input_shape), tuple(var_shape)
     fits = (var_shape == input_shape or (input_shape and var_shape == input_shape[:-1]) or (
         len(var_shape) == len(input_shape)
-        and all(v in (i, 1) for v, i in zip(var_shape, input_shape))))
+        and all(v in (i, 1) for v, i in zip(var_shape, input_shape, strict=True))))
     assert fits and reduction in ("none", "mean", "sum")
     expected = np.broadcast_to(0.0, np.broadcast_shapes(input_shape, tuple(target_shape)))
     want = {"none": expected, "sum": 0.0, "mean": np.nan if expected.size == 0 else 0.0}
