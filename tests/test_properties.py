@@ -68,7 +68,8 @@ def gaussian_problems(draw):
         var_rows = True
     elif kind == "ones":
         mask = draw(st.lists(st.booleans(), min_size=len(shape), max_size=len(shape)))
-        v = rng.uniform(0, 3, tuple(1 if m else s for s, m in zip(shape, mask, strict=True))).astype(dtype)
+        var_shape = tuple(1 if m else s for s, m in zip(shape, mask, strict=True))
+        v = rng.uniform(0, 3, var_shape).astype(dtype)
     else:
         v = rng.uniform(0, 3, shape).astype(dtype)
     full = draw(st.booleans())
