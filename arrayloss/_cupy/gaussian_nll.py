@@ -1,0 +1,152 @@
+"""Gaussian NLL on CuPy arrays: fused kernels, one pass over memory per call.
+
+* ``'none'``: one elementwise pass.  ``'mean'``/``'sum'``: one pass writing per-block partials,
+  then a one-block second pass (:mod:`.reduce`).
+* Backward: one pass writing only the requested gradients.  A gradient whose argument spans
+  the whole loss is written in its final dtype; one whose argument was broadcast (a ``(N, 1)``
+  variance, say) is written to a compute-dtype scratch array of the loss's shape and summed back
+  over the broadcast axes, which reads the scratch once instead of the inputs again.
+* A scalar variance is a kernel argument; a broadcast one is read in place, never copied.
+* Validation is a flag written by the same kernel; a checked call reads it once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import cupy
+
+from .._validation import GaussianNLLCall, negative_var_error
+from . import _kernels, reduce
+from ._common import compute_dtype, first_invalid, invalid_flag
+
+Array = Any
+Gradients = tuple[Array | None, Array | None, Array | None]
+
+HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+_WANT_BITS = {"input": 1, "target": 2, "var": 4}
+
+
+def _check(call: GaussianNLLCall) -> bool:
+    # A scalar var was checked on the host already.
+    return call.validate and not isinstance(call.var, float)
+
+
+def _raise_if_invalid(flag: cupy.ndarray, checked: bool) -> None:
+    if checked and first_invalid(flag) is not None:
+        raise negative_var_error()
+
+
+def _constant(call: GaussianNLLCall) -> float:
+    return HALF_LOG_2PI if call.full else 0.0
+
+
+def _mode(call: GaussianNLLCall) -> int:
+    return reduce.MODE_MEAN if call.reduction == "mean" else reduce.MODE_SUM
+
+
+class _GradientOutputs:
+    """The kernel's gradient outputs and how each becomes the caller's gradient."""
+
+    def __init__(self, call: GaussianNLLCall, wrt: frozenset[str]) -> None:
+        compute = compute_dtype(call.dtype)
+        self.arrays: list[cupy.ndarray] = []
+        # Per gradient: None if not wanted, else (its argument, the shape it is returned in).
+        self._targets: list[tuple[Array, tuple[int, ...]] | None] = []
+        self.want = 0
+        names = ("input", "target") if isinstance(call.var, float) else ("input", "target", "var")
+        for name in names:
+            if name not in wrt:
+                self.arrays.append(cupy.empty(1, dtype=compute))  # never written
+                self._targets.append(None)
+                continue
+            self.want |= _WANT_BITS[name]
+            argument = getattr(call, name)
+            shape = call.var_shape if name == "var" else tuple(argument.shape)
+            assert shape is not None
+            spans_loss = tuple(argument.shape) == call.loss_shape
+            # Written in its final dtype, or to a compute-dtype scratch summed back below.
+            self.arrays.append(cupy.empty(call.loss_shape,
+                                          dtype=argument.dtype if spans_loss else compute))
+            self._targets.append((argument, shape))
+
+    def results(self) -> Gradients:
+        grads: list[Array | None] = []
+        for array, target in zip(self.arrays, self._targets, strict=True):
+            if target is None:
+                grads.append(None)
+                continue
+            argument, shape = target
+            if array.dtype != argument.dtype or array.shape != tuple(argument.shape):
+                array = _sum_to(array, tuple(argument.shape)).astype(argument.dtype)
+            grads.append(array.reshape(shape))
+        grads += [None] * (3 - len(grads))
+        return grads[0], grads[1], grads[2]
+
+
+def _sum_to(full: cupy.ndarray, shape: tuple[int, ...]) -> cupy.ndarray:
+    """Sum over the axes along which an array of ``shape`` was broadcast to ``full.shape``."""
+    lead = full.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + axis for axis, size in enumerate(shape) if size == 1 and full.shape[lead + axis] != 1
+    )
+    return full.sum(axis=axes, keepdims=True).reshape(shape) if axes else full
+
+
+def forward(call: GaussianNLLCall) -> Array:
+    """The loss, reduced as ``call.reduction`` says."""
+    checked = _check(call)
+    flag = invalid_flag(checked)
+    scalar_var = isinstance(call.var, float)
+    with call.input.device:
+        if call.reduction == "none":
+            loss = cupy.empty(call.loss_shape, dtype=call.dtype)
+            _kernels.gaussian_forward(scalar_var)(
+                call.input, call.target, call.var, call.eps, _constant(call), int(checked),
+                loss, flag)
+        else:
+            partials = reduce.empty_partials(call.numel, compute_dtype(call.dtype))
+            _kernels.gaussian_forward_partials(scalar_var)(
+                call.input, call.target, call.var, call.eps, _constant(call), int(checked),
+                partials, flag, block_size=_kernels.REDUCE_BLOCK)
+            totals = reduce.finish(partials, call.numel, _mode(call), divisor=call.numel)
+            loss = reduce.as_result(totals, call.dtype)
+        _raise_if_invalid(flag, checked)
+    return loss
+
+
+def backward(call: GaussianNLLCall, grad_output: Array | float, wrt: frozenset[str]) -> Gradients:
+    """The gradients named in ``wrt``, in one pass."""
+    checked = _check(call)
+    flag = invalid_flag(checked)
+    scalar_var = isinstance(call.var, float)
+    divisor = float(call.numel) if call.reduction == "mean" else 1.0
+    with call.input.device:
+        outputs = _GradientOutputs(call, wrt)
+        kernel = _kernels.gaussian_backward(scalar_var, not isinstance(grad_output, float))
+        kernel(call.input, call.target, call.var, grad_output, call.eps, divisor, outputs.want,
+               int(checked), *outputs.arrays, flag)
+        _raise_if_invalid(flag, checked)
+        return outputs.results()
+
+
+def loss_and_grad(call: GaussianNLLCall, wrt: frozenset[str]) -> tuple[Array, Gradients]:
+    """The reduced loss and the gradients named in ``wrt``, in one pass."""
+    checked = _check(call)
+    flag = invalid_flag(checked)
+    scalar_var = isinstance(call.var, float)
+    if call.reduction == "mean":
+        upstream = 1.0 / call.numel if call.numel else math.nan
+    else:
+        upstream = 1.0
+    with call.input.device:
+        outputs = _GradientOutputs(call, wrt)
+        partials = reduce.empty_partials(call.numel, compute_dtype(call.dtype))
+        _kernels.gaussian_loss_and_grad(scalar_var)(
+            call.input, call.target, call.var, call.eps, _constant(call), upstream,
+            outputs.want, int(checked), partials, *outputs.arrays, flag,
+            block_size=_kernels.REDUCE_BLOCK)
+        totals = reduce.finish(partials, call.numel, _mode(call), divisor=call.numel)
+        _raise_if_invalid(flag, checked)
+        return reduce.as_result(totals, call.dtype), outputs.results()

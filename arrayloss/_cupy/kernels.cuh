@@ -1,0 +1,154 @@
+// arrayloss: the per-element math of every fused kernel, written once.
+//
+// Every CuPy kernel of arrayloss includes this file in its preamble, and the test suite
+// compiles the same file with the host C++ compiler to check the math on the CPU against a
+// float64 NumPy reference.  So everything outside the __CUDACC__ block must be plain C++.
+//
+// Types: `A` is the compute (accumulation) type, float for float16/bfloat16/float32 results
+// and double for float64 results; inputs are converted to A once and outputs rounded once.
+#ifndef ARRAYLOSS_KERNELS_CUH
+#define ARRAYLOSS_KERNELS_CUH
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#define AL_HD __host__ __device__ __forceinline__
+#else
+#include <cmath>
+#define AL_HD inline
+#endif
+
+namespace al {
+
+#if !(defined(__CUDACC__) || defined(__CUDACC_RTC__))
+using std::log;
+#endif
+
+// The compute type of a kernel: double if any floating argument is double, else float
+// (float16, bfloat16 and float32 compute in float; integer arguments do not take part).
+template <typename T>
+struct is_double {
+    enum { value = 0 };
+};
+template <>
+struct is_double<double> {
+    enum { value = 1 };
+};
+template <bool Double>
+struct compute_type {
+    typedef float type;
+};
+template <>
+struct compute_type<true> {
+    typedef double type;
+};
+template <typename T1, typename T2 = float, typename T3 = float>
+struct compute_of {
+    typedef typename compute_type<is_double<T1>::value || is_double<T2>::value ||
+                                  is_double<T3>::value>::type type;
+};
+
+// ------------------------------------------------------------------ Gaussian NLL
+
+// max(var, eps), keeping NaN: `var < eps` is false for NaN, as in PyTorch's clamp.
+template <typename A>
+AL_HD A clamp_var(A var, A eps) {
+    return var < eps ? eps : var;
+}
+
+// 0.5 * (log(v) + (x - t)^2 / v) + constant, with v already clamped.
+template <typename A>
+AL_HD A gaussian_loss(A input, A target, A clamped_var, A constant) {
+    const A diff = input - target;
+    return A(0.5) * (log(clamped_var) + diff * diff / clamped_var) + constant;
+}
+
+// d loss / d input = g * (x - t) / v; d loss / d target is its negation.
+template <typename A>
+AL_HD A gaussian_grad_input(A input, A target, A clamped_var, A upstream) {
+    return upstream * (input - target) / clamped_var;
+}
+
+// d loss / d var = 0.5 * g * (1 - (x - t)^2 / v) / v, at the clamped v (the clamp is
+// invisible to the gradient, as in PyTorch).
+template <typename A>
+AL_HD A gaussian_grad_var(A input, A target, A clamped_var, A upstream) {
+    const A diff = input - target;
+    return A(0.5) * upstream * (A(1) - diff * diff / clamped_var) / clamped_var;
+}
+
+template <typename A>
+AL_HD bool gaussian_var_is_invalid(A var) {
+    return var < A(0);  // NaN and -0.0 pass, as in PyTorch
+}
+
+// ------------------------------------------------------------------ NLL
+
+// What a target means: its class in [0, C), or one of these.
+enum { NLL_IGNORED = -1, NLL_OUT_OF_RANGE = -2 };
+
+// `target` arrives as long long (a uint64 beyond the int64 range turns negative, which reads
+// as out of range); `ignore_matches` is 0 when ignore_index cannot be held by the target's
+// dtype (a uint8 target never equals -100).
+AL_HD long long nll_class(long long target, long long n_classes, long long ignore_index,
+                          int ignore_matches) {
+    if (ignore_matches && target == ignore_index) return NLL_IGNORED;
+    if (target < 0 || target >= n_classes) return NLL_OUT_OF_RANGE;
+    return target;
+}
+
+// The element's loss -w[t] * x[t], or 0 unless it has a class (ignored or invalid).
+template <typename A>
+AL_HD A nll_loss(long long cls, A picked_input, A class_weight) {
+    return cls >= 0 ? -(picked_input * class_weight) : A(0);
+}
+
+// The element's weight in the 'mean' denominator.
+template <typename A>
+AL_HD A nll_weight(long long cls, A class_weight) {
+    return cls >= 0 ? class_weight : A(0);
+}
+
+enum { REDUCE_NONE = 0, REDUCE_MEAN = 1, REDUCE_SUM = 2 };
+
+// The gradient at an element's target column, in PyTorch's operation order:
+// 'none' -w * g,  'sum' w * (-g),  'mean' w * (-(g / total_weight)).
+template <typename A>
+AL_HD A nll_grad_coefficient(int reduction, A class_weight, A upstream, A total_weight) {
+    if (reduction == REDUCE_NONE) return -class_weight * upstream;
+    if (reduction == REDUCE_SUM) return class_weight * (-upstream);
+    return class_weight * (-(upstream / total_weight));
+}
+
+// ------------------------------------------------------------------ device-only helpers
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+
+// The sum of `value` over the thread block, returned to every thread.  A tree over shared
+// memory in a fixed order, so a given launch shape always gives the same bits; blockDim.x may
+// be any size up to 1024 (CuPy shrinks the block for small inputs).
+template <typename A>
+__device__ __forceinline__ A block_sum(A value) {
+    __shared__ A shared[1024];
+    const unsigned int tid = threadIdx.x;
+    const unsigned int count = blockDim.x;
+    __syncthreads();  // a previous call's readers of shared[0] are done
+    shared[tid] = value;
+    __syncthreads();
+    unsigned int stride = 1;
+    while (stride < count) stride <<= 1;
+    for (stride >>= 1; stride > 0; stride >>= 1) {
+        if (tid < stride && tid + stride < count) shared[tid] += shared[tid + stride];
+        __syncthreads();
+    }
+    return shared[0];
+}
+
+// Record the smallest flat index of an invalid element (validation flags, not loss sums:
+// the smallest index is the same whatever order the threads run in).
+__device__ __forceinline__ void record_invalid(unsigned long long* flag, long long index) {
+    atomicMin(flag, static_cast<unsigned long long>(index));
+}
+
+#endif
+
+}  // namespace al
+
+#endif  // ARRAYLOSS_KERNELS_CUH

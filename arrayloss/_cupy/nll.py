@@ -1,0 +1,147 @@
+"""NLL on CuPy arrays: fused kernels over the input's natural ``(N, C, d1..dK)`` layout.
+
+* Forward ``'none'``: one thread per target gathers ``input[n, t, s]``.  ``'mean'``/``'sum'``:
+  the same pass also sums the loss and the weights per block (the weighted mean's two sums in
+  one trip), then a one-block second pass divides on the device: no host synchronisation.
+* Backward: one pass over the dense gradient, each entry written once (the coefficient at the
+  target column, 0 elsewhere): no zero-fill followed by a scatter.
+* Targets of any integer dtype are read in place.  Validation is a flag written by the kernel;
+  a checked call reads it once.  An out-of-range target is never used as an index.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import cupy
+import numpy as np
+
+from .._validation import NLLCall, target_out_of_range_error
+from . import _kernels, reduce
+from ._common import compute_dtype, first_invalid, invalid_flag
+
+Array = Any
+
+_REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}  # kernels.cuh: REDUCE_NONE, _MEAN, _SUM
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The call's arrays as the kernels read them: batched, C-contiguous where read raw."""
+
+    input: cupy.ndarray  # (N, C, *spatial), C-contiguous
+    target: cupy.ndarray  # (N, *spatial)
+    weight: cupy.ndarray  # (C,), or the input as a never-read stand-in
+    spatial: int  # S = prod(spatial)
+    ignore_matches: int  # 0 when ignore_index cannot be held by the target dtype
+
+    def scalars(self, call: NLLCall, check: bool) -> tuple[int, ...]:
+        """The kernels' shared scalar arguments, in their parameter order."""
+        return (call.n_classes, self.spatial, call.ignore_index, self.ignore_matches,
+                int(call.weight is not None), int(check))
+
+
+def _layout(call: NLLCall) -> _Layout:
+    input, target = call.input, call.target
+    if input.ndim == 1:
+        input, target = input.reshape(1, call.n_classes), target.reshape(1)
+    limits = np.iinfo(target.dtype)
+    return _Layout(
+        input=cupy.ascontiguousarray(input),
+        target=target,
+        weight=input if call.weight is None else cupy.ascontiguousarray(call.weight),
+        spatial=math.prod(input.shape[2:]),
+        ignore_matches=int(limits.min <= call.ignore_index <= limits.max),
+    )
+
+
+def _raise_if_invalid(call: NLLCall, flag: cupy.ndarray, checked: bool) -> None:
+    if not checked:
+        return
+    index = first_invalid(flag)
+    if index is not None:
+        value = int(call.target.reshape(-1)[index].get())
+        raise target_out_of_range_error(value, call.n_classes, call.ignore_index)
+
+
+def _totals(call: NLLCall, layout: _Layout, check: bool, flag: cupy.ndarray) -> cupy.ndarray:
+    """``[loss, total_weight]`` for ``'mean'``/``'sum'``, from one pass over the targets."""
+    compute = compute_dtype(call.dtype)
+    size = layout.target.size
+    loss_partials = reduce.empty_partials(size, compute)
+    weight_partials = reduce.empty_partials(size, compute)
+    _kernels.nll_forward_partials()(
+        layout.target, layout.input, layout.weight, *layout.scalars(call, check),
+        loss_partials, weight_partials, flag, block_size=_kernels.REDUCE_BLOCK)
+    mode = reduce.MODE_WEIGHTED_MEAN if call.reduction == "mean" else reduce.MODE_SUM
+    return reduce.finish(loss_partials, size, mode, weight_partials=weight_partials)
+
+
+def _grad_input(call: NLLCall, layout: _Layout, grad_output: Array | float,
+                total_weight: cupy.ndarray | None, check: bool,
+                flag: cupy.ndarray) -> cupy.ndarray:
+    compute = compute_dtype(call.dtype)
+    if isinstance(grad_output, float):
+        upstream_mode, upstream, upstream_scalar = 0, layout.input, grad_output
+    elif call.reduction == "none":
+        upstream_mode, upstream_scalar = 2, 0.0
+        upstream = cupy.ascontiguousarray(grad_output).reshape(-1)
+    else:
+        upstream_mode, upstream, upstream_scalar = 1, grad_output.reshape(1), 0.0
+    if total_weight is None:
+        total_weight = cupy.empty(1, dtype=compute)  # read only for 'mean'
+    grad = cupy.empty(layout.input.shape, dtype=call.dtype)
+    if check and grad.size == 0 and layout.target.size:
+        # No gradient entries (C == 0) means no thread to check the targets: let the
+        # forward pass do it.
+        _totals(call, layout, check, flag)
+    _kernels.nll_backward()(
+        cupy.ascontiguousarray(layout.target).reshape(-1), layout.weight, upstream,
+        total_weight, upstream_scalar, call.n_classes, layout.spatial, call.ignore_index,
+        layout.ignore_matches, int(call.weight is not None), int(check), upstream_mode,
+        _REDUCTION_CODES[call.reduction], grad, flag)
+    return grad.reshape(call.input.shape)
+
+
+def forward(call: NLLCall) -> Array:
+    """The loss, reduced as ``call.reduction`` says."""
+    flag = invalid_flag(call.validate)
+    with call.input.device:
+        layout = _layout(call)
+        if call.reduction == "none":
+            loss = cupy.empty(layout.target.shape, dtype=call.dtype)
+            _kernels.nll_forward()(layout.target, layout.input, layout.weight,
+                                   *layout.scalars(call, call.validate), loss, flag)
+            loss = loss.reshape(call.loss_shape)
+        else:
+            loss = reduce.as_result(_totals(call, layout, call.validate, flag), call.dtype)
+        _raise_if_invalid(call, flag, call.validate)
+    return loss
+
+
+def backward(call: NLLCall, grad_output: Array | float) -> Array:
+    """The gradient with respect to ``input``."""
+    flag = invalid_flag(call.validate)
+    with call.input.device:
+        layout = _layout(call)
+        total_weight = None
+        check_in_gradient = call.validate
+        if call.reduction == "mean":
+            total_weight = _totals(call, layout, call.validate, flag)[1:]
+            check_in_gradient = False  # the pass above checked every target
+        grad = _grad_input(call, layout, grad_output, total_weight, check_in_gradient, flag)
+        _raise_if_invalid(call, flag, call.validate)
+    return grad
+
+
+def loss_and_grad(call: NLLCall) -> tuple[Array, Array]:
+    """The reduced loss and its gradient: one pass over the targets, one over the gradient."""
+    flag = invalid_flag(call.validate)
+    with call.input.device:
+        layout = _layout(call)
+        totals = _totals(call, layout, call.validate, flag)
+        grad = _grad_input(call, layout, 1.0, totals[1:], False, flag)
+        _raise_if_invalid(call, flag, call.validate)
+    return reduce.as_result(totals, call.dtype), grad
