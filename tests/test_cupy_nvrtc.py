@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("cupy", reason="CuPy is not installed (pip install '.[kernels]')")
 
-from arrayloss._cupy import _kernels, _variants  # noqa: E402
+from arrayloss._cupy import _kernels, _variants
 
 pytestmark = pytest.mark.nvrtc
 
