@@ -152,9 +152,16 @@ def _namespace(named: dict[str, Any]) -> ModuleType:
 @functools.lru_cache(maxsize=256)
 def _dtype_kind(xp: ModuleType, dtype: Any) -> str:
     """'floating', 'integral' or 'other'; cached, as ``isdtype`` costs microseconds per call."""
-    if xp.isdtype(dtype, "real floating"):
-        return "floating"
-    return "integral" if xp.isdtype(dtype, "integral") else "other"
+    try:
+        if xp.isdtype(dtype, "real floating"):
+            return "floating"
+        return "integral" if xp.isdtype(dtype, "integral") else "other"
+    except (TypeError, ValueError):
+        # NumPy's and CuPy's isdtype reject extension dtypes such as ml_dtypes' bfloat16.
+        numpy_dtype = np.dtype(dtype)
+        if numpy_dtype.name == "bfloat16" or numpy_dtype.kind == "f":
+            return "floating"
+        return "integral" if numpy_dtype.kind in "iu" else "other"
 
 
 def _is_floating(xp: ModuleType, dtype: Any) -> bool:

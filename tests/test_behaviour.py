@@ -246,3 +246,21 @@ def test_main_job_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--size", "512", "--budget", "0.001"]) == 0
     out = capsys.readouterr().out
     assert "numpy" in out and "gaussian_nll forward" in out and "MISMATCH" not in out
+
+
+def test_bfloat16_on_numpy_with_ml_dtypes() -> None:
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    bf16 = ml_dtypes.bfloat16
+    x = np.array([[0.5, 1.5], [2.0, 4.0]]).astype(bf16)
+    t = np.array([[1.0, 2.0], [1.0, 2.0]]).astype(bf16)
+    v = np.array([[0.5], [1.5]]).astype(bf16)
+    x64, t64, v64 = (a.astype(np.float64) for a in (x, t, v))
+    want = np.mean(0.5 * (np.log(v64) + (x64 - t64) ** 2 / v64))
+    got = al.gaussian_nll_loss(x, t, v)
+    assert got.dtype == bf16
+    assert abs(float(got) - want) <= 8e-3 * abs(want)
+    assert all(g.dtype == bf16 for g in al.gaussian_nll_loss_backward(1.0, x, t, v))
+    log_probs = np.log(np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]))
+    got = al.nll_loss(log_probs.astype(bf16), np.array([0, 2]))
+    want = -(np.log(0.7) + np.log(0.8)) / 2
+    assert got.dtype == bf16 and abs(float(got) - want) <= 8e-3 * want

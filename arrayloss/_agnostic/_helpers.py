@@ -19,7 +19,11 @@ def compute_dtype(xp: ModuleType, dtype: Any) -> Any:
     Half and bfloat16 lose too much in intermediate rounding and overflow past 65504 in sums, so
     they are computed and accumulated in float32 and rounded once at the end.
     """
-    return xp.float32 if xp.finfo(dtype).bits < 32 else dtype
+    try:
+        bits = xp.finfo(dtype).bits
+    except (TypeError, ValueError, AttributeError):  # ml_dtypes bfloat16 on NumPy, CuPy
+        bits = np.dtype(dtype).itemsize * 8
+    return xp.float32 if bits < 32 else dtype
 
 
 def as_compute(xp: ModuleType, x: Array, dtype: Any) -> Array:
