@@ -1,0 +1,1 @@
+"""arrayloss's benchmark suite: ``python -m benchmarks --help``."""

@@ -1,0 +1,208 @@
+"""``python -m benchmarks``: arrayloss against PyTorch and the copy roofline.
+
+Examples::
+
+    python -m benchmarks --quick                  # CPU or GPU, under a minute
+    python -m benchmarks --device gpu             # the full GPU sweep
+    python -m benchmarks --losses nll --ops backward --dtypes float32 float16
+
+Results go to ``benchmarks/results/<device>/`` (or ``--out``): results.json, results.md and
+one PNG per loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import report
+from .cases import OPERATIONS, REDUCTIONS, Case, build_cases, make_inputs, model_bytes
+from .providers import COPY, PROVIDERS, Provider, convert, make_call, supports
+from .timing import time_cpu, time_gpu
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _gpu_available() -> bool:
+    return COPY.available()
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "numpy": np.__version__}
+    for name in ("arrayloss", "array_api_compat", "cupy", "torch"):
+        try:
+            module = __import__(name)
+            versions[name] = getattr(module, "__version__", "?")
+        except ImportError:
+            pass
+    return versions
+
+
+def _device_description(device: str) -> dict[str, Any]:
+    if device == "gpu":
+        import cupy
+
+        properties = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        name = properties["name"]
+        name = name.decode() if isinstance(name, bytes) else name
+        return {"device_name": name,
+                "driver": cupy.cuda.runtime.driverGetVersion(),
+                "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
+                "memory_bytes": int(properties["totalGlobalMem"]),
+                "l2_bytes": int(properties.get("l2CacheSize", 0))}
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return {"device_name": f"{cpu} ({os.cpu_count()} cores)"}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60]
+
+
+def measure_copy_bandwidth(nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy GB/s (bytes read + written) of a ``nbytes`` buffer."""
+    import cupy
+
+    source = cupy.empty(nbytes // 2, dtype=cupy.uint8)
+    destination = cupy.empty_like(source)
+    timing = time_gpu([lambda: destination.__setitem__(Ellipsis, source)], "cupy", 3, 1.0, 50)
+    return nbytes / timing.median_s / 1e9
+
+
+def _input_sets(case: Case, device: str) -> int:
+    """Input sets to cycle through on a GPU, so repeated calls do not run from L2."""
+    if device == "cpu":
+        return 1
+    return int(min(4, max(1, -(-256e6 // max(model_bytes(case), 1)))))
+
+
+def run(args: argparse.Namespace) -> Path:
+    device = args.device
+    if device == "auto":
+        device = "gpu" if _gpu_available() else "cpu"
+    if device == "gpu" and not _gpu_available():
+        raise SystemExit("no working CUDA device for --device gpu")
+    providers: list[Provider] = [p for p in PROVIDERS[device]
+                                 if p.name in args.providers or not args.providers]
+    providers = [p for p in providers if p.available()]
+    dtypes = args.dtypes or (["float32"] if args.quick or device == "cpu" else
+                             ["float32", "float16", "bfloat16", "float64"])
+    cases = build_cases(device, args.losses, args.ops, args.reductions, dtypes, args.quick)
+    cases = [case for case in cases if case.elements <= args.max_elements]
+
+    meta: dict[str, Any] = {
+        "device_kind": device,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python -m benchmarks", *sys.argv[1:]]),
+        "versions": ", ".join(f"{k} {v}" for k, v in _versions().items()),
+        "providers": [p.name for p in providers],
+        **_device_description(device),
+    }
+    if device == "gpu":
+        meta["copy_gbps"] = measure_copy_bandwidth()
+    out = Path(args.out) if args.out else ROOT / "results" / _slug(
+        f"{device}-{meta['device_name']}")
+
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the progress bar is a nicety
+        def tqdm(iterable: Any, **_: Any) -> Any:
+            return iterable
+
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    skipped = 0
+    for case in tqdm(cases, desc=f"benchmarks ({device})", unit="case", disable=args.no_progress):
+        if time.perf_counter() - started > args.time_limit:
+            skipped += 1
+            continue
+        inputs = [make_inputs(case, seed) for seed in range(_input_sets(case, device))]
+        for provider in providers:
+            if not supports(provider, case):
+                continue
+            try:
+                calls = [make_call(provider, case, convert(provider, case, arrays))
+                         for arrays in inputs]
+                if device == "gpu":
+                    timing = time_gpu(calls, provider.library, args.warmup, args.budget,
+                                      args.max_repeats)
+                else:
+                    timing = time_cpu(calls, args.warmup, args.budget, args.max_repeats,
+                                      track_memory=provider.library == "numpy")
+            except Exception as error:  # a provider that cannot run a case is reported
+                rows.append({"case_key": case.key, "case": case.to_dict(),
+                             "provider": provider.name, "error": repr(error)[:300],
+                             "model_bytes": model_bytes(case), "median_s": float("nan")})
+                continue
+            finally:
+                if device == "gpu":
+                    _free_gpu_memory(provider)
+            rows.append({"case_key": case.key, "case": case.to_dict(), "provider": provider.name,
+                         "model_bytes": model_bytes(case), **timing.to_dict()})
+    meta["cases_run"] = len(cases) - skipped
+    meta["cases_skipped_for_time"] = skipped
+    files = report.write(out, meta, rows)
+    print(f"wrote {', '.join(str(path) for path in files.values())}")
+    sections = (out / "results.md").read_text().split("\n## ")
+    print("## " + next(section for section in sections if section.startswith("Targets")))
+    return out
+
+
+def _free_gpu_memory(provider: Provider) -> None:
+    if provider.library == "torch":
+        import torch
+
+        torch.cuda.empty_cache()
+    else:
+        import cupy
+
+        cupy.get_default_memory_pool().free_all_blocks()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
+    parser.add_argument("--losses", nargs="+", choices=["gaussian_nll", "nll"],
+                        default=["gaussian_nll", "nll"])
+    parser.add_argument("--ops", nargs="+", choices=OPERATIONS, default=list(OPERATIONS))
+    parser.add_argument("--reductions", nargs="+", choices=REDUCTIONS, default=list(REDUCTIONS))
+    parser.add_argument("--dtypes", nargs="+",
+                        choices=["float16", "bfloat16", "float32", "float64"])
+    parser.add_argument("--providers", nargs="+", default=[],
+                        help="provider names to keep (default: all available)")
+    parser.add_argument("--quick", action="store_true", help="a few sizes, float32 only")
+    parser.add_argument("--max-elements", type=int, default=1 << 28)
+    parser.add_argument("--budget", type=float, default=0.3, help="seconds per measurement")
+    parser.add_argument("--max-repeats", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--time-limit", type=float, default=float("inf"),
+                        help="stop starting new cases after this many seconds")
+    parser.add_argument("--out", help="output folder (default benchmarks/results/<device>)")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""What is measured: the benchmark cases, their inputs, and the bytes each must move.
+
+A case is one call shape (loss, operation, reduction, variant, dtype, size).  Its *model
+bytes* are the least traffic any implementation needs: every input read once and every
+output written once (a reduced loss writes nothing worth counting).  Achieved bandwidth is
+model bytes over time, compared with a device-to-device copy of the same bytes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+OPERATIONS = ("forward", "backward", "loss_and_grad")
+REDUCTIONS = ("none", "mean", "sum")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmarked call."""
+
+    loss: str  # "gaussian_nll" or "nll"
+    op: str  # "forward", "backward" or "loss_and_grad"
+    reduction: str
+    variant: str  # gaussian: var "full" | "rows" | "scalar"; nll: "plain" | "weighted" ...
+    dtype: str
+    shape: tuple[int, ...]  # input shape
+    elements: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "elements", math.prod(self.shape))
+
+    @property
+    def key(self) -> str:
+        return (f"{self.loss}/{self.op}/{self.reduction}/{self.variant}/{self.dtype}/"
+                f"{'x'.join(map(str, self.shape))}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def itemsize(dtype: str) -> int:
+    return 2 if dtype in ("float16", "bfloat16") else np.dtype(dtype).itemsize
+
+
+def _target_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (shape[0], *shape[2:])
+
+
+def model_bytes(case: Case) -> int:
+    """The least bytes a call must move (see the module docstring)."""
+    size = itemsize(case.dtype)
+    if case.loss == "gaussian_nll":
+        n = case.elements
+        var = {"full": n, "rows": case.shape[0], "scalar": 0}[case.variant]
+        inputs = (2 * n + var) * size
+        if case.op == "forward":
+            return inputs + (n * size if case.reduction == "none" else 0)
+        upstream = n * size if (case.op == "backward" and case.reduction == "none") else 0
+        grads = (n + var) * size  # grad_input and grad_var, as a training step asks
+        return inputs + upstream + grads
+    targets = math.prod(_target_shape(case.shape))
+    read = targets * (8 + size)  # int64 target plus the gathered log-probability
+    dense = case.elements * size  # the gradient, written once
+    out = targets * size if case.reduction == "none" else 0
+    if case.op == "forward":
+        return read + out
+    if case.op == "backward":
+        return targets * 8 + dense + (targets * size if case.reduction == "none" else 0)
+    return read + dense
+
+
+def gaussian_sizes(device: str, quick: bool) -> list[int]:
+    if quick:
+        return [1 << 10, 1 << 16] if device == "cpu" else [1 << 10, 1 << 20, 1 << 24]
+    top = 22 if device == "cpu" else 28
+    return [1 << e for e in range(8, top + 1, 2)]
+
+
+def nll_shapes(device: str, quick: bool) -> list[tuple[int, ...]]:
+    if quick:
+        return [(1024, 10), (1 << 14, 100)] if device == "cpu" else [(1024, 10), (1 << 20, 1000)]
+    if device == "cpu":
+        shapes = [(n, c) for n, c in itertools.product([1 << e for e in range(10, 17, 2)],
+                                                       [10, 1000]) if n * c <= 1 << 24]
+        return [*shapes, (4, 19, 64, 64)]
+    shapes = [(n, c) for n, c in itertools.product([1 << e for e in range(10, 23, 2)],
+                                                   [10, 1000, 32768]) if n * c <= 1 << 28]
+    return [*shapes, (16, 19, 128, 128), (8, 21, 256, 256)]
+
+
+def build_cases(device: str, losses: list[str], ops: list[str], reductions: list[str],
+                dtypes: list[str], quick: bool) -> list[Case]:
+    """Every case of a run, smallest first."""
+    cases: list[Case] = []
+    for loss, op, reduction, dtype in itertools.product(losses, ops, reductions, dtypes):
+        if op == "loss_and_grad" and reduction == "none":
+            continue
+        if loss == "gaussian_nll":
+            variants = ["full", "rows", "scalar"] if reduction == "mean" else ["rows"]
+            for variant, n in itertools.product(variants, gaussian_sizes(device, quick)):
+                rows = max(n // 64, 1)
+                cases.append(Case(loss, op, reduction, variant, dtype, (rows, n // rows)))
+        else:
+            variants = ["plain", "weighted-ignored"] if reduction == "mean" else ["plain"]
+            for variant, shape in itertools.product(variants, nll_shapes(device, quick)):
+                cases.append(Case(loss, op, reduction, variant, dtype, shape))
+    return sorted(cases, key=lambda case: (case.elements, case.key))
+
+
+def make_inputs(case: Case, seed: int = 0) -> dict[str, Any]:
+    """NumPy inputs in float32/float64 (16-bit dtypes are cast by each provider)."""
+    rng = np.random.default_rng(seed)
+    storage = np.float64 if case.dtype == "float64" else np.float32
+    if case.loss == "gaussian_nll":
+        x = rng.standard_normal(case.shape, dtype=storage)
+        t = rng.standard_normal(case.shape, dtype=storage)
+        var: Any = {"full": lambda: rng.uniform(0.1, 2.0, case.shape).astype(storage),
+                    "rows": lambda: rng.uniform(0.1, 2.0, (case.shape[0], 1)).astype(storage),
+                    "scalar": lambda: 0.75}[case.variant]()
+        inputs = {"input": x, "target": t, "var": var}
+        if case.reduction == "none":
+            inputs["grad_output"] = rng.uniform(0.5, 1.5, case.shape).astype(storage)
+        return inputs
+    n_classes = case.shape[1]
+    logits = rng.standard_normal(case.shape, dtype=storage)
+    target = rng.integers(0, n_classes, _target_shape(case.shape))
+    inputs = {"input": logits, "target": target, "weight": None, "ignore_index": -100}
+    if case.variant == "weighted-ignored":
+        inputs["weight"] = rng.uniform(0.5, 2.0, n_classes).astype(storage)
+        target.reshape(-1)[::7] = -100
+    if case.reduction == "none":
+        inputs["grad_output"] = rng.uniform(0.5, 1.5, _target_shape(case.shape)).astype(storage)
+    return inputs

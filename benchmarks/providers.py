@@ -1,0 +1,186 @@
+"""Who is measured: each provider turns a case into a ready-to-time call.
+
+GPU: arrayloss's fused kernels on CuPy, arrayloss's generic array-API path on CuPy, PyTorch
+eager on CUDA, and a device-to-device copy of the case's model bytes (the roofline).  CPU:
+arrayloss on NumPy and PyTorch on the CPU.  A provider whose library is missing is skipped.
+
+PyTorch's ``backward`` is timed as forward plus autograd backward (the only way PyTorch users
+get it); ``loss_and_grad`` is the same pair.  arrayloss's are its explicit functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .cases import Case, model_bytes
+
+Call = Callable[[], Any]
+
+
+@dataclass(frozen=True)
+class Provider:
+    """A named implementation on a device kind ("gpu" or "cpu")."""
+
+    name: str
+    device: str
+    library: str  # "cupy", "torch" or "numpy": selects the timer and memory tracker
+
+    def available(self) -> bool:
+        try:
+            if self.library == "cupy":
+                import cupy
+
+                return int((cupy.arange(2) + 1).sum().get()) == 3
+            if self.library == "torch":
+                import torch
+
+                return self.device == "cpu" or torch.cuda.is_available()
+        except Exception:
+            return False
+        return True
+
+
+FUSED = Provider("arrayloss fused", "gpu", "cupy")
+GENERIC = Provider("arrayloss generic", "gpu", "cupy")
+TORCH_CUDA = Provider("torch eager", "gpu", "torch")
+COPY = Provider("d2d copy", "gpu", "cupy")
+NUMPY = Provider("arrayloss numpy", "cpu", "numpy")
+TORCH_CPU = Provider("torch cpu", "cpu", "torch")
+
+PROVIDERS = {"gpu": [FUSED, GENERIC, TORCH_CUDA, COPY], "cpu": [NUMPY, TORCH_CPU]}
+
+
+def _ml_bfloat16() -> Any:
+    import ml_dtypes
+
+    return ml_dtypes.bfloat16
+
+
+def _arrayloss_call(case: Case, arrays: dict[str, Any]) -> Call:
+    import arrayloss as al
+
+    if case.loss == "gaussian_nll":
+        args = (arrays["input"], arrays["target"], arrays["var"])
+        options: dict[str, Any] = {"reduction": case.reduction, "validate": False}
+        if case.op == "forward":
+            return lambda: al.gaussian_nll_loss(*args, **options)
+        if case.op == "backward":
+            upstream = arrays.get("grad_output", 1.0)
+            wrt = ("input", "var")
+            return lambda: al.gaussian_nll_loss_backward(upstream, *args, wrt=wrt, **options)
+        return lambda: al.gaussian_nll_loss_and_grad(*args, wrt=("input", "var"), **options)
+    args = (arrays["input"], arrays["target"], arrays["weight"])
+    options = {"reduction": case.reduction, "ignore_index": arrays["ignore_index"],
+               "validate": False}
+    if case.op == "forward":
+        return lambda: al.nll_loss(*args, **options)
+    if case.op == "backward":
+        upstream = arrays.get("grad_output", 1.0)
+        return lambda: al.nll_loss_backward(upstream, *args, **options)
+    return lambda: al.nll_loss_and_grad(*args, **options)
+
+
+def _torch_call(case: Case, arrays: dict[str, Any]) -> Call:
+    import torch
+    import torch.nn.functional as F
+
+    if case.loss == "gaussian_nll":
+        x, t, var = arrays["input"], arrays["target"], arrays["var"]
+        if case.op == "forward":
+            return lambda: F.gaussian_nll_loss(x, t, var, reduction=case.reduction)
+        x = x.detach().requires_grad_()
+        if not isinstance(var, float):
+            var = var.detach().requires_grad_()
+        upstream = arrays.get("grad_output")
+
+        def forward_backward() -> Any:
+            loss = F.gaussian_nll_loss(x, t, var, reduction=case.reduction)
+            loss.backward(upstream if case.reduction == "none" else None)
+            x.grad = None
+            if isinstance(var, torch.Tensor):
+                var.grad = None
+            return loss
+
+        return forward_backward
+    logits, target, weight = arrays["input"], arrays["target"], arrays["weight"]
+    ignore_index = arrays["ignore_index"]
+    if case.op == "forward":
+        return lambda: F.nll_loss(logits, target, weight, ignore_index=ignore_index,
+                                  reduction=case.reduction)
+    logits = logits.detach().requires_grad_()
+    upstream = arrays.get("grad_output")
+
+    def nll_forward_backward() -> Any:
+        loss = F.nll_loss(logits, target, weight, ignore_index=ignore_index,
+                          reduction=case.reduction)
+        loss.backward(upstream if case.reduction == "none" else None)
+        logits.grad = None
+        return loss
+
+    return nll_forward_backward
+
+
+def convert(provider: Provider, case: Case, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The case's NumPy inputs as the provider's arrays, in the case's dtype."""
+    out: dict[str, Any] = {}
+    for key, value in inputs.items():
+        if not isinstance(value, np.ndarray):
+            out[key] = value
+            continue
+        floating = value.dtype.kind == "f"
+        if provider.library == "torch":
+            import torch
+
+            tensor = torch.from_numpy(value)
+            if floating:
+                tensor = tensor.to(getattr(torch, case.dtype))
+            out[key] = tensor.to("cuda" if provider.device == "gpu" else "cpu")
+            continue
+        if floating and case.dtype != value.dtype.name:
+            value = value.astype(_ml_bfloat16() if case.dtype == "bfloat16" else case.dtype)
+        if provider.library == "cupy":
+            import cupy
+
+            value = cupy.asarray(value)
+        out[key] = value
+    return out
+
+
+def make_call(provider: Provider, case: Case, arrays: dict[str, Any]) -> Call:
+    """The call to time for ``provider`` on ``case`` with its converted ``arrays``."""
+    if provider is COPY:
+        import cupy
+
+        # A copy reads and writes half of the model bytes each: the same traffic.
+        half = max(model_bytes(case) // 2, 1)
+        source = cupy.empty(half, dtype=cupy.uint8)
+        destination = cupy.empty_like(source)
+        return lambda: destination.__setitem__(Ellipsis, source)
+    if provider.library == "torch":
+        return _torch_call(case, arrays)
+    if provider is GENERIC:
+        import arrayloss as al
+
+        call = _arrayloss_call(case, arrays)
+
+        def generic() -> Any:
+            with al.fused_kernels(False):
+                return call()
+
+        return generic
+    return _arrayloss_call(case, arrays)
+
+
+def supports(provider: Provider, case: Case) -> bool:
+    """Whether ``provider`` can run ``case`` (bfloat16 needs ml_dtypes outside PyTorch)."""
+    if case.dtype != "bfloat16" or provider.library == "torch" or provider is COPY:
+        return True
+    try:
+        _ml_bfloat16()
+    except ImportError:
+        return False
+    return True

@@ -1,0 +1,210 @@
+"""How results are published: JSON, a Markdown report with the targets, and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+BASELINE = {"gpu": "torch eager", "cpu": "torch cpu"}
+OURS = {"gpu": "arrayloss fused", "cpu": "arrayloss numpy"}
+
+
+def _rows_by_case(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    table: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for row in rows:
+        table[row["case_key"]][row["provider"]] = row
+    return table
+
+
+def add_derived(rows: list[dict[str, Any]], device: str) -> None:
+    """GB/s, percent of the copy bandwidth for the same bytes, and speedups, in place."""
+    for providers in _rows_by_case(rows).values():
+        copy = providers.get("d2d copy")
+        baseline = providers.get(BASELINE[device])
+        for row in providers.values():
+            seconds = row["median_s"]
+            row["gbps"] = row["model_bytes"] / seconds / 1e9 if seconds > 0 else math.nan
+            if copy is not None and row["provider"] != "d2d copy":
+                row["pct_of_copy"] = 100.0 * copy["median_s"] / seconds
+            if baseline is not None and row["provider"] != baseline["provider"]:
+                row["speedup_vs_baseline"] = baseline["median_s"] / seconds
+
+
+def _find(rows: list[dict[str, Any]], provider: str, **fields: Any) -> dict[str, Any] | None:
+    for row in rows:
+        case = row["case"]
+        if row["provider"] == provider and all(
+                (tuple(case[k]) if k == "shape" else case[k]) == v for k, v in fields.items()):
+            return row
+    return None
+
+
+def evaluate_targets(rows: list[dict[str, Any]], device: str) -> list[dict[str, Any]]:
+    """Issue 4's targets for this device: each with its measured figure, met or missed."""
+    ours = OURS[device]
+    targets: list[dict[str, Any]] = []
+
+    def check(name: str, row: dict[str, Any] | None, metric: str, threshold: float) -> None:
+        value = None if row is None else row.get(metric)
+        status = "not measured" if value is None else (
+            "met" if value >= threshold else "missed")
+        targets.append({"target": name, "metric": metric, "threshold": threshold,
+                        "value": value, "status": status})
+
+    if device == "gpu":
+        big = (1 << 20, 64)
+        common = {"loss": "gaussian_nll", "reduction": "mean", "variant": "full",
+                  "dtype": "float32", "shape": big}
+        forward = _find(rows, ours, op="forward", **common)
+        fused = _find(rows, ours, op="loss_and_grad", **common)
+        check("GNLL forward mean fp32 2^26: >= 85% of copy bandwidth", forward, "pct_of_copy",
+              85)
+        check("GNLL forward mean fp32 2^26: >= 5x PyTorch", forward, "speedup_vs_baseline", 5)
+        check("GNLL loss+grad fp32 2^26: >= 80% of copy bandwidth", fused, "pct_of_copy", 80)
+        check("GNLL loss+grad fp32 2^26: >= 6x PyTorch fwd+bwd", fused, "speedup_vs_baseline",
+              6)
+        nll = _find(rows, ours, loss="nll", op="forward", reduction="mean", variant="plain",
+                    dtype="float32", shape=(1 << 20, 1000))
+        check("NLL forward mean N=2^20 C=1000: >= 10x PyTorch", nll, "speedup_vs_baseline", 10)
+        backward = [row for row in rows if row["provider"] == ours and row["case"]["loss"] ==
+                    "nll" and row["case"]["op"] == "backward" and row["case"]["dtype"] ==
+                    "float32" and len(row["case"]["shape"]) == 2]
+        largest = max(backward, key=lambda row: row["case"]["elements"], default=None)
+        check("NLL backward (dense write, largest): >= 85% of copy bandwidth", largest,
+              "pct_of_copy", 85)
+        small = {"dtype": "float32", "reduction": "mean"}
+        check("GNLL 1024 elements: >= 2x PyTorch per call",
+              _find(rows, ours, loss="gaussian_nll", op="forward", variant="full",
+                    shape=(16, 64), **small), "speedup_vs_baseline", 2)
+        check("NLL 1024 rows: within 1.5x of PyTorch",
+              _find(rows, ours, loss="nll", op="forward", variant="plain", shape=(1024, 10),
+                    **small), "speedup_vs_baseline", 1 / 1.5)
+    else:
+        for loss, op, variant, threshold, label in [
+                ("gaussian_nll", "forward", "full", 1.0, "no slower than PyTorch"),
+                ("gaussian_nll", "backward", "full", 1.0, "no slower than PyTorch"),
+                ("nll", "forward", "plain", 1 / 1.5, "within 1.5x of PyTorch"),
+                ("nll", "backward", "plain", 1 / 1.5, "within 1.5x of PyTorch")]:
+            candidates = [row for row in rows if row["provider"] == ours and row["case"]["loss"]
+                          == loss and row["case"]["op"] == op and row["case"]["variant"] ==
+                          variant and row["case"]["reduction"] == "mean" and
+                          row["case"]["dtype"] == "float32" and len(row["case"]["shape"]) == 2]
+            for row in sorted(candidates, key=lambda row: row["case"]["elements"])[-1:] + sorted(
+                    candidates, key=lambda row: row["case"]["elements"])[:1]:
+                check(f"CPU {loss} {op} mean fp32 {tuple(row['case']['shape'])}: {label}", row,
+                      "speedup_vs_baseline", threshold)
+    return targets
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def markdown(meta: dict[str, Any], rows: list[dict[str, Any]],
+             targets: list[dict[str, Any]]) -> str:
+    device = meta["device_kind"]
+    lines = [f"# arrayloss benchmarks: {meta['device_name']}", "",
+             f"{meta['date']}; {meta['versions']}; command `{meta['command']}`.", ""]
+    if meta.get("copy_gbps"):
+        lines += [f"Measured device-to-device copy bandwidth: **{meta['copy_gbps']:,.0f} GB/s** "
+                  "(bytes read + written).", ""]
+    lines += ["## Targets", "", "| target | measured | status |", "|---|---|---|"]
+    for target in targets:
+        unit = "%" if target["metric"] == "pct_of_copy" else "x"
+        lines.append(f"| {target['target']} | {_fmt(target['value'], 2)}{unit} | "
+                     f"{target['status']} |")
+    providers = sorted({row["provider"] for row in rows})
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[(row["case"]["loss"], row["case"]["op"])].append(row)
+    for (loss, op), group in sorted(groups.items()):
+        lines += ["", f"## {loss} {op}", "",
+                  "Median time per call in microseconds (GB/s of model bytes; % of copy "
+                  "bandwidth; speedup against " + BASELINE[device] + ").", ""]
+        lines.append("| reduction | variant | dtype | shape | model MB | " +
+                     " | ".join(providers) + " |")
+        lines.append("|" + "---|" * (5 + len(providers)))
+        for providers_by_name in _rows_by_case(group).values():
+            case = next(iter(providers_by_name.values()))
+            spec = case["case"]
+            cells = []
+            for name in providers:
+                row = providers_by_name.get(name)
+                if row is None:
+                    cells.append("-")
+                    continue
+                extra = [f"{_fmt(row.get('gbps'), 0)} GB/s"]
+                if "pct_of_copy" in row:
+                    extra.append(f"{_fmt(row['pct_of_copy'], 0)}%")
+                if "speedup_vs_baseline" in row:
+                    extra.append(f"{_fmt(row['speedup_vs_baseline'], 2)}x")
+                cells.append(f"{_fmt(row['median_s'] * 1e6)} ({', '.join(extra)})")
+            lines.append(f"| {spec['reduction']} | {spec['variant']} | {spec['dtype']} | "
+                         f"{'x'.join(map(str, spec['shape']))} | "
+                         f"{case['model_bytes'] / 1e6:,.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plots(rows: list[dict[str, Any]], device: str, out: Path) -> list[Path]:
+    """GB/s and speedup against size, one line per provider, per (loss, operation)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    main_variant = {"gaussian_nll": "full", "nll": "plain"}
+    for loss in ("gaussian_nll", "nll"):
+        ops = sorted({row["case"]["op"] for row in rows if row["case"]["loss"] == loss})
+        if not ops:
+            continue
+        figure, axes = plt.subplots(2, len(ops), figsize=(5 * len(ops), 8), squeeze=False)
+        for column, op in enumerate(ops):
+            selected = [row for row in rows if row["case"]["loss"] == loss and row["case"]["op"]
+                        == op and row["case"]["variant"] == main_variant[loss] and
+                        row["case"]["reduction"] == "mean" and row["case"]["dtype"] == "float32"
+                        and len(row["case"]["shape"]) == 2]
+            for provider in sorted({row["provider"] for row in selected}):
+                points = sorted((row["case"]["elements"], row) for row in selected
+                                if row["provider"] == provider)
+                sizes = [size for size, _ in points]
+                axes[0][column].plot(sizes, [row["gbps"] for _, row in points], marker="o",
+                                     label=provider)
+                if provider != BASELINE[device] and provider != "d2d copy":
+                    speedups = [row.get("speedup_vs_baseline", math.nan) for _, row in points]
+                    axes[1][column].plot(sizes, speedups, marker="o", label=provider)
+            axes[0][column].set(xscale="log", yscale="log", title=f"{loss} {op} (mean, fp32)",
+                                xlabel="input elements", ylabel="GB/s of model bytes")
+            axes[1][column].set(xscale="log", yscale="log", xlabel="input elements",
+                                ylabel=f"speedup vs {BASELINE[device]}")
+            axes[1][column].axhline(1.0, color="grey", linewidth=0.8)
+            for axis in axes[:, column]:
+                axis.grid(True, which="both", alpha=0.3)
+                if axis.get_legend_handles_labels()[0]:
+                    axis.legend(fontsize=8)
+        figure.tight_layout()
+        path = out / f"{loss}.png"
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def write(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Path]:
+    """Write results.json, results.md and the plots under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    device = meta["device_kind"]
+    add_derived(rows, device)
+    targets = evaluate_targets(rows, device)
+    (out / "results.json").write_text(json.dumps(
+        {"meta": meta, "targets": targets, "results": rows}, indent=1, default=str) + "\n")
+    (out / "results.md").write_text(markdown(meta, rows, targets))
+    files = {"json": out / "results.json", "markdown": out / "results.md"}
+    for path in plots(rows, device, out):
+        files[path.stem] = path
+    return files

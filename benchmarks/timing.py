@@ -1,0 +1,143 @@
+"""How it is measured: timers and memory trackers for each library.
+
+GPU calls are timed with CUDA events around each call, after a warm-up (which also compiles
+the kernels), cycling through several input sets so the 50 MB L2 cache of an H100 does not
+serve repeated inputs.  The host time of a call (launch overhead) is recorded beside it.
+CPU calls are timed with ``time.perf_counter``.  Each measurement reports the median and the
+20th and 80th percentiles.
+"""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+Call = Callable[[], Any]
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_s: float
+    p20_s: float
+    p80_s: float
+    host_us: float  # time the host spends in the call (launch overhead on a GPU)
+    repeats: int
+    peak_extra_bytes: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"median_s": self.median_s, "p20_s": self.p20_s, "p80_s": self.p80_s,
+                "host_us": self.host_us, "repeats": self.repeats,
+                "peak_extra_bytes": self.peak_extra_bytes}
+
+
+def _summary(seconds: Sequence[float], host: Sequence[float], peak: int | None) -> Timing:
+    values = np.asarray(seconds)
+    return Timing(float(np.median(values)), float(np.percentile(values, 20)),
+                  float(np.percentile(values, 80)), float(np.median(host)) * 1e6, len(values),
+                  peak)
+
+
+def time_cpu(calls: Sequence[Call], warmup: int, budget_s: float, max_repeats: int,
+             track_memory: bool) -> Timing:
+    """Median wall time of ``calls`` (cycled), within about ``budget_s`` seconds."""
+    for k in range(warmup):
+        calls[k % len(calls)]()
+    peak = None
+    if track_memory:  # NumPy reports its allocations to tracemalloc
+        tracemalloc.start()
+        calls[0]()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    seconds: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(seconds) < 3 or (len(seconds) < max_repeats and time.perf_counter() < deadline):
+        start = time.perf_counter()
+        calls[len(seconds) % len(calls)]()
+        seconds.append(time.perf_counter() - start)
+    return _summary(seconds, seconds, peak)
+
+
+def _cupy_peak(call: Call) -> int:
+    """Peak extra device memory of one call, through a tracking allocator on CuPy's pool."""
+    import cupy
+
+    pool = cupy.get_default_memory_pool()
+    cupy.cuda.get_current_stream().synchronize()
+    baseline = pool.used_bytes()
+    peak = baseline
+
+    def tracking_malloc(size: int) -> Any:
+        nonlocal peak
+        memory = pool.malloc(size)
+        peak = max(peak, pool.used_bytes())
+        return memory
+
+    cupy.cuda.set_allocator(tracking_malloc)
+    try:
+        result = call()
+        del result
+    finally:
+        cupy.cuda.set_allocator(pool.malloc)
+    return peak - baseline
+
+
+def _torch_peak(call: Call) -> int:
+    import torch
+
+    torch.cuda.synchronize()
+    baseline = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    result = call()
+    del result
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - baseline
+
+
+def time_gpu(calls: Sequence[Call], library: str, warmup: int, budget_s: float,
+             max_repeats: int) -> Timing:
+    """Per-call GPU time from CUDA events (on the library's current stream)."""
+    if library == "torch":
+        import torch
+
+        def event() -> Any:
+            return torch.cuda.Event(enable_timing=True)
+
+        synchronize: Callable[[], None] = torch.cuda.synchronize
+
+        def elapsed_s(start: Any, end: Any) -> float:
+            return float(start.elapsed_time(end)) / 1e3
+    else:
+        import cupy
+
+        def event() -> Any:
+            return cupy.cuda.Event()
+
+        def synchronize() -> None:
+            cupy.cuda.get_current_stream().synchronize()
+
+        def elapsed_s(start: Any, end: Any) -> float:
+            return float(cupy.cuda.get_elapsed_time(start, end)) / 1e3
+
+    for k in range(warmup):
+        calls[k % len(calls)]()
+    synchronize()
+    peak = _torch_peak(calls[0]) if library == "torch" else _cupy_peak(calls[0])
+    seconds: list[float] = []
+    host: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(seconds) < 5 or (len(seconds) < max_repeats and time.perf_counter() < deadline):
+        start, end = event(), event()
+        call = calls[len(seconds) % len(calls)]
+        start.record()
+        launched = time.perf_counter()
+        call()
+        host.append(time.perf_counter() - launched)
+        end.record()
+        end.synchronize()
+        seconds.append(elapsed_s(start, end))
+    return _summary(seconds, host, peak)

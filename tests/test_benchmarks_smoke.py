@@ -1,0 +1,52 @@
+"""The benchmark suite runs end to end on the tiniest sizes and writes well-formed results.
+
+Timings are never asserted: only that every output exists and is sane.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from benchmarks.__main__ import main
+from benchmarks.cases import Case, model_bytes
+
+
+def test_quick_cpu_run_writes_json_markdown_and_plots(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    assert main(["--device", "cpu", "--quick", "--max-elements", "16384", "--budget", "0.01",
+                 "--max-repeats", "3", "--warmup", "1", "--no-progress",
+                 "--out", str(out)]) == 0
+    data = json.loads((out / "results.json").read_text())
+    meta, rows = data["meta"], data["results"]
+    assert meta["device_kind"] == "cpu" and "numpy" in meta["versions"]
+    assert rows, "no measurement was taken"
+    providers = {row["provider"] for row in rows}
+    assert "arrayloss numpy" in providers
+    for row in rows:
+        assert "error" not in row, row
+        assert row["median_s"] > 0 and math.isfinite(row["median_s"])
+        assert row["p20_s"] <= row["median_s"] <= row["p80_s"]
+        assert row["model_bytes"] == model_bytes(Case(**{k: v for k, v in row["case"].items()
+                                                          if k != "elements"}))
+        assert row["gbps"] > 0
+    for loss in ("gaussian_nll", "nll"):
+        assert (out / f"{loss}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = (out / "results.md").read_text()
+    assert markdown.startswith("# arrayloss benchmarks") and "## Targets" in markdown
+    assert {target["status"] for target in data["targets"]} <= {"met", "missed", "not measured"}
+
+
+def test_model_bytes_follow_the_byte_models() -> None:
+    n = 1 << 20
+    forward = Case("gaussian_nll", "forward", "mean", "full", "float32", (n // 64, 64))
+    assert model_bytes(forward) == 12 * n  # read input, target, var once
+    fused = Case("gaussian_nll", "loss_and_grad", "mean", "full", "float32", (n // 64, 64))
+    assert model_bytes(fused) == 20 * n  # plus grad_input and grad_var written once
+    backward = Case("nll", "backward", "mean", "plain", "float32", (1000, 30))
+    assert model_bytes(backward) == 1000 * 8 + 1000 * 30 * 4  # targets read, dense grad written
