@@ -128,14 +128,16 @@ def convert(provider: Provider, case: Case, inputs: dict[str, Any]) -> dict[str,
     """The case's NumPy inputs as the provider's arrays, in the case's dtype."""
     out: dict[str, Any] = {}
     for key, value in inputs.items():
-        if not isinstance(value, np.ndarray):
+        if not hasattr(value, "dtype"):
             out[key] = value
             continue
         floating = value.dtype.kind == "f"
         if provider.library == "torch":
             import torch
 
-            tensor = torch.from_numpy(value)
+            # NumPy inputs are copied in; CuPy inputs are shared through DLPack, then cast.
+            tensor = torch.from_numpy(value) if isinstance(value, np.ndarray) else (
+                torch.from_dlpack(value))
             if floating:
                 tensor = tensor.to(getattr(torch, case.dtype))
             out[key] = tensor.to("cuda" if provider.device == "gpu" else "cpu")
