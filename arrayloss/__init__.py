@@ -13,6 +13,9 @@ from ._validation import TargetOutOfRangeError
 
 __version__ = "0.1.0"
 
+# Shown as arrayloss.TargetOutOfRangeError in tracebacks, where users catch it from.
+TargetOutOfRangeError.__module__ = __name__
+
 __all__ = [
     "GaussianNLLLoss",
     "NLLLoss",

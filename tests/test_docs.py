@@ -1,0 +1,40 @@
+"""Every code example in the docstrings and in the documentation pages runs as a doctest."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+MODULES = ["arrayloss._gaussian_nll", "arrayloss._nll", "arrayloss._modules",
+           "arrayloss._dispatch"]
+PAGES = sorted(DOCS.glob("*.rst"))
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_docstring_examples(module: str) -> None:
+    result = doctest.testmod(importlib.import_module(module), optionflags=OPTIONS)
+    assert result.attempted > 0, f"{module} has no examples"
+    assert result.failed == 0
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[page.name for page in PAGES])
+def test_page_examples(page: Path) -> None:
+    if "array_api_strict" in page.read_text():
+        pytest.importorskip("array_api_strict")
+    result = doctest.testfile(str(page), module_relative=False, optionflags=OPTIONS)
+    assert result.failed == 0
+
+
+def test_every_public_name_is_documented() -> None:
+    import arrayloss
+
+    api = (DOCS / "api.rst").read_text()
+    for name in arrayloss.__all__:
+        if name != "__version__":
+            assert f"   {name}\n" in api, f"{name} is missing from docs/api.rst"
+            assert getattr(arrayloss, name).__doc__, f"{name} has no docstring"

@@ -1,0 +1,42 @@
+"""The worked examples run, check their own gradients, and learn (numbers, not timings)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_heteroscedastic_regression_learns_the_noise(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    example = _load("heteroscedastic_regression")
+    metrics = example.main(["--steps", "1500", "--out", str(tmp_path)])
+    assert metrics["gradient_check_error"] < 1e-6
+    assert example.learned(metrics), metrics
+    assert metrics["std_correlation"] > 0.9
+    assert metrics["test_nll"] < metrics["constant_variance_nll"]
+    assert (tmp_path / "heteroscedastic_regression.png").stat().st_size > 10_000
+
+
+def test_classification_learns_the_spirals(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    example = _load("classification")
+    metrics = example.main(["--steps", "800", "--out", str(tmp_path)])
+    assert metrics["gradient_check_error"] < 1e-6
+    assert example.learned(metrics), metrics
+    assert metrics["test_accuracy"] > 0.9
+    assert (tmp_path / "classification.png").stat().st_size > 10_000
