@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace, device, is_array_api_obj
+from array_api_compat import array_namespace, device, is_array_api_obj, is_numpy_namespace
 
 __all__ = [
     "GaussianNLLCall",
@@ -129,23 +129,28 @@ def check_ignore_index(ignore_index: object) -> int:
 
 def _namespace(named: dict[str, Any]) -> ModuleType:
     """The array namespace shared by the named arrays, with errors that name the argument."""
-    for name, value in named.items():
-        if not is_array_api_obj(value):
-            raise TypeError(f"{name} must be an array, got {type(value).__name__}")
     try:
         xp = array_namespace(*named.values())
     except TypeError:
+        for name, value in named.items():
+            if not is_array_api_obj(value):
+                raise TypeError(f"{name} must be an array, got {type(value).__name__}") from None
         kinds = ", ".join(f"{name}: {type(value).__module__}.{type(value).__name__}"
                           for name, value in named.items())
         raise TypeError(f"all arrays must come from the same array library; got {kinds}") from None
-    devices = {name: device(value) for name, value in named.items()}
-    first_name, first_device = next(iter(devices.items()))
-    for name, dev in devices.items():
-        if dev != first_device:
-            raise ValueError(
-                f"all arrays must be on the same device; {first_name} is on {first_device} "
-                f"but {name} is on {dev}"
-            )
+    for name, value in named.items():
+        # array_namespace takes Python scalars; an argument documented as an array must be one.
+        if not is_array_api_obj(value):
+            raise TypeError(f"{name} must be an array, got {type(value).__name__}")
+    if len(named) > 1 and not is_numpy_namespace(xp):  # NumPy has a single device
+        devices = {name: device(value) for name, value in named.items()}
+        first_name, first_device = next(iter(devices.items()))
+        for name, dev in devices.items():
+            if dev != first_device:
+                raise ValueError(
+                    f"all arrays must be on the same device; {first_name} is on {first_device} "
+                    f"but {name} is on {dev}"
+                )
     return xp
 
 

@@ -98,13 +98,32 @@ def _raise_first_bad_target(
     raise target_out_of_range_error(value, call.n_classes, call.ignore_index)
 
 
+def _all_targets_active(call: NLLCall) -> bool:
+    """NumPy only: whether every target is a class (none ignored, none invalid).
+
+    Two reductions (min and max) decide it, so the common case skips the masks and the
+    ``where`` calls; any other case takes the general path.
+    """
+    if not is_numpy_namespace(call.xp) or call.target.size == 0:
+        return False
+    lowest, highest = int(call.target.min()), int(call.target.max())
+    return 0 <= lowest and highest < call.n_classes and not (
+        lowest <= call.ignore_index <= highest)
+
+
 def _gather(call: NLLCall, dtype: Any) -> _Gathered:
     xp = call.xp
-    targets, ignored, in_range = _target_masks(call)
-    if call.validate:
-        _raise_first_bad_target(call, targets, ignored, in_range)
-    active = xp.logical_and(in_range, xp.logical_not(ignored))
-    index = xp.astype(xp.where(active, targets, 0), xp.int64)
+    all_active = _all_targets_active(call)
+    if all_active:
+        index = np.reshape(np.asarray(call.target, dtype=np.int64),
+                           (1,) if call.input.ndim == 1 else call.loss_shape)
+        active = np.ones(index.shape, dtype=bool)
+    else:
+        targets, ignored, in_range = _target_masks(call)
+        if call.validate:
+            _raise_first_bad_target(call, targets, ignored, in_range)
+        active = xp.logical_and(in_range, xp.logical_not(ignored))
+        index = xp.astype(xp.where(active, targets, 0), xp.int64)
 
     zeros = xp.zeros(index.shape, dtype=dtype, device=device(index))
     if call.n_classes == 0:
@@ -117,10 +136,15 @@ def _gather(call: NLLCall, dtype: Any) -> _Gathered:
     if call.weight is None:
         weight = xp.astype(active, dtype)
     else:
-        class_weight = xp.take(as_compute(xp, call.weight, dtype), xp.reshape(index, (-1,)), axis=0)
-        weight = xp.where(active, xp.reshape(class_weight, index.shape), zeros)
-    # `where`, not a product with the mask: NaN or inf in ignored rows must not leak.
-    loss = xp.where(active, -(picked * weight), zeros)
+        class_weight = xp.take(as_compute(xp, call.weight, dtype), xp.reshape(index, (-1,)),
+                               axis=0)
+        weight = xp.reshape(class_weight, index.shape)
+        if not all_active:
+            weight = xp.where(active, weight, zeros)
+    loss = -(picked * weight)
+    if not all_active:
+        # `where`, not a product with the mask: NaN or inf in ignored rows must not leak.
+        loss = xp.where(active, loss, zeros)
     return _Gathered(index=index, active=active, weight=weight, loss=loss)
 
 
