@@ -21,7 +21,8 @@ def invalid_flag(validate: bool) -> cupy.ndarray:
     Without validation the kernels never write it, so it is left uninitialised: no fill kernel.
     """
     if validate:
-        return cupy.full((1,), _kernels.NO_INVALID, dtype=cupy.uint64)
+        # A NumPy scalar: a Python int above the int64 range would not convert.
+        return cupy.full((1,), np.uint64(_kernels.NO_INVALID), dtype=cupy.uint64)
     return cupy.empty((1,), dtype=cupy.uint64)
 
 
