@@ -18,18 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace
+from _training import Params, max_gradient_error, namespace, to_host, train_adam
 
 import arrayloss as al
 
-Params = dict[str, Any]
 IGNORE = -1
 N_CLASSES = 3
-
-
-def to_host(array: Any) -> np.ndarray:
-    """A NumPy copy of a NumPy or CuPy array (for checks and plots)."""
-    return array.get() if hasattr(array, "get") else np.asarray(array)
 
 
 def spirals(n_per_class: list[int], seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,42 +91,14 @@ def loss_and_grads(params: Params, data: dict[str, Any], xp: Any) -> tuple[float
 
 
 def check_gradients(xp: Any) -> float:
-    """The largest relative error of the analytic gradient against central differences."""
     data = make_data(xp, seed=5)
     data = {**data, "x": data["x"][:24], "labels": data["labels"][:24]}
-    params = init(xp, hidden=5, seed=6)
-    _, analytic = loss_and_grads(params, data, xp)
-    worst = 0.0
-    for name in params:
-        host = to_host(params[name]).copy()
-        for index in list(np.ndindex(host.shape))[:6]:
-            values = []
-            for step in (1e-6, -1e-6):
-                shifted = host.copy()
-                shifted[index] += step
-                values.append(loss_and_grads({**params, name: xp.asarray(shifted)}, data, xp)[0])
-            numeric = (values[0] - values[1]) / 2e-6
-            exact = float(analytic[name][index])
-            worst = max(worst, abs(numeric - exact) / max(abs(numeric), abs(exact), 1e-8))
-    return worst
+    return max_gradient_error(lambda p: loss_and_grads(p, data, xp), init(xp, 5, seed=6), xp)
 
 
 def train(xp: Any, data: dict[str, Any], steps: int, seed: int) -> tuple[Params, list[float]]:
-    params = init(xp, hidden=64, seed=seed)
-    moments = {name: (xp.zeros_like(p), xp.zeros_like(p)) for name, p in params.items()}
-    history = []
-    rate, beta1, beta2 = 1e-2, 0.9, 0.999
-    for step in range(1, steps + 1):
-        loss, grads = loss_and_grads(params, data, xp)
-        history.append(loss)
-        for name, grad in grads.items():  # Adam
-            m, v = moments[name]
-            m = beta1 * m + (1 - beta1) * grad
-            v = beta2 * v + (1 - beta2) * grad**2
-            moments[name] = (m, v)
-            update = (m / (1 - beta1**step)) / (xp.sqrt(v / (1 - beta2**step)) + 1e-8)
-            params[name] = params[name] - rate * update
-    return params, history
+    return train_adam(lambda p: loss_and_grads(p, data, xp), init(xp, 64, seed), xp, steps,
+                      rate=1e-2)
 
 
 def accuracy(params: Params, data: dict[str, Any], xp: Any) -> float:
@@ -183,12 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--out", type=Path, help="folder for the figure (none if omitted)")
     parser.add_argument("--cupy", action="store_true", help="run on the GPU with CuPy")
     args = parser.parse_args(argv)
-    if args.cupy:
-        import cupy
-
-        xp = array_namespace(cupy.empty(0))
-    else:
-        xp = array_namespace(np.empty(0))
+    xp = namespace(args.cupy)
 
     error = check_gradients(xp)
     print(f"gradient check: max relative error {error:.2e}")

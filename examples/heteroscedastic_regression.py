@@ -18,16 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace
+from _training import Params, max_gradient_error, namespace, to_host, train_adam
 
 import arrayloss as al
-
-Params = dict[str, Any]
-
-
-def to_host(array: Any) -> np.ndarray:
-    """A NumPy copy of a NumPy or CuPy array (for checks and plots)."""
-    return array.get() if hasattr(array, "get") else np.asarray(array)
 
 
 def true_std(x: Any, xp: Any) -> Any:
@@ -90,43 +83,14 @@ def loss_and_grads(params: Params, x: Any, y: Any, xp: Any) -> tuple[float, Para
 
 
 def check_gradients(xp: Any) -> float:
-    """The largest relative error of the analytic gradient against central differences."""
     x, y = make_data(xp, 16, seed=1)
-    params = init(xp, hidden=5, seed=2)
-    _, analytic = loss_and_grads(params, x, y, xp)
-    worst = 0.0
-    for name in params:
-        host = to_host(params[name]).copy()
-        for index in list(np.ndindex(host.shape))[:6]:
-            values = []
-            for step in (1e-6, -1e-6):
-                shifted = host.copy()
-                shifted[index] += step
-                values.append(loss_and_grads(dict(params, **{name: xp.asarray(shifted)}),
-                                             x, y, xp)[0])
-            numeric = (values[0] - values[1]) / 2e-6
-            exact = float(analytic[name][index])
-            worst = max(worst, abs(numeric - exact) / max(abs(numeric), abs(exact), 1e-8))
-    return worst
+    return max_gradient_error(lambda p: loss_and_grads(p, x, y, xp), init(xp, 5, seed=2), xp)
 
 
 def train(xp: Any, steps: int, seed: int) -> tuple[Params, list[float]]:
     x, y = make_data(xp, 1024, seed)
-    params = init(xp, hidden=48, seed=seed + 1)
-    moments = {name: (xp.zeros_like(p), xp.zeros_like(p)) for name, p in params.items()}
-    history = []
-    rate, beta1, beta2 = 3e-3, 0.9, 0.999
-    for step in range(1, steps + 1):
-        loss, grads = loss_and_grads(params, x, y, xp)
-        history.append(loss)
-        for name, grad in grads.items():  # Adam
-            m, v = moments[name]
-            m = beta1 * m + (1 - beta1) * grad
-            v = beta2 * v + (1 - beta2) * grad**2
-            moments[name] = (m, v)
-            update = (m / (1 - beta1**step)) / (xp.sqrt(v / (1 - beta2**step)) + 1e-8)
-            params[name] = params[name] - rate * update
-    return params, history
+    return train_adam(lambda p: loss_and_grads(p, x, y, xp), init(xp, 48, seed + 1), xp,
+                      steps, rate=3e-3)
 
 
 def evaluate(params: Params, xp: Any, seed: int) -> dict[str, float]:
@@ -178,12 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--out", type=Path, help="folder for the figure (none if omitted)")
     parser.add_argument("--cupy", action="store_true", help="run on the GPU with CuPy")
     args = parser.parse_args(argv)
-    if args.cupy:
-        import cupy
-
-        xp = array_namespace(cupy.empty(0))
-    else:
-        xp = array_namespace(np.empty(0))
+    xp = namespace(args.cupy)
 
     error = check_gradients(xp)
     print(f"gradient check: max relative error {error:.2e}")
