@@ -182,7 +182,9 @@ def gaussian_nll_loss_backward(
         input, target, var, full=full, eps=eps, reduction=reduction, validate=validate
     )
     wanted = _validation.check_wrt(wrt, call)
-    upstream = _validation.check_grad_output(grad_output, call.xp, call.loss_shape, reduction)
+    upstream = _validation.check_grad_output(
+        grad_output, call.input, call.xp, call.loss_shape, reduction
+    )
     return backend(call.xp, "gaussian_nll").backward(call, upstream, wanted)
 
 

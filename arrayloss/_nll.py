@@ -161,7 +161,9 @@ def nll_loss_backward(
     call = _validation.nll_call(
         input, target, weight, ignore_index=ignore_index, reduction=reduction, validate=validate
     )
-    upstream = _validation.check_grad_output(grad_output, call.xp, call.loss_shape, reduction)
+    upstream = _validation.check_grad_output(
+        grad_output, call.input, call.xp, call.loss_shape, reduction
+    )
     return backend(call.xp, "nll").backward(call, upstream)
 
 

@@ -429,7 +429,8 @@ def require_scalar_loss(reduction: object, function: str, loss: str) -> None:
 
 
 def check_grad_output(
-    grad_output: object, xp: ModuleType, loss_shape: tuple[int, ...], reduction: str
+    grad_output: object, input: Array, xp: ModuleType, loss_shape: tuple[int, ...],
+    reduction: str,
 ) -> Array | float:
     """Check the upstream gradient of a backward function against the loss it belongs to.
 
@@ -443,6 +444,9 @@ def check_grad_output(
         raise TypeError(f"grad_output must be {expected}, got {type(grad_output).__name__}")
     if array_namespace(grad_output) is not xp:
         raise TypeError("grad_output must come from the same array library as the inputs")
+    if device(grad_output) != device(input):
+        raise ValueError(f"grad_output must be on the inputs' device {device(input)}, "
+                         f"got {device(grad_output)}")
     _require_floating(xp, "grad_output", grad_output)
     expected_shape = loss_shape if reduction == "none" else ()
     if _shape(grad_output) != expected_shape:

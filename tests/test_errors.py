@@ -259,3 +259,7 @@ def test_devices_must_match() -> None:
     input = strict.ones(3, device=strict.Device("device1"))
     with pytest.raises(ValueError, match="same device"):
         al.gaussian_nll_loss(input, strict.ones(3), strict.ones(3))
+    other = strict.ones(3, device=strict.Device("device1"))
+    with pytest.raises(ValueError, match="grad_output must be on the inputs' device"):
+        al.gaussian_nll_loss_backward(other, strict.ones(3), strict.ones(3), 1.0,
+                                      reduction="none")
