@@ -50,10 +50,12 @@ def _flat_positions(call: NLLCall, index: Array) -> Array:
     xp = call.xp
     count = math.prod(index.shape)
     spatial = count // index.shape[0] if count else 1
-    position = xp.arange(count, dtype=xp.int64, device=device(index))  # n * S + s
     flat_index = xp.reshape(index, (-1,))
     if spatial == 1:
-        return position * call.n_classes + flat_index
+        rows = xp.arange(0, count * call.n_classes, call.n_classes, dtype=xp.int64,
+                         device=device(index))
+        return rows + flat_index
+    position = xp.arange(count, dtype=xp.int64, device=device(index))  # n * S + s
     return (position // spatial) * (call.n_classes * spatial) + position % spatial + (
         flat_index * spatial
     )
@@ -141,7 +143,8 @@ def _gather(call: NLLCall, dtype: Any) -> _Gathered:
         weight = xp.reshape(class_weight, index.shape)
         if not all_active:
             weight = xp.where(active, weight, zeros)
-    loss = -(picked * weight)
+    # Without weights every active weight is 1: the product would be a pass for nothing.
+    loss = -picked if call.weight is None and all_active else -(picked * weight)
     if not all_active:
         # `where`, not a product with the mask: NaN or inf in ignored rows must not leak.
         loss = xp.where(active, loss, zeros)
