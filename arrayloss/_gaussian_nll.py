@@ -16,7 +16,7 @@ __all__ = ["gaussian_nll_loss", "gaussian_nll_loss_and_grad", "gaussian_nll_loss
 
 Array = Any
 Gradients = tuple[Array | None, Array | None, Array | None]
-ALL_GRADIENTS = ("input", "target", "var")
+ALL_GRADIENTS = _validation.GAUSSIAN_GRADIENTS
 
 
 def gaussian_nll_loss(

@@ -20,14 +20,12 @@ from typing import Any
 
 from array_api_compat import device
 
-from .._validation import GaussianNLLCall, negative_var_error
+from .._validation import GAUSSIAN_GRADIENTS, GaussianNLLCall, negative_var_error
 from ._blocked import row_blocks, rows_of, run_blocks, spans_rows
 from ._helpers import as_0d, as_compute, compute_dtype, quiet_floating_point, sum_to_shape
 
 Array = Any
 Gradients = tuple[Array | None, Array | None, Array | None]
-
-GRADIENT_NAMES = ("input", "target", "var")
 
 #: The constant ``full=True`` adds to every element: ``0.5 * log(2 * pi)``.
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -193,7 +191,7 @@ def _gradients_blocked(
     ndim = len(call.loss_shape)
     arguments = (call.input, call.target, call.var)
     split = [name in wrt and spans_rows(arg, ndim)
-             for name, arg in zip(GRADIENT_NAMES, arguments, strict=True)]
+             for name, arg in zip(GAUSSIAN_GRADIENTS, arguments, strict=True)]
     outputs = [xp.empty(arg.shape, dtype=arg.dtype) if is_split else None
                for arg, is_split in zip(arguments, split, strict=True)]
 

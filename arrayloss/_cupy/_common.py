@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import array_api_compat.cupy as cupy_namespace
 import cupy
 import numpy as np
 
+from .._agnostic._helpers import compute_dtype as generic_compute_dtype
 from . import _kernels
 
 
 def compute_dtype(result_dtype: Any) -> np.dtype:
-    """The kernels' compute type: float64 for float64 results, float32 otherwise."""
-    return np.dtype(np.float64 if np.dtype(result_dtype) == np.float64 else np.float32)
+    """The kernels' compute type: the generic path's rule (float32 below 32 bits)."""
+    return np.dtype(generic_compute_dtype(cupy_namespace, result_dtype))
 
 
 def invalid_flag(validate: bool) -> cupy.ndarray:

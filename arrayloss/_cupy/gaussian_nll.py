@@ -17,6 +17,7 @@ from typing import Any
 
 import cupy
 
+from .._agnostic.gaussian_nll import HALF_LOG_2PI
 from .._validation import GaussianNLLCall, negative_var_error
 from . import _kernels, reduce
 from ._common import compute_dtype, first_invalid, invalid_flag
@@ -24,7 +25,6 @@ from ._common import compute_dtype, first_invalid, invalid_flag
 Array = Any
 Gradients = tuple[Array | None, Array | None, Array | None]
 
-HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _WANT_BITS = {"input": 1, "target": 2, "var": 4}
 
 
