@@ -1,0 +1,244 @@
+"""A stand-in for ``cupy.ndarray`` backed by NumPy memory, and the devices it lives on.
+
+It carries exactly what arrayloss's CuPy backend reads (shape, dtype, strides, device,
+contiguity, views, ``get``) plus what a kernel launch needs (the data address, CuPy's 32-bit
+index flag).  A launch is recognised by CuPy itself: ``ElementwiseKernel.__call__`` hands any
+argument with ``__cupy_override_elementwise_kernel__`` to it before touching a device.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: CuPy uses 32-bit indexing when an array spans at most this many bytes (and an indexer this
+#: many elements); the harness lowers it to reach the 64-bit path with small arrays.
+INDEX_32_BITS_LIMIT = [1 << 31]
+
+
+@dataclass
+class Counters:
+    """What the harness saw: launches per kernel, distinct sources, host reads."""
+
+    launches: dict[str, int] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)  # content hash -> source
+    host_reads: int = 0
+    execute: bool = True  # False: record sources without compiling or running them
+
+    def reset_launches(self) -> None:
+        self.launches.clear()
+        self.host_reads = 0
+
+
+COUNTERS = Counters()
+
+_local = threading.local()
+
+
+def current_device_id() -> int:
+    stack = getattr(_local, "devices", None)
+    return stack[-1] if stack else 0
+
+
+class HostDevice:
+    """``cupy.cuda.Device`` as far as arrayloss uses it: an id and a ``with`` block."""
+
+    def __init__(self, device_id: int = 0) -> None:
+        self.id = device_id
+
+    def __enter__(self) -> HostDevice:
+        if not hasattr(_local, "devices"):
+            _local.devices = []
+        _local.devices.append(self.id)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _local.devices.pop()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HostDevice) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(("hostcuda-device", self.id))
+
+    def __repr__(self) -> str:
+        return f"<CUDA Device {self.id}>"
+
+
+class _Buffer:
+    """One allocation: its device and whether anything has written it yet."""
+
+    def __init__(self, device_id: int, written: bool, nbytes: int) -> None:
+        self.device_id = device_id
+        self.written = written
+        self.index_32_bits = nbytes <= INDEX_32_BITS_LIMIT[0]
+
+
+class HostArray:
+    """A CuPy-typed array whose memory is a NumPy array on the host."""
+
+    __array_priority__ = 100
+
+    def __init__(self, array: np.ndarray, buffer: _Buffer) -> None:
+        self._array = array
+        self._buffer = buffer
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def allocate(cls, array: np.ndarray, written: bool) -> HostArray:
+        return cls(array, _Buffer(current_device_id(), written, array.nbytes))
+
+    def _view(self, array: np.ndarray) -> HostArray:
+        return HostArray(array, self._buffer)
+
+    # ---------------------------------------------------------------- attributes
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._array.shape
+
+    @property
+    def ndim(self) -> int:
+        return self._array.ndim
+
+    @property
+    def size(self) -> int:
+        return self._array.size
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._array.dtype
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        return self._array.strides
+
+    @property
+    def itemsize(self) -> int:
+        return self._array.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return self._array.nbytes
+
+    @property
+    def device(self) -> HostDevice:
+        return HostDevice(self._buffer.device_id)
+
+    @property
+    def flags(self) -> Any:
+        return self._array.flags
+
+    @property
+    def c_contiguous(self) -> bool:
+        return bool(self._array.flags.c_contiguous)
+
+    @property
+    def pointer(self) -> int:
+        return int(self._array.__array_interface__["data"][0])
+
+    @property
+    def T(self) -> HostArray:  # noqa: N802 (CuPy's name)
+        return self._view(self._array.T)
+
+    # ---------------------------------------------------------------- views and copies
+    def reshape(self, *shape: Any) -> HostArray:
+        if len(shape) == 1 and isinstance(shape[0], tuple):
+            shape = shape[0]
+        reshaped = self._array.reshape(shape)
+        if np.shares_memory(reshaped, self._array) or reshaped.size == 0:
+            return self._view(reshaped)
+        return HostArray.allocate(reshaped, written=True)
+
+    def __getitem__(self, key: Any) -> HostArray:
+        result = self._array[key]
+        if not isinstance(result, np.ndarray):  # an integer index: CuPy gives a 0-d array
+            result = self._array[(*key, ...) if isinstance(key, tuple) else (key, ...)]
+        return self._view(result)
+
+    def astype(self, dtype: Any, copy: bool = True) -> HostArray:
+        if not copy and np.dtype(dtype) == self.dtype:
+            return self
+        return HostArray.allocate(self._array.astype(dtype), written=True)
+
+    def copy(self) -> HostArray:
+        return HostArray.allocate(self._array.copy(), written=True)
+
+    def sum(self, axis: Any = None, keepdims: bool = False, dtype: Any = None) -> HostArray:
+        # CuPy's own reduction (not arrayloss's kernels), computed in the array's dtype.
+        summed = np.asarray(self._array.sum(axis=axis, keepdims=keepdims, dtype=dtype))
+        return HostArray.allocate(summed, written=True)
+
+    # ---------------------------------------------------------------- reads to the host
+    def get(self) -> np.ndarray:
+        COUNTERS.host_reads += 1
+        return self._array.copy()
+
+    def item(self) -> Any:
+        return self.get().item()
+
+    def __float__(self) -> float:
+        return float(self.get())
+
+    def __int__(self) -> int:
+        return int(self.get())
+
+    def __bool__(self) -> bool:
+        return bool(self.get())
+
+    def __len__(self) -> int:
+        return len(self._array)
+
+    def __repr__(self) -> str:
+        return f"HostArray({self._array!r}, device={self._buffer.device_id})"
+
+    # ---------------------------------------------------------------- the kernel hook
+    def __cupy_override_elementwise_kernel__(self, kernel: Any, *args: Any, **kwargs: Any) -> Any:
+        # CuPy hands a foreign array to this hook after dropping block_size: a real kernel
+        # object (built outside the harness) must not run host arrays with a wrong launch.
+        raise RuntimeError(f"{kernel.name} was built outside hostcuda.activated(); "
+                           "clear the kernel factories' caches")
+
+
+# -------------------------------------------------------------------- cupy-module functions
+
+
+def empty(shape: Any, dtype: Any = float, order: str = "C") -> HostArray:
+    """Uninitialised, as on the device: filled with a poison pattern (0xA5 bytes)."""
+    array = np.empty(shape, dtype=dtype, order=order)
+    array.view(np.uint8).reshape(-1)[:] = 0xA5 if array.size else 0
+    return HostArray.allocate(array, written=False)
+
+
+def full(shape: Any, fill_value: Any, dtype: Any = None) -> HostArray:
+    return HostArray.allocate(np.full(shape, fill_value, dtype=dtype), written=True)
+
+
+def zeros(shape: Any, dtype: Any = float) -> HostArray:
+    return HostArray.allocate(np.zeros(shape, dtype=dtype), written=True)
+
+
+def ones(shape: Any, dtype: Any = float) -> HostArray:
+    return HostArray.allocate(np.ones(shape, dtype=dtype), written=True)
+
+
+def asarray(value: Any, dtype: Any = None) -> HostArray:
+    if isinstance(value, HostArray):
+        return value if dtype is None or np.dtype(dtype) == value.dtype else value.astype(dtype)
+    return HostArray.allocate(np.array(value, dtype=dtype, copy=True), written=True)
+
+
+def ascontiguousarray(value: HostArray, dtype: Any = None) -> HostArray:
+    if value.c_contiguous and (dtype is None or np.dtype(dtype) == value.dtype):
+        return value
+    return HostArray.allocate(np.ascontiguousarray(value._array, dtype=dtype), written=True)
+
+
+def asnumpy(value: Any) -> np.ndarray:
+    return value.get() if isinstance(value, HostArray) else np.asarray(value)
+
+
+def expand_dims(value: HostArray, axis: Any) -> HostArray:
+    return value._view(np.expand_dims(value._array, axis))
