@@ -213,10 +213,11 @@ def nll_backward() -> cupy.ElementwiseKernel:
     """The dense gradient, each entry written once: the coefficient at the target, else 0.
 
     ``upstream_mode`` 0 reads the Python number ``g_scalar``, 1 the 0-d array ``g[0]``, 2 the
-    per-element array ``g[n * S + s]``.  ``total_weight[0]`` is read for ``'mean'`` only.
+    per-element array ``g[n * S + s]``.  ``total_weight[0]`` is read for ``'mean'`` only, so
+    other reductions may pass any initialised array there.
     """
     return cupy.ElementwiseKernel(
-        "raw I t, raw W w, raw G g, raw A total_weight, float64 g_scalar, int64 n_classes, "
+        "raw I t, raw W w, raw G g, raw T total_weight, float64 g_scalar, int64 n_classes, "
         "int64 spatial, int64 ignore_index, int32 ignore_matches, int32 has_weight, "
         "int32 check, int32 upstream_mode, int32 reduction",
         "R grad, raw uint64 invalid",
@@ -235,12 +236,13 @@ if (cls == column) {
     const A class_weight = has_weight ? A(w[cls]) : A(1);
     const A upstream = upstream_mode == 0 ? A(g_scalar)
                        : upstream_mode == 1 ? A(g[0]) : A(g[element]);
-    value = al::nll_grad_coefficient(reduction, class_weight, upstream, A(total_weight[0]));
+    const A total = reduction == al::REDUCE_MEAN ? A(total_weight[0]) : A(1);
+    value = al::nll_grad_coefficient(reduction, class_weight, upstream, total);
 }
 grad = R(value);
 """,
         name="arrayloss_nll_backward",
-        preamble=header(),
+        preamble=_preamble("al::compute_of<R>::type"),
     )
 
 

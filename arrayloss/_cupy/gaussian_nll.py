@@ -97,9 +97,9 @@ def _sum_to(full: cupy.ndarray, shape: tuple[int, ...]) -> cupy.ndarray:
 def forward(call: GaussianNLLCall) -> Array:
     """The loss, reduced as ``call.reduction`` says."""
     checked = _check(call)
-    flag = invalid_flag(checked)
     scalar_var = isinstance(call.var, float)
-    with call.input.device:
+    with call.input.device:  # everything, the flag too, on the inputs' device
+        flag = invalid_flag(checked)
         if call.reduction == "none":
             loss = cupy.empty(call.loss_shape, dtype=call.dtype)
             _kernels.gaussian_forward(scalar_var)(
@@ -119,10 +119,10 @@ def forward(call: GaussianNLLCall) -> Array:
 def backward(call: GaussianNLLCall, grad_output: Array | float, wrt: frozenset[str]) -> Gradients:
     """The gradients named in ``wrt``, in one pass."""
     checked = _check(call)
-    flag = invalid_flag(checked)
     scalar_var = isinstance(call.var, float)
     divisor = float(call.numel) if call.reduction == "mean" else 1.0
-    with call.input.device:
+    with call.input.device:  # everything, the flag too, on the inputs' device
+        flag = invalid_flag(checked)
         outputs = _GradientOutputs(call, wrt)
         kernel = _kernels.gaussian_backward(scalar_var, not isinstance(grad_output, float))
         kernel(call.input, call.target, call.var, grad_output, call.eps, divisor, outputs.want,
@@ -134,13 +134,13 @@ def backward(call: GaussianNLLCall, grad_output: Array | float, wrt: frozenset[s
 def loss_and_grad(call: GaussianNLLCall, wrt: frozenset[str]) -> tuple[Array, Gradients]:
     """The reduced loss and the gradients named in ``wrt``, in one pass."""
     checked = _check(call)
-    flag = invalid_flag(checked)
     scalar_var = isinstance(call.var, float)
     if call.reduction == "mean":
         upstream = 1.0 / call.numel if call.numel else math.nan
     else:
         upstream = 1.0
-    with call.input.device:
+    with call.input.device:  # everything, the flag too, on the inputs' device
+        flag = invalid_flag(checked)
         outputs = _GradientOutputs(call, wrt)
         partials = reduce.empty_partials(call.numel, compute_dtype(call.dtype))
         _kernels.gaussian_loss_and_grad(scalar_var)(

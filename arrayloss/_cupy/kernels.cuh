@@ -13,6 +13,7 @@
 #define AL_HD __host__ __device__ __forceinline__
 #else
 #include <cmath>
+#include <cstring>
 #define AL_HD inline
 #endif
 
@@ -46,38 +47,107 @@ struct compute_of {
                                   is_double<T3>::value>::type type;
 };
 
+// ------------------------------------------------------------------ bits
+//
+// CuPy compiles with -ftz=true: every float32 instruction, conversions to double included,
+// reads a subnormal operand as zero.  What must see a subnormal float as it is goes through its
+// bits, with integer and double instructions, which are never flushed.
+
+AL_HD unsigned int float_bits(float value) {
+    unsigned int bits;
+    memcpy(&bits, &value, sizeof bits);
+    return bits;
+}
+
+AL_HD unsigned long long float_bits(double value) {
+    unsigned long long bits;
+    memcpy(&bits, &value, sizeof bits);
+    return bits;
+}
+
+// x < 0 decided on the bits: a negative subnormal float is negative; -0 and NaN are not.
+AL_HD bool is_negative(float value) {
+    const unsigned int bits = float_bits(value);
+    return (bits >> 31) && (bits & 0x7fffffffu) != 0 && (bits & 0x7fffffffu) <= 0x7f800000u;
+}
+
+AL_HD bool is_negative(double value) {
+    const unsigned long long bits = float_bits(value);
+    const unsigned long long magnitude = bits & 0x7fffffffffffffffULL;
+    return (bits >> 63) && magnitude != 0 && magnitude <= 0x7ff0000000000000ULL;
+}
+
+// A float the device would flush: nonzero with a zero exponent.  Doubles are never flushed.
+AL_HD bool is_flushed(float value) {
+    const unsigned int magnitude = float_bits(value) & 0x7fffffffu;
+    return magnitude != 0 && magnitude < 0x00800000u;
+}
+
+AL_HD bool is_flushed(double) { return false; }
+
+// The exact double value of a float, subnormals included (m * 2^-149 for a subnormal).
+AL_HD double widen_exact(float value) {
+    if (!is_flushed(value)) return static_cast<double>(value);
+    const unsigned int bits = float_bits(value);
+    const double magnitude = static_cast<double>(bits & 0x7fffffu) * 1.401298464324817e-45;
+    return (bits >> 31) ? -magnitude : magnitude;
+}
+
+AL_HD double widen_exact(double value) { return value; }
+
 // ------------------------------------------------------------------ Gaussian NLL
 
-// max(var, eps), keeping NaN: `var < eps` is false for NaN, as in PyTorch's clamp.
+// max(var, eps), keeping NaN: `var < eps` is false for NaN, as in PyTorch's clamp.  A
+// subnormal float operand is compared by its exact value (a flushed compare or max would
+// read it as 0) and returned with its bits intact.
 template <typename A>
 AL_HD A clamp_var(A var, A eps) {
+    if (is_flushed(var) || is_flushed(eps)) return widen_exact(var) < widen_exact(eps) ? eps : var;
     return var < eps ? eps : var;
 }
 
 // 0.5 * (log(v) + (x - t)^2 / v) + constant, with v already clamped.
 template <typename A>
-AL_HD A gaussian_loss(A input, A target, A clamped_var, A constant) {
+AL_HD A gaussian_loss_of(A input, A target, A clamped_var, A constant) {
     const A diff = input - target;
     return A(0.5) * (log(clamped_var) + diff * diff / clamped_var) + constant;
 }
 
 // d loss / d input = g * (x - t) / v; d loss / d target is its negation.
 template <typename A>
-AL_HD A gaussian_grad_input(A input, A target, A clamped_var, A upstream) {
+AL_HD A gaussian_grad_input_of(A input, A target, A clamped_var, A upstream) {
     return upstream * (input - target) / clamped_var;
 }
 
 // d loss / d var = 0.5 * g * (1 - (x - t)^2 / v) / v, at the clamped v (the clamp is
 // invisible to the gradient, as in PyTorch).
 template <typename A>
-AL_HD A gaussian_grad_var(A input, A target, A clamped_var, A upstream) {
+AL_HD A gaussian_grad_var_of(A input, A target, A clamped_var, A upstream) {
     const A diff = input - target;
     return A(0.5) * upstream * (A(1) - diff * diff / clamped_var) / clamped_var;
 }
 
+// The public forms: a subnormal float variance (reachable with eps below 2^-126) would read as
+// 0 under -ftz and give inf or NaN; that element is computed in double from its exact value
+// and rounded once, which is PyTorch's float32 answer up to that rounding.
+#define AL_GAUSSIAN_ELEMENT(NAME)                                                          \
+    template <typename A>                                                                  \
+    AL_HD A NAME(A input, A target, A clamped_var, A other) {                              \
+        if (is_flushed(clamped_var)) {                                                     \
+            return A(NAME##_of<double>(widen_exact(input), widen_exact(target),            \
+                                       widen_exact(clamped_var), widen_exact(other)));     \
+        }                                                                                  \
+        return NAME##_of(input, target, clamped_var, other);                               \
+    }
+AL_GAUSSIAN_ELEMENT(gaussian_loss)
+AL_GAUSSIAN_ELEMENT(gaussian_grad_input)
+AL_GAUSSIAN_ELEMENT(gaussian_grad_var)
+#undef AL_GAUSSIAN_ELEMENT
+
+// NaN and -0.0 pass, as in PyTorch's any(var < 0); a negative subnormal is caught.
 template <typename A>
 AL_HD bool gaussian_var_is_invalid(A var) {
-    return var < A(0);  // NaN and -0.0 pass, as in PyTorch
+    return is_negative(var);
 }
 
 // ------------------------------------------------------------------ NLL

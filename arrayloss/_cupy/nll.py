@@ -82,7 +82,6 @@ def _totals(call: NLLCall, layout: _Layout, check: bool, flag: cupy.ndarray) -> 
 def _grad_input(call: NLLCall, layout: _Layout, grad_output: Array | float,
                 total_weight: cupy.ndarray | None, check: bool,
                 flag: cupy.ndarray) -> cupy.ndarray:
-    compute = compute_dtype(call.dtype)
     if isinstance(grad_output, float):
         upstream_mode, upstream, upstream_scalar = 0, layout.input, grad_output
     elif call.reduction == "none":
@@ -91,7 +90,7 @@ def _grad_input(call: NLLCall, layout: _Layout, grad_output: Array | float,
     else:
         upstream_mode, upstream, upstream_scalar = 1, grad_output.reshape(1), 0.0
     if total_weight is None:
-        total_weight = cupy.empty(1, dtype=compute)  # read only for 'mean'
+        total_weight = layout.weight  # read for 'mean' only; any initialised array will do
     grad = cupy.empty(layout.input.shape, dtype=call.dtype)
     if check and grad.size == 0 and layout.target.size:
         # No gradient entries (C == 0) means no thread to check the targets: let the
@@ -107,8 +106,8 @@ def _grad_input(call: NLLCall, layout: _Layout, grad_output: Array | float,
 
 def forward(call: NLLCall) -> Array:
     """The loss, reduced as ``call.reduction`` says."""
-    flag = invalid_flag(call.validate)
-    with call.input.device:
+    with call.input.device:  # everything, the flag too, on the inputs' device
+        flag = invalid_flag(call.validate)
         layout = _layout(call)
         if call.reduction == "none":
             loss = cupy.empty(layout.target.shape, dtype=call.dtype)
@@ -123,8 +122,8 @@ def forward(call: NLLCall) -> Array:
 
 def backward(call: NLLCall, grad_output: Array | float) -> Array:
     """The gradient with respect to ``input``."""
-    flag = invalid_flag(call.validate)
-    with call.input.device:
+    with call.input.device:  # everything, the flag too, on the inputs' device
+        flag = invalid_flag(call.validate)
         layout = _layout(call)
         total_weight = None
         check_in_gradient = call.validate
@@ -138,8 +137,8 @@ def backward(call: NLLCall, grad_output: Array | float) -> Array:
 
 def loss_and_grad(call: NLLCall) -> tuple[Array, Array]:
     """The reduced loss and its gradient: one pass over the targets, one over the gradient."""
-    flag = invalid_flag(call.validate)
-    with call.input.device:
+    with call.input.device:  # everything, the flag too, on the inputs' device
+        flag = invalid_flag(call.validate)
         layout = _layout(call)
         totals = _totals(call, layout, call.validate, flag)
         grad = _grad_input(call, layout, 1.0, totals[1:], False, flag)

@@ -152,6 +152,9 @@ class HostArray:
             return self._view(reshaped)
         return HostArray.allocate(reshaped, written=True)
 
+    def transpose(self, *axes: int) -> HostArray:
+        return self._view(self._array.transpose(*axes))
+
     def __getitem__(self, key: Any) -> HostArray:
         result = self._array[key]
         if not isinstance(result, np.ndarray):  # an integer index: CuPy gives a 0-d array

@@ -1,0 +1,151 @@
+"""arrayloss's CUDA kernels, run on the CPU through the host harness (``tests/hostcuda``).
+
+The real CuPy backend runs unchanged on CuPy-typed host arrays; every launch compiles CuPy's
+exact generated source as host C++ and runs it with CuPy's grid, block and index width.  The
+cases are those of the GPU run (``_kernel_cases.py``) plus every PyTorch parity case
+(``_cases.py``), and what only the harness can show: the 64-bit index path at small sizes, a
+second device, uninitialised inputs, and that every kernel factory ran.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("cupy", reason="CuPy is not installed (pip install '.[kernels]')")
+
+import _kernel_cases as kc  # noqa: E402
+import hostcuda  # noqa: E402
+from _cases import all_cases  # noqa: E402
+from test_parity import _stored_case, assert_matches, run_arrayloss  # noqa: E402
+
+import arrayloss as al  # noqa: E402
+
+pytestmark = pytest.mark.hostcuda
+
+_REASON = hostcuda.unavailable()
+CASES = all_cases()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _harness() -> Iterator[None]:
+    if _REASON:
+        pytest.skip(_REASON)
+    with hostcuda.activated():
+        yield
+
+
+def _assert_no_host_sync(call: Callable[[], Any]) -> None:
+    before = hostcuda.COUNTERS.host_reads
+    call()
+    assert hostcuda.COUNTERS.host_reads == before, "the call read a device value on the host"
+
+
+DEVICE = kc.Device(asarray=hostcuda.asarray, asnumpy=hostcuda.asnumpy,
+                   assert_no_host_sync=_assert_no_host_sync)
+
+
+@pytest.mark.parametrize(("case", "arguments"), kc.gpu_and_host_cases())
+def test_kernel_case(case: Callable[..., None], arguments: tuple[Any, ...]) -> None:
+    case(DEVICE, *arguments)
+
+
+# ------------------------------------------------------------------ the PyTorch parity cases
+
+HOST_NAMESPACE = types.SimpleNamespace(
+    asarray=lambda values, dtype=None: hostcuda.asarray(np.asarray(values), dtype=dtype),
+    **{name: np.dtype(name) for name in ("float16", "float32", "float64", *kc.TARGET_DTYPES)},
+)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_parity_case_on_the_kernels(case: Any) -> None:
+    inputs, outputs = _stored_case(case)
+    got = run_arrayloss(HOST_NAMESPACE, case, inputs)
+    assert_matches(case, got, outputs)
+
+
+# ------------------------------------------------------------------ what only the harness shows
+
+
+@pytest.mark.parametrize(("function", "arguments"), [
+    pytest.param(kc.case_gaussian, ("float32", "rows", "mean"), id="gaussian-rows"),
+    pytest.param(kc.case_gaussian, ("float64", "columns", "none"), id="gaussian-columns"),
+    pytest.param(kc.case_nll, ("float32", (8, 5, 17, 9), "mean"), id="nll-spatial"),
+    pytest.param(kc.case_nll, ("float16", (500, 10), "sum"), id="nll-sum"),
+    pytest.param(kc.case_strided_inputs, (), id="strided"),
+    pytest.param(kc.case_size, (1025,), id="size-1025"),
+])
+def test_64_bit_index_path(function: Callable[..., None], arguments: tuple[Any, ...]) -> None:
+    before = dict(hostcuda.COUNTERS.launches)
+    with hostcuda.index_32_bits_limit(64):  # every array above 64 bytes indexes in 64 bits
+        function(DEVICE, *arguments)
+    assert hostcuda.COUNTERS.launches != before
+    sources = list(hostcuda.COUNTERS.sources.values())
+    assert any("CIndexer<1, 0>" in s or "CIndexer<2, 0>" in s for s in sources)
+
+
+def test_every_kernel_factory_runs() -> None:
+    from arrayloss._cupy import _kernels
+
+    hostcuda.COUNTERS.launches.clear()
+    for arguments in [("float32", "full", "none"), ("float32", "scalar", "none"),
+                      ("float32", "full", "mean"), ("float32", "scalar", "mean")]:
+        kc.case_gaussian(DEVICE, *arguments)
+    for reduction in kc.REDUCTIONS:
+        kc.case_nll(DEVICE, "float32", (30, 100), reduction)
+    factories = {name for name, value in vars(_kernels).items()
+                 if callable(getattr(value, "cache_clear", None)) and name != "header"}
+    names = {"gaussian_forward", "gaussian_forward_partials", "gaussian_backward",
+             "gaussian_loss_and_grad", "nll_forward", "nll_forward_partials", "nll_backward",
+             "finish_module"}
+    assert factories == names, "a new kernel factory needs a case here"
+    launched = set(hostcuda.COUNTERS.launches)
+    for kernel in ("arrayloss_gaussian_nll_forward", "arrayloss_gaussian_nll_forward_scalar_var",
+                   "arrayloss_gaussian_nll_forward_partials",
+                   "arrayloss_gaussian_nll_forward_partials_scalar_var",
+                   "arrayloss_gaussian_nll_backward", "arrayloss_gaussian_nll_backward_scalar_var",
+                   "arrayloss_gaussian_nll_loss_and_grad",
+                   "arrayloss_gaussian_nll_loss_and_grad_scalar_var", "arrayloss_nll_forward",
+                   "arrayloss_nll_forward_partials", "arrayloss_nll_backward",
+                   "arrayloss_finish<float>"):
+        assert kernel in launched, f"{kernel} never ran"
+
+
+def test_arrays_on_a_second_device_stay_there() -> None:
+    rng = np.random.default_rng(8)
+    with hostcuda.HostDevice(1):
+        x, t = (hostcuda.asarray(rng.normal(size=(40, 3)).astype(np.float32)) for _ in "xt")
+        v = hostcuda.asarray(rng.uniform(0.5, 2, (40, 1)).astype(np.float32))
+        logits = hostcuda.asarray(rng.normal(size=(40, 3)).astype(np.float32))
+        labels = hostcuda.asarray(rng.integers(0, 3, 40))
+    # The current device is 0: every allocation and launch must follow the inputs to device 1.
+    loss = al.gaussian_nll_loss(x, t, v)
+    _, grads = al.gaussian_nll_loss_and_grad(x, t, v)
+    grad = al.nll_loss_backward(1.0, logits, labels, reduction="sum")
+    nll = al.nll_loss(logits, labels)
+    for result in (loss, *grads, grad, nll):
+        assert result.device.id == 1
+
+
+def test_no_kernel_reads_an_uninitialised_buffer() -> None:
+    # The harness raises UninitialisedInputError when a kernel input was never written; the
+    # cases above would fail with it.  Here, the NLL backward of each reduction explicitly.
+    rng = np.random.default_rng(9)
+    logits = hostcuda.asarray(rng.normal(size=(20, 4)).astype(np.float16))
+    labels = hostcuda.asarray(rng.integers(0, 4, 20))
+    for reduction in kc.REDUCTIONS:
+        upstream: Any = 1.0 if reduction != "none" else hostcuda.asarray(
+            np.ones(20, np.float16))
+        al.nll_loss_backward(upstream, logits, labels, reduction=reduction)
+    with pytest.raises(hostcuda.UninitialisedInputError):  # the check itself works
+        from arrayloss._cupy import _kernels
+
+        flag = hostcuda.asarray(np.zeros(1, np.uint64))
+        _kernels.gaussian_forward(False)(hostcuda._arrays.empty(3, np.float32),
+                                         logits[0, :3], logits[0, :3], 1e-6, 0.0, 0,
+                                         hostcuda._arrays.empty(3, np.float16), flag)
