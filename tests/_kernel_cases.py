@@ -8,6 +8,7 @@ here, independently of arrayloss, on the exact (rounded) values the device saw.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable
@@ -375,7 +376,7 @@ def case_no_host_sync(device: Device) -> None:
 
 
 def _numpy_error(function: Callable[..., Any], *args: Any, **kwargs: Any) -> BaseException:
-    with pytest.raises(Exception) as error:  # noqa: PT011 (the exact type is compared below)
+    with pytest.raises(Exception) as error:
         function(*args, **kwargs)
     return error.value
 
@@ -384,7 +385,8 @@ def case_bad_targets(device: Device) -> None:
     values = np.array([0, 1, 7, 2, -5, 1])
     logits = np.zeros((6, 3), np.float32)
     for function, options in ((al.nll_loss, {}), (al.nll_loss, {"reduction": "none"}),
-                              (al.nll_loss_and_grad, {}), (al.nll_loss_and_grad, {"reduction": "sum"})):
+                              (al.nll_loss_and_grad, {}),
+                              (al.nll_loss_and_grad, {"reduction": "sum"})):
         want = _numpy_error(function, logits, values, **options)
         with pytest.raises(type(want), match=r"target contains 7, .*\[0, 3\)") as got:
             function(device.put(logits), device.put(values), **options)
@@ -395,6 +397,11 @@ def case_bad_targets(device: Device) -> None:
         with pytest.raises(al.TargetOutOfRangeError, match="target contains 7"):
             al.nll_loss_backward(upstream, device.put(logits), device.put(values),
                                  reduction=reduction)
+        Checks.count += 1
+    at_c = device.put(np.array([0, 3, 1]))  # target == C: the first value past the range
+    for reduction in REDUCTIONS:
+        with pytest.raises(al.TargetOutOfRangeError, match=r"target contains 3, .*\[0, 3\)"):
+            al.nll_loss(device.put(logits[:3]), at_c, reduction=reduction)
         Checks.count += 1
     big = np.array([0, 2**64 - 5], dtype=np.uint64)
     with pytest.raises(al.TargetOutOfRangeError, match=str(2**64 - 5)):
@@ -407,12 +414,11 @@ def case_negative_variance(device: Device) -> None:
     for bad in (-1e-20, -1e-40, -np.inf):  # -1e-40 is a float32 subnormal: flushed by -ftz
         v = np.array([[1.0], [0.5], [bad], [2.0], [1.0]], np.float32)
         want = _numpy_error(al.gaussian_nll_loss, x, x, v)
-        calls = [lambda r=r: al.gaussian_nll_loss(device.put(x), device.put(x), device.put(v),
-                                                  reduction=r) for r in REDUCTIONS]
-        calls += [lambda: al.gaussian_nll_loss_and_grad(device.put(x), device.put(x),
-                                                        device.put(v)),
-                  lambda: al.gaussian_nll_loss_backward(1.0, device.put(x), device.put(x),
-                                                        device.put(v))]
+        dx, dv = device.put(x), device.put(v)
+        calls = [functools.partial(al.gaussian_nll_loss, dx, dx, dv, reduction=r)
+                 for r in REDUCTIONS]
+        calls += [functools.partial(al.gaussian_nll_loss_and_grad, dx, dx, dv),
+                  functools.partial(al.gaussian_nll_loss_backward, 1.0, dx, dx, dv)]
         for call in calls:
             with pytest.raises(type(want)) as got:
                 call()

@@ -9,6 +9,7 @@ second device, uninitialised inputs, and that every kernel factory ran.
 
 from __future__ import annotations
 
+import hashlib
 import types
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,12 +19,12 @@ import pytest
 
 pytest.importorskip("cupy", reason="CuPy is not installed (pip install '.[kernels]')")
 
-import _kernel_cases as kc  # noqa: E402
-import hostcuda  # noqa: E402
-from _cases import all_cases  # noqa: E402
-from test_parity import _stored_case, assert_matches, run_arrayloss  # noqa: E402
+import _kernel_cases as kc
+import hostcuda
+from _cases import all_cases
+from test_parity import _stored_case, assert_matches, run_arrayloss
 
-import arrayloss as al  # noqa: E402
+import arrayloss as al
 
 pytestmark = pytest.mark.hostcuda
 
@@ -149,3 +150,18 @@ def test_no_kernel_reads_an_uninitialised_buffer() -> None:
         _kernels.gaussian_forward(False)(hostcuda._arrays.empty(3, np.float32),
                                          logits[0, :3], logits[0, :3], 1e-6, 0.0, 0,
                                          hostcuda._arrays.empty(3, np.float16), flag)
+
+
+@pytest.mark.nvrtc
+def test_every_launched_source_compiles_with_nvrtc() -> None:
+    # Runs last: by now every kernel source launched above went through NVRTC for sm_80 and
+    # sm_90 (tests/hostcuda/_nvrtc.py) before it ran, so what CI compiles is what runs.
+    from hostcuda import _nvrtc
+
+    reason = _nvrtc.unavailable()
+    if reason:
+        pytest.skip(reason)
+    launched = {hashlib.sha256(source.encode()).hexdigest()[:32]
+                for source in hostcuda.COUNTERS.sources.values()}
+    assert len(launched) > 100
+    assert launched <= _nvrtc.compiled

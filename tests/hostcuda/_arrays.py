@@ -140,7 +140,7 @@ class HostArray:
         return int(self._array.__array_interface__["data"][0])
 
     @property
-    def T(self) -> HostArray:  # noqa: N802 (CuPy's name)
+    def T(self) -> HostArray:
         return self._view(self._array.T)
 
     # ---------------------------------------------------------------- views and copies
@@ -164,14 +164,16 @@ class HostArray:
     def astype(self, dtype: Any, copy: bool = True) -> HostArray:
         if not copy and np.dtype(dtype) == self.dtype:
             return self
-        return HostArray.allocate(self._array.astype(dtype), written=True)
+        with np.errstate(all="ignore"):  # a device cast never warns: inf past the max
+            return HostArray.allocate(self._array.astype(dtype), written=True)
 
     def copy(self) -> HostArray:
         return HostArray.allocate(self._array.copy(), written=True)
 
     def sum(self, axis: Any = None, keepdims: bool = False, dtype: Any = None) -> HostArray:
         # CuPy's own reduction (not arrayloss's kernels), computed in the array's dtype.
-        summed = np.asarray(self._array.sum(axis=axis, keepdims=keepdims, dtype=dtype))
+        with np.errstate(all="ignore"):
+            summed = np.asarray(self._array.sum(axis=axis, keepdims=keepdims, dtype=dtype))
         return HostArray.allocate(summed, written=True)
 
     # ---------------------------------------------------------------- reads to the host

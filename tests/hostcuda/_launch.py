@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _compiler
+from . import _compiler, _nvrtc
 from ._arrays import COUNTERS, INDEX_32_BITS_LIMIT, HostArray, current_device_id
 
 # cupy._core._kernel._ArgKind (a cdef enum).
@@ -126,8 +126,10 @@ def _host_source(source: str, entries: list[str]) -> str:
 
 
 def _run(name: str, source: str, entry: int, entries: list[str], grid: int, block: int,
-         buffers: list[bytes], flush_to_zero: bool) -> None:
+         buffers: list[bytes], flush_to_zero: bool, raw_module: bool = False) -> None:
     digest = hashlib.sha256(source.encode()).hexdigest()[:20]
+    if digest not in COUNTERS.sources and _nvrtc.unavailable() is None:
+        _nvrtc.compile_for_device(source, tuple(entries) if raw_module else ())
     COUNTERS.sources.setdefault(digest, source)
     COUNTERS.launches[name] = COUNTERS.launches.get(name, 0) + 1
     if not COUNTERS.execute:
@@ -281,7 +283,7 @@ class HostFunction:
         _check_device(self.name, args)
         if math.prod(grid) == 0 or math.prod(block) == 0:
             raise ValueError(f"{self.name}: empty launch {grid} x {block}")
-        if len(grid) > 1 and math.prod(grid[1:]) != 1 or len(block) > 1 and math.prod(block[1:]) != 1:
+        if math.prod(grid[1:]) != 1 or math.prod(block[1:]) != 1:
             raise NotImplementedError("the harness runs one-dimensional grids and blocks")
         buffers = []
         for arg in args:
@@ -294,7 +296,7 @@ class HostFunction:
                                 f"{type(arg).__name__}")
         entries = list(self.module.name_expressions)
         _run(self.name, self.module.code, entries.index(self.name), entries, grid[0], block[0],
-             buffers, flush_to_zero="<double>" not in self.name)
+             buffers, flush_to_zero="<double>" not in self.name, raw_module=True)
         for arg in args:
             if isinstance(arg, HostArray):
                 arg._buffer.written = True

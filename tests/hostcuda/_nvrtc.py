@@ -1,0 +1,58 @@
+"""Every source the harness launches is also compiled for the device with NVRTC.
+
+So what CI compiles is exactly what runs: the same generated text, with CuPy's headers and
+flags (``-ftz=true``, ``--std=c++17``), for sm_80 and sm_90.  Results are remembered per
+content hash in the cache directory.  NVRTC comes from the ``nvidia-cuda-nvrtc`` wheel (the
+``kernels`` extra); without it the compile is skipped and :func:`unavailable` says why.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+
+from . import _compiler
+
+ARCHITECTURES = ("80", "90")
+
+compiled: set[str] = set()  # digests of the sources compiled (or found compiled) this run
+
+
+@functools.cache
+def unavailable() -> str | None:
+    try:
+        from cupy._core import core  # noqa: F401
+        from cupy.cuda import compiler, nvrtc
+
+        compiler._NVRTCProgram  # noqa: B018
+        nvrtc.getVersion()
+    except Exception as error:  # a missing library is found only when first called
+        return f"NVRTC is not available: {error}"
+    return None
+
+
+def compile_for_device(source: str, name_expressions: tuple[str, ...] = ()) -> None:
+    """Compile ``source`` as CuPy would for each architecture; raises with NVRTC's log."""
+    from cupy._core import core
+    from cupy.cuda import compiler
+
+    digest = hashlib.sha256(source.encode()).hexdigest()[:32]
+    marker = _compiler.cache_dir() / f"{digest}.nvrtc"
+    if digest in compiled or marker.exists():
+        compiled.add(digest)
+        return
+    options = core.assemble_cupy_compiler_options(("-ftz=true",))
+    if name_expressions:  # a RawModule: its code as written
+        text = source
+    else:  # an ElementwiseKernel: CuPy prepends its headers
+        text = "".join(f"#include <{h}>\n" for h in core._cupy_header_list) + source
+        options = (*options, "--device-as-default-execution-space")
+    for arch in ARCHITECTURES:
+        program = compiler._NVRTCProgram(text, "arrayloss_kernel.cu",
+                                         name_expressions=name_expressions or None,
+                                         method="cubin")
+        cubin = program.compile((*options, f"-arch=sm_{arch}", "--std=c++17"))[0]
+        if cubin[:4] != b"\x7fELF":
+            raise RuntimeError(f"NVRTC returned no device binary for sm_{arch}")
+    marker.touch()
+    compiled.add(digest)
