@@ -213,7 +213,8 @@ class HostArray:
 def empty(shape: Any, dtype: Any = float, order: str = "C") -> HostArray:
     """Uninitialised, as on the device: filled with a poison pattern (0xA5 bytes)."""
     array = np.empty(shape, dtype=dtype, order=order)
-    array.view(np.uint8).reshape(-1)[:] = 0xA5 if array.size else 0
+    if array.size:
+        array.reshape(-1).view(np.uint8)[:] = 0xA5
     return HostArray.allocate(array, written=False)
 
 
