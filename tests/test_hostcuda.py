@@ -163,5 +163,5 @@ def test_every_launched_source_compiles_with_nvrtc() -> None:
         pytest.skip(reason)
     launched = {hashlib.sha256(source.encode()).hexdigest()[:32]
                 for source in hostcuda.COUNTERS.sources.values()}
-    assert len(launched) > 100
+    assert launched, "no kernel was launched before this test"
     assert launched <= _nvrtc.compiled
