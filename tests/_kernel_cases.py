@@ -153,6 +153,14 @@ def nll_reference(x: np.ndarray, t: np.ndarray, w: np.ndarray | None, *, ignore_
 # ------------------------------------------------------------------ running one call
 
 
+def _default_upstream(device: Device, dtype: str, reduction: str, loss_shape: tuple[int, ...],
+                      scalar: float) -> Any:
+    """A number for a reduced loss, an array of varied values for ``'none'``."""
+    if reduction != "none":
+        return scalar
+    return device.put(np.linspace(-1, 2, math.prod(loss_shape)).reshape(loss_shape), dtype)
+
+
 def check_gaussian(device: Device, dtype: str, x: Any, t: Any, v: Any, *, reduction: str,
                    full: bool = False, eps: float = 1e-6, upstream: Any = None,
                    wrts: tuple[tuple[str, ...], ...] = (("input", "target", "var"),)) -> None:
@@ -162,10 +170,7 @@ def check_gaussian(device: Device, dtype: str, x: Any, t: Any, v: Any, *, reduct
     want = gaussian_reference(device.exact(x), device.exact(t), host_v, **options)
     assert_close(al.gaussian_nll_loss(x, t, v, **options), want[0], dtype, device, "loss")
     if upstream is None:
-        upstream = 0.5
-        if reduction == "none":
-            upstream = device.put(np.linspace(-1, 2, math.prod(want[0].shape))
-                                  .reshape(want[0].shape), dtype)
+        upstream = _default_upstream(device, dtype, reduction, want[0].shape, 0.5)
     g = upstream if isinstance(upstream, float) else device.exact(upstream)
     want = gaussian_reference(device.exact(x), device.exact(t), host_v, upstream=g, **options)
     for wrt in wrts:
@@ -195,10 +200,7 @@ def check_nll(device: Device, dtype: str, x: Any, t: Any, w: Any = None, *, redu
     want = nll_reference(device.exact(x), host_t, host_w, **options)
     assert_close(al.nll_loss(x, t, w, **options), want[0], dtype, device, "loss")
     if upstream is None:
-        upstream = 0.75
-        if reduction == "none":
-            upstream = device.put(np.linspace(-1, 2, math.prod(want[0].shape))
-                                  .reshape(want[0].shape), dtype)
+        upstream = _default_upstream(device, dtype, reduction, want[0].shape, 0.75)
     g = upstream if isinstance(upstream, float) else device.exact(upstream)
     want = nll_reference(device.exact(x), host_t, host_w, upstream=g, **options)
     assert_close(al.nll_loss_backward(upstream, x, t, w, **options), want[1], dtype, device,
