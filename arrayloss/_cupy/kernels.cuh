@@ -59,23 +59,13 @@ AL_HD unsigned int float_bits(float value) {
     return bits;
 }
 
-AL_HD unsigned long long float_bits(double value) {
-    unsigned long long bits;
-    memcpy(&bits, &value, sizeof bits);
-    return bits;
-}
-
 // x < 0 decided on the bits: a negative subnormal float is negative; -0 and NaN are not.
 AL_HD bool is_negative(float value) {
     const unsigned int bits = float_bits(value);
     return (bits >> 31) && (bits & 0x7fffffffu) != 0 && (bits & 0x7fffffffu) <= 0x7f800000u;
 }
 
-AL_HD bool is_negative(double value) {
-    const unsigned long long bits = float_bits(value);
-    const unsigned long long magnitude = bits & 0x7fffffffffffffffULL;
-    return (bits >> 63) && magnitude != 0 && magnitude <= 0x7ff0000000000000ULL;
-}
+AL_HD bool is_negative(double value) { return value < 0.0; }  // doubles are never flushed
 
 // A float the device would flush: nonzero with a zero exponent.  Doubles are never flushed.
 AL_HD bool is_flushed(float value) {
@@ -89,7 +79,7 @@ AL_HD bool is_flushed(double) { return false; }
 AL_HD double widen_exact(float value) {
     if (!is_flushed(value)) return static_cast<double>(value);
     const unsigned int bits = float_bits(value);
-    const double magnitude = static_cast<double>(bits & 0x7fffffu) * 1.401298464324817e-45;
+    const double magnitude = static_cast<double>(bits & 0x7fffffu) * 0x1p-149;
     return (bits >> 31) ? -magnitude : magnitude;
 }
 
