@@ -10,6 +10,8 @@ from types import ModuleType
 
 from array_api_compat import is_cupy_namespace
 
+from ._validation import check_flag
+
 _use_fused: ContextVar[bool] = ContextVar("arrayloss_use_fused", default=True)
 
 
@@ -36,9 +38,7 @@ def fused_kernels(enabled: bool) -> Iterator[None]:
     >>> float(loss)
     0.5
     """
-    if not isinstance(enabled, bool):
-        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
-    token = _use_fused.set(enabled)
+    token = _use_fused.set(check_flag("enabled", enabled))
     try:
         yield
     finally:

@@ -11,13 +11,20 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace, device, is_array_api_obj, is_numpy_namespace
+from array_api_compat import (
+    array_namespace,
+    device,
+    is_array_api_obj,
+    is_numpy_namespace,
+    is_torch_array,
+)
 
 __all__ = [
     "GaussianNLLCall",
@@ -92,10 +99,26 @@ def check_reduction(reduction: object) -> str:
     return reduction
 
 
+def type_name(value: object) -> str:
+    """A value's type as a reader knows it: ``int``, ``numpy.bool``, ``torch.Tensor``."""
+    kind = type(value)
+    module = kind.__module__.split(".")[0]
+    return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+
+
 def check_flag(name: str, value: object) -> bool:
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+        raise TypeError(f"{name} must be a bool (True or False), got {type_name(value)}")
     return bool(value)
+
+
+def as_float(name: str, value: Any) -> float:
+    """A real number as a Python float, or a ValueError naming the argument if it has none."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name} is too large for a float (above 1.8e308), got "
+                         f"{str(value)[:30]}...") from None
 
 
 def _is_real_scalar(value: object) -> bool:
@@ -109,8 +132,8 @@ def _is_real_scalar(value: object) -> bool:
 
 def check_eps(eps: object) -> float:
     if not _is_real_scalar(eps):
-        raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
-    value = float(eps)  # type: ignore[arg-type]
+        raise TypeError(f"eps must be a real number, got {type_name(eps)}")
+    value = as_float("eps", eps)
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"eps must be finite and >= 0, got {value!r}")
     return value
@@ -120,28 +143,61 @@ def check_ignore_index(ignore_index: object) -> int:
     if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(
         ignore_index, (numbers.Integral, np.integer)
     ):
-        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+        raise TypeError(f"ignore_index must be an int, got {type_name(ignore_index)}")
     value = int(ignore_index)
     if not _INT64_MIN <= value <= _INT64_MAX:
         raise ValueError(f"ignore_index must fit in int64, got {value}")
     return value
 
 
+def _value_checks(validate: bool, named: dict[str, Any]) -> bool:
+    """Whether the value checks (negative var, targets out of range) can run on these arrays.
+
+    A torch tensor on the meta device has no values, so asking for the checks is a clear
+    error; a JAX tracer (under ``jax.jit`` or ``jax.grad``) has none yet, so they are skipped
+    there and only shapes and dtypes are checked.
+    """
+    if not validate:
+        return False
+    for name, value in named.items():
+        if getattr(value, "is_meta", False) is True and is_torch_array(value):
+            raise ValueError(
+                f"{name} is a torch tensor on the meta device, which has no values to check; "
+                "pass validate=False (shapes and dtypes are checked either way)"
+            )
+        if "jax" in sys.modules and isinstance(value, sys.modules["jax"].core.Tracer):
+            return False
+    return True
+
+
+def _reject_masked(name: str, value: object) -> None:
+    # A mask is not part of the array API: honoured by some NumPy calls and not others, it
+    # would make the answer depend on the code path.  Say so instead of guessing.
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} is a numpy.ma.MaskedArray; arrayloss does not apply masks. Pass "
+            f"{name}.filled(value) or drop the masked elements (for NLL, set their targets "
+            "to ignore_index)"
+        )
+
+
 def _namespace(named: dict[str, Any]) -> ModuleType:
     """The array namespace shared by the named arrays, with errors that name the argument."""
+    for name, value in named.items():
+        _reject_masked(name, value)
     try:
         xp = array_namespace(*named.values())
     except TypeError:
         for name, value in named.items():
             if not is_array_api_obj(value):
-                raise TypeError(f"{name} must be an array, got {type(value).__name__}") from None
+                raise TypeError(f"{name} must be an array, got {type_name(value)}") from None
         kinds = ", ".join(f"{name}: {type(value).__module__}.{type(value).__name__}"
                           for name, value in named.items())
         raise TypeError(f"all arrays must come from the same array library; got {kinds}") from None
     for name, value in named.items():
         # array_namespace takes Python scalars; an argument documented as an array must be one.
         if not is_array_api_obj(value):
-            raise TypeError(f"{name} must be an array, got {type(value).__name__}")
+            raise TypeError(f"{name} must be an array, got {type_name(value)}")
     if len(named) > 1 and not is_numpy_namespace(xp):  # NumPy has a single device
         devices = {name: device(value) for name, value in named.items()}
         first_name, first_device = next(iter(devices.items()))
@@ -256,9 +312,10 @@ def gaussian_nll_call(
     arrays = {"input": input, "target": target}
     if not scalar_var:
         if isinstance(var, (bool, np.bool_, complex, np.complexfloating)):
-            raise TypeError(f"var must be a real number or an array, got {type(var).__name__}")
+            raise TypeError(f"var must be a real number or an array, got {type_name(var)}")
         arrays["var"] = var
     xp = _namespace(arrays)
+    validate = _value_checks(validate, arrays)
 
     _require_floating(xp, "input", input)
     for name in arrays.keys() - {"input"}:
@@ -274,7 +331,7 @@ def gaussian_nll_call(
         )
 
     if scalar_var:
-        var_value = float(var)
+        var_value = as_float("var", var)
         if var_value < 0:
             # A scalar is checked on the host whatever `validate` says: it is free.
             raise negative_var_error()
@@ -287,8 +344,13 @@ def gaussian_nll_call(
         loss_shape = broadcast_shapes(input_shape, target_shape, _shape(fitted))
     assert loss_shape is not None  # var's dims are input's or 1, so it always broadcasts
 
-    floating = [x.dtype for x in arrays.values() if _is_floating(xp, x.dtype)]
-    dtype = xp.result_type(*floating)
+    floating = {name: x.dtype for name, x in arrays.items() if _is_floating(xp, x.dtype)}
+    try:
+        dtype = xp.result_type(*floating.values())
+    except TypeError:  # NumPy's DTypePromotionError, e.g. bfloat16 with float16
+        listed = ", ".join(f"{name} {dtype}" for name, dtype in floating.items())
+        raise TypeError(f"the floating dtypes of {listed} have no common type; cast them to "
+                        "one dtype (for example float32)") from None
     return GaussianNLLCall(
         xp=xp,
         input=input,
@@ -311,9 +373,14 @@ def check_wrt(wrt: object, call: GaussianNLLCall) -> frozenset[str]:
     ``"target"`` for an integer target, since those have no gradient.
     """
     names = (wrt,) if isinstance(wrt, str) else wrt
-    if not isinstance(names, Iterable):
-        raise TypeError(f"wrt must be a name or a sequence of names, got {type(wrt).__name__}")
+    if not isinstance(names, Iterable) or isinstance(names, (bytes, bytearray)):
+        raise TypeError("wrt must be 'input', 'target', 'var' or a sequence of them, got "
+                        f"{type_name(wrt)}")
     names = tuple(names)
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError("wrt must be 'input', 'target', 'var' or a sequence of them; it "
+                            f"contains {name!r} ({type_name(name)})")
     unknown = [name for name in names if name not in GAUSSIAN_GRADIENTS]
     if unknown:
         raise ValueError(
@@ -364,6 +431,7 @@ def nll_call(
     if weight is not None:
         arrays["weight"] = weight
     xp = _namespace(arrays)
+    validate = _value_checks(validate, arrays)
 
     _require_floating(xp, "input", input)
     if not _is_integer(xp, target.dtype):
@@ -398,8 +466,13 @@ def nll_call(
                 f"got {_shape(weight)}"
             )
         if weight.dtype != input.dtype:
+            detail = ""
+            if getattr(weight.dtype, "byteorder", "=") not in "=|" or getattr(
+                    input.dtype, "byteorder", "=") not in "=|":
+                detail = (" (the same type in another byte order; convert with "
+                          ".astype(x.dtype.newbyteorder('=')))")
             raise TypeError(
-                f"weight must have the input's dtype {input.dtype}, got {weight.dtype}"
+                f"weight must have the input's dtype {input.dtype}, got {weight.dtype}{detail}"
             )
 
     return NLLCall(
@@ -438,10 +511,11 @@ def check_grad_output(
     real number or a 0-d real floating array.  Python and NumPy numbers come back as a float.
     """
     if reduction != "none" and _is_real_scalar(grad_output):
-        return float(grad_output)  # type: ignore[arg-type]
+        return as_float("grad_output", grad_output)
+    _reject_masked("grad_output", grad_output)
     if not is_array_api_obj(grad_output):
         expected = "an array" if reduction == "none" else "a real number or a 0-d array"
-        raise TypeError(f"grad_output must be {expected}, got {type(grad_output).__name__}")
+        raise TypeError(f"grad_output must be {expected}, got {type_name(grad_output)}")
     if array_namespace(grad_output) is not xp:
         raise TypeError("grad_output must come from the same array library as the inputs")
     if device(grad_output) != device(input):

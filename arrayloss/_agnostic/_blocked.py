@@ -30,6 +30,18 @@ _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
+def _forget_pool_after_fork() -> None:
+    # A forked child (DataLoader workers, multiprocessing's "fork") inherits the pool object
+    # but none of its threads: using it would wait forever.  The child starts a pool of its own.
+    global _pool, _pool_lock
+    _pool = None
+    _pool_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
 def row_blocks(xp: Any, shape: tuple[int, ...]) -> list[slice] | None:
     """Slices of the first axis of ``shape`` forming the blocks, or None to run unblocked."""
     if not is_numpy_namespace(xp) or not shape:
@@ -64,10 +76,19 @@ def spans_rows(array: Array, ndim: int) -> bool:
 
 
 def run_blocks(work: Callable[[slice], Result], blocks: Sequence[slice]) -> list[Result]:
-    """``work`` on every block, in parallel threads; the results in block order."""
+    """``work`` on every block, in parallel threads; the results in block order.
+
+    Where no thread can start (an ``atexit`` handler, after the interpreter has shut the pool
+    down), the blocks run one after another in the calling thread: same results, no threads.
+    """
     global _pool
     with _pool_lock:
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 8),
                                        thread_name_prefix="arrayloss")
-    return list(_pool.map(work, blocks))
+        pool = _pool
+    try:
+        futures = [pool.submit(work, rows) for rows in blocks]
+    except RuntimeError:  # "cannot schedule new futures after (interpreter) shutdown"
+        return [work(rows) for rows in blocks]
+    return [future.result() for future in futures]

@@ -38,13 +38,14 @@ def as_0d(xp: ModuleType, x: Array) -> Array:
 
 @contextlib.contextmanager
 def quiet_floating_point() -> Iterator[None]:
-    """Silence NumPy's floating-point warnings (log(0), 0/0, inf-inf).
+    """Silence NumPy's floating-point warnings and errors (log(0), 0/0, inf-inf, underflow).
 
     Those values are the documented results (an all-ignored ``'mean'`` is NaN, a zero variance
-    with ``eps=0`` is infinite), as in PyTorch, which does not warn either.  Other libraries
-    do not warn, and NumPy's state is restored on exit.
+    with ``eps=0`` is infinite), as in PyTorch, which neither warns nor raises.  So the
+    caller's ``np.seterr`` (even ``all='raise'``) cannot break a correct computation; worker
+    threads enter this too, and NumPy's state is restored on exit.
     """
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    with np.errstate(all="ignore"):
         yield
 
 

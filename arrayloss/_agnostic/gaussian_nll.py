@@ -78,7 +78,7 @@ def _log_scalar(value: float) -> float:
 def _reduce(call: GaussianNLLCall, loss: Array) -> Array:
     xp = call.xp
     if call.reduction == "none":
-        return xp.astype(loss, call.dtype, copy=False)
+        return as_0d(xp, xp.astype(loss, call.dtype, copy=False))  # 0-d: NumPy gives a scalar
     if call.reduction == "mean" and call.numel == 0:
         # The mean of nothing is NaN (as in PyTorch); computed without a 0/0 on the device.
         return xp.full((), math.nan, dtype=call.dtype, device=device(call.input))
@@ -127,13 +127,15 @@ def _finish(call: GaussianNLLCall, grads: Gradients) -> Gradients:
     """Cast each gradient to its argument's dtype and give grad_var the caller's var shape."""
     xp = call.xp
     grad_input, grad_target, grad_var = grads
+    # as_0d: NumPy arithmetic on 0-d arrays gives scalars; the caller gets arrays.
     if grad_input is not None:
-        grad_input = xp.astype(grad_input, call.input.dtype, copy=False)
+        grad_input = as_0d(xp, xp.astype(grad_input, call.input.dtype, copy=False))
     if grad_target is not None:
-        grad_target = xp.astype(grad_target, call.target.dtype, copy=False)
+        grad_target = as_0d(xp, xp.astype(grad_target, call.target.dtype, copy=False))
     if grad_var is not None:
         assert call.var_shape is not None and not isinstance(call.var, float)
-        grad_var = xp.reshape(xp.astype(grad_var, call.var.dtype, copy=False), call.var_shape)
+        grad_var = xp.reshape(xp.astype(as_0d(xp, grad_var), call.var.dtype, copy=False),
+                              call.var_shape)
     return grad_input, grad_target, grad_var
 
 
@@ -242,9 +244,9 @@ def forward(call: GaussianNLLCall) -> Array:
     _check_values(call)
     dtype = compute_dtype(call.xp, call.dtype)
     blocks = row_blocks(call.xp, call.loss_shape)
-    if blocks is not None:
-        return _forward_blocked(call, blocks, dtype)
     with quiet_floating_point():
+        if blocks is not None:
+            return _forward_blocked(call, blocks, dtype)
         return _reduce(call, _elementwise_loss(call, _terms(call, dtype)))
 
 
@@ -252,11 +254,11 @@ def backward(call: GaussianNLLCall, grad_output: Array | float, wrt: frozenset[s
     """The gradients named in ``wrt`` (the others are ``None``)."""
     _check_values(call)
     dtype = compute_dtype(call.xp, call.dtype)
-    upstream = _upstream(call, grad_output, dtype)
     blocks = row_blocks(call.xp, call.loss_shape)
-    if blocks is not None:
-        return _gradients_blocked(call, blocks, upstream, wrt, dtype, with_loss=False)[1]
     with quiet_floating_point():
+        upstream = _upstream(call, grad_output, dtype)
+        if blocks is not None:
+            return _gradients_blocked(call, blocks, upstream, wrt, dtype, with_loss=False)[1]
         terms = _terms(call, dtype)
         return _finish(call, _raw_gradients(call, terms, upstream, wrt))
 
@@ -265,12 +267,12 @@ def loss_and_grad(call: GaussianNLLCall, wrt: frozenset[str]) -> tuple[Array, Gr
     """The reduced loss and its gradients, sharing the intermediates."""
     _check_values(call)
     dtype = compute_dtype(call.xp, call.dtype)
-    upstream = _upstream(call, 1.0, dtype)
     blocks = row_blocks(call.xp, call.loss_shape)
-    if blocks is not None:
-        loss, grads = _gradients_blocked(call, blocks, upstream, wrt, dtype, with_loss=True)
-        return loss, grads
     with quiet_floating_point():
+        upstream = _upstream(call, 1.0, dtype)
+        if blocks is not None:
+            loss, grads = _gradients_blocked(call, blocks, upstream, wrt, dtype, with_loss=True)
+            return loss, grads
         terms = _terms(call, dtype)
         loss = _reduce(call, _elementwise_loss(call, terms))
         return loss, _finish(call, _raw_gradients(call, terms, upstream, wrt))

@@ -198,6 +198,8 @@ def _place_on_targets(call: NLLCall, index: Array, coef: Array, dtype: Any) -> A
     """An input-shaped array holding ``coef[n, s]`` at ``[n, index[n, s], s]``, 0 elsewhere."""
     xp = call.xp
     batched_shape = tuple(_batched_input(call).shape)
+    if math.prod(batched_shape) == 0:  # no classes (C = 0) or no rows: nothing to place
+        return xp.zeros(batched_shape, dtype=dtype, device=device(index))
     if is_numpy_namespace(xp):
         # NumPy: calloc'd zeros plus one scattered write per element is ~6x faster than a
         # `where` over every class; the fused CUDA kernel writes each entry once instead.
