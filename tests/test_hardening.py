@@ -119,7 +119,7 @@ def test_python_ints_beyond_float_range_name_the_argument(name: str) -> None:
 def test_meta_tensors_check_shapes_and_say_values_cannot_be() -> None:
     torch = pytest.importorskip("torch")
     meta = torch.zeros(4, 3, device="meta")
-    with pytest.raises(ValueError, match="meta device, which has no values.*validate=False"):
+    with pytest.raises(ValueError, match=r"meta device, which has no values.*validate=False"):
         al.gaussian_nll_loss(meta, meta, meta)
     with pytest.raises(ValueError, match="meta device"):
         al.nll_loss(meta, torch.zeros(4, dtype=torch.int64, device="meta"))
@@ -152,7 +152,7 @@ def test_unclear_errors_made_clear() -> None:
         pass
     with pytest.raises(TypeError, match=r"enabled must be a bool \(True or False\), got int"):
         al.fused_kernels(0).__enter__()
-    with pytest.raises(TypeError, match="wrt must be .* got bytes"):
+    with pytest.raises(TypeError, match=r"wrt must be .* got bytes"):
         al.gaussian_nll_loss_backward(1.0, x, x, np.ones(2), wrt=b"input")
     with pytest.raises(TypeError, match="contains 1"):
         al.gaussian_nll_loss_backward(1.0, x, x, np.ones(2), wrt=("input", 1))
