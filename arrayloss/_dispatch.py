@@ -24,6 +24,15 @@ def fused_kernels(enabled: bool) -> Iterator[None]:
     other backend runs; tests and benchmarks use this to compare the two.  The setting is
     per thread and per asyncio task, and the previous one is restored on exit.
 
+    It is held in a :class:`contextvars.ContextVar`, so a thread started inside the block
+    (a :class:`~concurrent.futures.ThreadPoolExecutor` worker, say) does *not* see it: it
+    starts from the default, fused kernels on.  Hand the setting to such a thread by running
+    its work in a copy of the current context (one copy per task: a context can be entered
+    by one thread at a time)::
+
+        with al.fused_kernels(False):
+            pool.submit(contextvars.copy_context().run, train_step, batch)
+
     Parameters
     ----------
     enabled : bool

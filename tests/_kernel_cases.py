@@ -84,35 +84,46 @@ def _sum_to(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def gaussian_reference(x: np.ndarray, t: np.ndarray, v: np.ndarray | float, *, full: bool,
-                       eps: float, reduction: str, upstream: Any = 1.0) -> tuple[Any, ...]:
-    """(loss, grad_input, grad_target, grad_var) in float64, PyTorch's formulas."""
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+                       eps: float, reduction: str, upstream: Any = 1.0,
+                       compute: Any = np.float64) -> tuple[Any, ...]:
+    """(loss, grad_input, grad_target, grad_var), PyTorch's formulas in its operation order.
+
+    ``compute`` is float64 by default; float32 reproduces PyTorch's float32 arithmetic where
+    its rounding and overflow are the contract (subnormal variances).
+    """
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore", under="ignore"):
         return _gaussian_reference(x, t, v, full=full, eps=eps, reduction=reduction,
-                                   upstream=upstream)
+                                   upstream=upstream, compute=np.dtype(compute).type)
 
 
 def _gaussian_reference(x: np.ndarray, t: np.ndarray, v: np.ndarray | float, *, full: bool,
-                        eps: float, reduction: str, upstream: Any) -> tuple[Any, ...]:
-    fitted = v
+                        eps: float, reduction: str, upstream: Any,
+                        compute: Any) -> tuple[Any, ...]:
+    x, t = x.astype(compute), t.astype(compute)
+    fitted = np.asarray(v, dtype=compute)
     if isinstance(v, np.ndarray) and x.ndim and v.shape == x.shape[:-1]:
-        fitted = v[..., None]
-    clamped = np.maximum(fitted, eps)
+        fitted = fitted[..., None]
+    clamped = np.maximum(fitted, compute(eps))
     diff = x - t
-    loss = 0.5 * (np.log(clamped) + diff**2 / clamped) + (0.5 * math.log(2 * math.pi)
-                                                          if full else 0.0)
+    loss = compute(0.5) * (np.log(clamped) + diff * diff / clamped)
+    if full:
+        loss = loss + compute(0.5 * math.log(2 * math.pi))
     g = np.asarray(upstream, dtype=np.float64)
     if reduction == "mean":
         g = g / loss.size if loss.size else np.full((), np.nan)
-    g = np.broadcast_to(g, loss.shape)
-    grad_input = g * diff / clamped
-    grad_var = 0.5 * g * (1 - diff**2 / clamped) / clamped
-    reduced = loss if reduction == "none" else (
-        (loss.sum() / loss.size if loss.size else np.nan) if reduction == "mean" else loss.sum())
+    g = np.broadcast_to(g.astype(compute), loss.shape)
+    half = compute(0.5) * g
+    grad_input = (half / clamped) * (compute(2) * diff)
+    grad_var = half / clamped + (-half) * ((diff * diff / clamped) / clamped)
+    loss64 = loss.astype(np.float64)
+    reduced = loss64 if reduction == "none" else (
+        (loss64.sum() / loss64.size if loss64.size else np.nan) if reduction == "mean"
+        else loss64.sum())
     var_grad = None
     if isinstance(v, np.ndarray):
-        var_grad = _sum_to(grad_var, np.shape(fitted)).reshape(v.shape)
-    return (np.asarray(reduced), _sum_to(grad_input, x.shape), _sum_to(-grad_input, t.shape),
-            var_grad)
+        var_grad = _sum_to(grad_var.astype(np.float64), np.shape(fitted)).reshape(v.shape)
+    return (np.asarray(reduced), _sum_to(grad_input.astype(np.float64), x.shape),
+            _sum_to(-grad_input.astype(np.float64), t.shape), var_grad)
 
 
 def nll_reference(x: np.ndarray, t: np.ndarray, w: np.ndarray | None, *, ignore_index: int,
@@ -163,16 +174,19 @@ def _default_upstream(device: Device, dtype: str, reduction: str, loss_shape: tu
 
 def check_gaussian(device: Device, dtype: str, x: Any, t: Any, v: Any, *, reduction: str,
                    full: bool = False, eps: float = 1e-6, upstream: Any = None,
-                   wrts: tuple[tuple[str, ...], ...] = (("input", "target", "var"),)) -> None:
+                   wrts: tuple[tuple[str, ...], ...] = (("input", "target", "var"),),
+                   compute: Any = np.float64) -> None:
     """Forward, backward (each ``wrt``) and, for a scalar loss, loss-and-grad."""
     options = {"reduction": reduction, "full": full, "eps": eps}
+    options_reference = {**options, "compute": compute}
     host_v = v if isinstance(v, float) else device.exact(v)
-    want = gaussian_reference(device.exact(x), device.exact(t), host_v, **options)
+    want = gaussian_reference(device.exact(x), device.exact(t), host_v, **options_reference)
     assert_close(al.gaussian_nll_loss(x, t, v, **options), want[0], dtype, device, "loss")
     if upstream is None:
         upstream = _default_upstream(device, dtype, reduction, want[0].shape, 0.5)
     g = upstream if isinstance(upstream, float) else device.exact(upstream)
-    want = gaussian_reference(device.exact(x), device.exact(t), host_v, upstream=g, **options)
+    want = gaussian_reference(device.exact(x), device.exact(t), host_v, upstream=g,
+                              **options_reference)
     for wrt in wrts:
         grads = al.gaussian_nll_loss_backward(upstream, x, t, v, wrt=wrt, **options)
         for name, got, expected in zip(("input", "target", "var"), grads, want[1:],
@@ -182,7 +196,7 @@ def check_gaussian(device: Device, dtype: str, x: Any, t: Any, v: Any, *, reduct
             else:
                 assert got is None
     if reduction != "none":
-        want = gaussian_reference(device.exact(x), device.exact(t), host_v, **options)
+        want = gaussian_reference(device.exact(x), device.exact(t), host_v, **options_reference)
         loss, grads = al.gaussian_nll_loss_and_grad(x, t, v, **options)
         assert_close(loss, want[0], dtype, device, "and_grad loss")
         for name, got, expected in zip(("input", "target", "var"), grads, want[1:],
@@ -435,8 +449,11 @@ def case_subnormal_variance(device: Device, dtype: str) -> None:
     x = device.put(np.array([1e-20, 0.0, 1e-21, 2.0]), dtype)
     t = device.put(np.zeros(4), dtype)
     v = device.put(np.array([tiny, tiny, 4 * tiny, 1.0]), dtype)
+    # PyTorch's arithmetic in the compute type (float32 below float64) is the contract here:
+    # 0.5 / 1e-40 overflows float32, as it does in PyTorch.
+    compute = np.float64 if dtype == "float64" else np.float32
     for reduction in REDUCTIONS:
-        check_gaussian(device, dtype, x, t, v, reduction=reduction, eps=0.0)
+        check_gaussian(device, dtype, x, t, v, reduction=reduction, eps=0.0, compute=compute)
 
 
 def gpu_and_host_cases() -> list[Any]:

@@ -181,3 +181,24 @@ def test_fused_kernels_setting_and_threads() -> None:
             assert pool.submit(_use_fused.get).result() is True
             context = contextvars.copy_context()
             assert pool.submit(context.run, _use_fused.get).result() is False
+
+
+@pytest.mark.parametrize(("x", "t", "v"), [
+    (1.7e308, -1.7e308, 1.0),   # 2 d overflows in PyTorch's order: inf gradients
+    (1.7e308, 0.0, 1.0),        # (0.5 g / v) (2 d): 2 d overflows
+    (1.0, 0.0, 5e-324),         # 0.5 g / v overflows: inf, and NaN for d = 0 below
+    (0.0, 0.0, 5e-324),
+    (0.0, 1.0, 0.0),            # var = 0 with eps = 0: inf - inf in d var
+])
+def test_extreme_values_match_pytorch(x: float, t: float, v: float) -> None:
+    torch = pytest.importorskip("torch")
+    leaves = [torch.tensor([value], dtype=torch.float64, requires_grad=True)
+              for value in (x, t, v)]
+    loss = torch.nn.functional.gaussian_nll_loss(*leaves, eps=0.0, reduction="sum")
+    loss.backward()
+    arrays = [np.array([value]) for value in (x, t, v)]
+    got_loss, grads = al.gaussian_nll_loss_and_grad(*arrays, eps=0.0, reduction="sum")
+    np.testing.assert_array_equal(got_loss, loss.item())
+    for got, leaf in zip(grads, leaves, strict=True):
+        assert leaf.grad is not None
+        np.testing.assert_allclose(got, leaf.grad.numpy(), rtol=1e-15, equal_nan=True)

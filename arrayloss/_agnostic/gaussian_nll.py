@@ -5,9 +5,11 @@ Runs on any namespace array-api-compat knows.  The math, once::
     v    = max(var, eps)                       # clamp; the gradients treat it as identity
     d    = input - target
     loss = 0.5 * (log(v) + d**2 / v)  [+ 0.5 * log(2 pi) when full]
-    dloss/dinput  =  G * d / v                 # G: upstream gradient per loss element
-    dloss/dtarget = -G * d / v
-    dloss/dvar    =  0.5 * G * (1/v - d**2 / v**2)
+    dloss/dinput  =  ((0.5 G) / v) (2 d)      # G: upstream gradient per loss element
+    dloss/dtarget = -dloss/dinput
+    dloss/dvar    =  (0.5 G) / v - (0.5 G) ((d**2 / v) / v)
+
+(PyTorch's operation order, so that inf and NaN appear where PyTorch's autograd gives them.)
 
 Gradients are summed back over broadcast dimensions to each argument's shape.
 """
@@ -18,6 +20,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 from array_api_compat import device
 
 from .._validation import GAUSSIAN_GRADIENTS, GaussianNLLCall, negative_var_error
@@ -103,22 +106,29 @@ def _raw_gradients(
     """The gradients in the compute dtype, summed to each argument's shape (var: as fitted)."""
     xp = call.xp
     grad_input = grad_target = grad_var = None
-    # In place on arrays made here (see _elementwise_loss), in the kernels' operation order.
+    # In place on arrays made here (see _elementwise_loss), in PyTorch's operation order, so
+    # that overflow, inf and NaN come out where PyTorch's do:
+    #   d input = ((0.5 G) / v) (2 d),   d var = (0.5 G) / v + (-(0.5 G)) ((d^2 / v) / v).
+    half_upstream = 0.5 * upstream
+    if isinstance(half_upstream, float) and isinstance(terms.var, float):
+        # Two Python floats: IEEE division (inf, NaN), where Python's would raise.
+        half_over_var: Array | float = float(np.divide(half_upstream, terms.var))
+    else:
+        half_over_var = half_upstream / terms.var
     if wrt & {"input", "target"}:
-        grad_diff = terms.diff * upstream  # G * d / v
-        grad_diff /= terms.var
+        grad_diff = terms.diff * 2.0
+        grad_diff *= half_over_var
         if "target" in wrt:
             grad_target = sum_to_shape(xp, -grad_diff, tuple(call.target.shape))
         if "input" in wrt:
             grad_input = sum_to_shape(xp, grad_diff, tuple(call.input.shape))
     if "var" in wrt:
         assert not isinstance(call.var, float)
-        grad = terms.diff * terms.diff  # 0.5 * G * (1 - d^2 / v) / v
+        grad = terms.diff * terms.diff
         grad /= terms.var
-        grad *= -1.0
-        grad += 1.0  # (-s) + 1 is exactly 1 - s, signed zeros included
-        grad *= 0.5 * upstream
         grad /= terms.var
+        grad *= -half_upstream
+        grad += half_over_var
         grad_var = sum_to_shape(xp, grad, tuple(call.var.shape))
     return grad_input, grad_target, grad_var
 

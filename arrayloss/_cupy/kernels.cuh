@@ -96,38 +96,61 @@ AL_HD A clamp_var(A var, A eps) {
     return var < eps ? eps : var;
 }
 
-// 0.5 * (log(v) + (x - t)^2 / v) + constant, with v already clamped.
-template <typename A>
+// How each operation's result is rounded: not at all (the compute type's own operations), or
+// to float, for float math carried out in double (see the public forms below).
+struct round_none {
+    template <typename T>
+    AL_HD static T r(T value) { return value; }
+};
+struct round_to_float {
+    AL_HD static double r(double value) {
+        // A result in float's subnormal range is rounded on the double itself (to a multiple
+        // of 2^-149): a conversion to float would flush it under -ftz, PyTorch's CPU keeps it.
+        if (fabs(value) < 0x1p-126) return rint(value * 0x1p149) * 0x1p-149;
+        return static_cast<double>(static_cast<float>(value));
+    }
+};
+
+// 0.5 * (log(v) + (x - t)^2 / v) + constant, with v already clamped; PyTorch's order.
+template <typename R, typename A>
 AL_HD A gaussian_loss_of(A input, A target, A clamped_var, A constant) {
-    const A diff = input - target;
-    return A(0.5) * (log(clamped_var) + diff * diff / clamped_var) + constant;
+    const A diff = R::r(input - target);
+    const A ratio = R::r(R::r(diff * diff) / clamped_var);
+    return R::r(R::r(A(0.5) * R::r(R::r(log(clamped_var)) + ratio)) + constant);
 }
 
-// d loss / d input = g * (x - t) / v; d loss / d target is its negation.
-template <typename A>
+// The gradients in PyTorch's operation order, so that overflow, inf and NaN appear where
+// PyTorch's autograd gives them.  d loss / d input = ((0.5 g) / v) (2 (x - t)); d loss /
+// d target is its negation.
+template <typename R, typename A>
 AL_HD A gaussian_grad_input_of(A input, A target, A clamped_var, A upstream) {
-    return upstream * (input - target) / clamped_var;
+    const A half_over_var = R::r(R::r(A(0.5) * upstream) / clamped_var);
+    return R::r(half_over_var * R::r(A(2) * R::r(input - target)));
 }
 
-// d loss / d var = 0.5 * g * (1 - (x - t)^2 / v) / v, at the clamped v (the clamp is
+// d loss / d var = (0.5 g) / v - (0.5 g) ((d^2 / v) / v), at the clamped v (the clamp is
 // invisible to the gradient, as in PyTorch).
-template <typename A>
+template <typename R, typename A>
 AL_HD A gaussian_grad_var_of(A input, A target, A clamped_var, A upstream) {
-    const A diff = input - target;
-    return A(0.5) * upstream * (A(1) - diff * diff / clamped_var) / clamped_var;
+    const A half = R::r(A(0.5) * upstream);
+    const A diff = R::r(input - target);
+    const A ratio = R::r(R::r(R::r(diff * diff) / clamped_var) / clamped_var);
+    return R::r(R::r(half / clamped_var) + R::r(-half * ratio));
 }
 
-// The public forms: a subnormal float variance (reachable with eps below 2^-126) would read as
-// 0 under -ftz and give inf or NaN; that element is computed in double from its exact value
-// and rounded once, which is PyTorch's float32 answer up to that rounding.
+// The public forms.  A subnormal float variance (reachable with eps below 2^-126) would read
+// as 0 under -ftz and give inf or NaN where PyTorch does not; that element runs the same
+// float operations in double from the variance's exact value, each result rounded to float,
+// which is PyTorch's float32 arithmetic (a subnormal intermediate still flushes).
 #define AL_GAUSSIAN_ELEMENT(NAME)                                                          \
     template <typename A>                                                                  \
     AL_HD A NAME(A input, A target, A clamped_var, A other) {                              \
         if (is_flushed(clamped_var)) {                                                     \
-            return A(NAME##_of<double>(widen_exact(input), widen_exact(target),            \
-                                       widen_exact(clamped_var), widen_exact(other)));     \
+            return A(NAME##_of<round_to_float>(widen_exact(input), widen_exact(target),    \
+                                               widen_exact(clamped_var),                   \
+                                               widen_exact(other)));                       \
         }                                                                                  \
-        return NAME##_of(input, target, clamped_var, other);                               \
+        return NAME##_of<round_none>(input, target, clamped_var, other);                   \
     }
 AL_GAUSSIAN_ELEMENT(gaussian_loss)
 AL_GAUSSIAN_ELEMENT(gaussian_grad_input)

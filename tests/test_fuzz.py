@@ -1,0 +1,247 @@
+"""A fuzzer over every loss and the NumPy, array-api-strict and torch backends.
+
+Each draw (shapes, 0-sized and 0-d included; dtypes, some of which must be rejected; var
+shapes; reductions; weights; ignore_index; NaN, inf, subnormal, huge and negative values;
+scalar or array upstream gradients) must do one of two things:
+
+* match PyTorch 2.13 (forward, every gradient, and the fused loss-and-gradient), inf and NaN
+  where PyTorch gives them;
+* raise TypeError or ValueError (TargetOutOfRangeError for a target out of range) with a
+  message.
+
+No other exception, no hang, no change to the inputs.  CI runs a fixed number of draws per
+loss and backend (``ARRAYLOSS_FUZZ_EXAMPLES``, default 400: 2,400 draws, under a minute).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pytest
+from _cases import Case, cast_inputs, grad_output, torch_oracle
+from _helpers import from_numpy, to_numpy
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_parity import TOLERANCE
+
+import arrayloss as al
+
+pytest.importorskip("torch", reason="PyTorch is the fuzzer's oracle")
+
+EXAMPLES = int(os.environ.get("ARRAYLOSS_FUZZ_EXAMPLES", "400"))
+FUZZ_BACKENDS = ("numpy", "array_api_strict", "torch")
+
+# Values a real model produces, and the ones it produces on a bad day.
+SPECIAL = [0.0, -0.0, np.nan, np.inf, -np.inf, 1e-40, -1e-40, 5e-324, 1e300, -1e300, 65504.0]
+VALUES = st.one_of(st.floats(-8, 8, allow_nan=False), st.sampled_from(SPECIAL))
+FLOAT_DTYPES = ("float16", "float32", "float64")
+REJECTED_DTYPES = ("int32", "bool")
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def _mostly(draw: Any, good: tuple[Any, ...], bad: tuple[Any, ...]) -> Any:
+    """One of ``good``, or (one draw in eight) one of ``bad``, which must be rejected."""
+    return draw(st.sampled_from(bad if draw(st.integers(0, 7)) == 7 else good))
+
+
+def _dims(draw: Any, ndim: int) -> tuple[int, ...]:
+    return tuple(draw(st.integers(0, 3)) if draw(st.booleans()) else draw(st.integers(1, 3))
+                 for _ in range(ndim))
+
+
+def _fill(draw: Any, shape: tuple[int, ...], values: Any = VALUES) -> np.ndarray:
+    count = int(np.prod(shape))
+    return np.array(draw(st.lists(values, min_size=count, max_size=count)),
+                    dtype=np.float64).reshape(shape)
+
+
+@st.composite
+def gaussian_draws(draw: Any) -> Case:
+    shape = _dims(draw, draw(st.integers(0, 3)))
+    target_kind = _mostly(draw, ("same", "last 1", "fewer"), ("other",))
+    target_shape = {"same": shape, "last 1": (*shape[:-1], 1) if shape else shape,
+                    "fewer": shape[1:], "other": _dims(draw, draw(st.integers(0, 3)))}[target_kind]
+    var_kind = _mostly(draw, ("same", "no last", "some 1", "scalar"), ("other",))
+    arrays = {"input": _fill(draw, shape), "target": _fill(draw, target_shape)}
+    var_scalar = None
+    if var_kind == "scalar":
+        var_scalar = draw(st.sampled_from([1.0, 0.5, 0, 2, -1.0, np.nan, 5e-324, 1e300]))
+    else:
+        var_shape = {"same": shape, "no last": shape[:-1],
+                     "some 1": tuple(s if draw(st.booleans()) else 1 for s in shape),
+                     "other": _dims(draw, draw(st.integers(0, 3)))}[var_kind]
+        positive = st.one_of(st.floats(1e-3, 8), st.sampled_from([0.0, 1e-40, 5e-324, 1e300,
+                                                                    np.inf, np.nan, -1.0]))
+        arrays["var"] = _fill(draw, var_shape, positive)
+    dtype = _mostly(draw, FLOAT_DTYPES, REJECTED_DTYPES)
+    options: dict[str, Any] = {"full": draw(st.booleans()),
+                               "eps": _mostly(draw, (1e-6, 0.0, 1e-2), (-1.0, np.nan))}
+    reduction = _mostly(draw, REDUCTIONS, ("average",))
+    name = f"fuzz-gaussian-{draw(st.integers(0, 2**30))}"
+    return Case(name, "gaussian", dtype, reduction, arrays, options, var_scalar=var_scalar)
+
+
+@st.composite
+def nll_draws(draw: Any) -> Case:
+    n_classes = draw(st.integers(0, 4))
+    layout = draw(st.sampled_from(["unbatched", "batched", "spatial"]))
+    batch = draw(st.integers(0, 4))
+    spatial = _dims(draw, draw(st.integers(1, 2))) if layout == "spatial" else ()
+    shape = (n_classes,) if layout == "unbatched" else (batch, n_classes, *spatial)
+    target_shape = () if layout == "unbatched" else (batch, *spatial)
+    if draw(st.integers(0, 9)) == 0:
+        target_shape = _dims(draw, draw(st.integers(0, 2)))  # a mismatch, now and then
+    ignore_index = draw(st.sampled_from([-100, 0, 1, 255]))
+    classes = st.one_of(st.integers(0, max(n_classes - 1, 0)), st.just(ignore_index),
+                        st.integers(-3, n_classes + 2))
+    count = int(np.prod(target_shape))
+    target = np.array(draw(st.lists(classes, min_size=count, max_size=count)),
+                      dtype=np.int64).reshape(target_shape)
+    arrays = {"input": _fill(draw, shape), "target": target}
+    if draw(st.booleans()):
+        weight_size = n_classes if draw(st.integers(0, 9)) else n_classes + 1
+        arrays["weight"] = _fill(draw, (weight_size,), st.one_of(
+            st.floats(0, 4), st.sampled_from([0.0, np.nan, np.inf])))
+    dtype = _mostly(draw, FLOAT_DTYPES, REJECTED_DTYPES)
+    target_dtype = _mostly(draw, ("int64", "int32", "uint8", "int16"), ("float32",))
+    reduction = _mostly(draw, REDUCTIONS, ("average",))
+    name = f"fuzz-nll-{draw(st.integers(0, 2**30))}"
+    return Case(name, "nll", dtype, reduction, arrays, {"ignore_index": ignore_index},
+                target_dtype=target_dtype)
+
+
+def _run(xp: Any, case: Case) -> tuple[dict[str, np.ndarray] | None, BaseException | None]:
+    """arrayloss's answers for ``case`` on ``xp`` (as in ``test_parity``), or its exception.
+
+    Also checks that no input array was changed.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):  # 1e300 in float16 is inf: that is the input
+        cast = cast_inputs(case)
+    moved = {key: from_numpy(xp, value) for key, value in cast.items()}
+    before = {key: to_numpy(value).copy() for key, value in moved.items()}
+    result: dict[str, np.ndarray] = {}
+    try:
+        if case.loss == "gaussian":
+            args = [moved["input"], moved["target"],
+                    case.var_scalar if case.var_scalar is not None else moved["var"]]
+            function, backward, fused = (al.gaussian_nll_loss, al.gaussian_nll_loss_backward,
+                                         al.gaussian_nll_loss_and_grad)
+            names = ("input", "target", "var")
+        else:
+            args = [moved["input"], moved["target"], moved.get("weight")]
+            function, backward, fused = al.nll_loss, al.nll_loss_backward, al.nll_loss_and_grad
+            names = ("input",)
+        loss = function(*args, reduction=case.reduction, **case.options)
+        result["loss"] = to_numpy(loss)
+        upstream64 = grad_output(case, tuple(loss.shape))
+        upstream: Any = (from_numpy(xp, upstream64.astype(np.dtype(case.dtype)))
+                         if case.reduction == "none" else float(upstream64))
+        grads = backward(upstream, *args, reduction=case.reduction, **case.options)
+        grads = grads if isinstance(grads, tuple) else (grads,)
+        for name, grad in zip(names, grads, strict=False):
+            if grad is not None:
+                result[f"grad_{name}"] = to_numpy(grad)
+        if case.reduction != "none":
+            fused_loss, fused_grads = fused(*args, reduction=case.reduction, **case.options)
+            fused_grads = fused_grads if isinstance(fused_grads, tuple) else (fused_grads,)
+            result["fused_loss"] = to_numpy(fused_loss)
+            for name, grad in zip(names, fused_grads, strict=False):
+                if grad is not None:
+                    result[f"fused_grad_{name}"] = to_numpy(grad)  # for grad_output = 1
+        error = None
+    except (TypeError, ValueError) as caught:  # TargetOutOfRangeError is a ValueError too
+        error = caught
+    for key, value in moved.items():
+        np.testing.assert_array_equal(to_numpy(value), before[key], err_msg=f"{key} changed")
+    return (None, error) if error is not None else (result, None)
+
+
+def _documented_extension(case: Case) -> dict[str, np.ndarray] | None:
+    """PyTorch's answer extended where PyTorch fails and docs/pytorch.rst says what we give.
+
+    NLL with no classes (C = 0) and spatial dimensions: PyTorch 2.13 raises "size mismatch";
+    arrayloss applies its own 2-D rule (every target must be ignored): a 'mean' of NaN, a
+    'sum' of 0, zeros for 'none', and a zero gradient of the input's shape.
+    """
+    input_shape = case.arrays["input"].shape
+    if case.loss != "nll" or len(input_shape) < 3 or input_shape[1] != 0:
+        return None
+    target_shape = case.arrays["target"].shape
+    loss = {"none": np.zeros(target_shape), "mean": np.array(np.nan), "sum": np.array(0.0)}
+    return {"loss": loss[case.reduction], "grad_input": np.zeros(input_shape)}
+
+
+def _compare(case: Case, got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    rtol = TOLERANCE[case.dtype]
+    for key, reference in want.items():
+        for name in (key, f"fused_{key}"):
+            if name not in got:
+                continue
+            actual = got[name].astype(np.float64)
+            assert actual.shape == reference.shape, f"{case.name}: {name} shape"
+            expected = reference
+            if name.startswith("fused_grad_"):  # PyTorch's backward had grad_output = upstream
+                expected = reference / float(grad_output(case, ()))
+            with np.errstate(over="ignore"):  # the result is rounded once to its dtype
+                expected = expected.astype(case.dtype).astype(np.float64)
+            scale = np.max(np.abs(expected[np.isfinite(expected)]), initial=1.0)
+            np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale,
+                                       equal_nan=True, err_msg=f"{case.name}: {name}")
+
+
+def _check(xp: Any, case: Case) -> None:
+    got, error = _run(xp, case)
+    if error is not None:
+        assert str(error), f"{type(error).__name__} without a message"
+        return
+    assert got is not None
+    if case.dtype not in FLOAT_DTYPES:
+        raise AssertionError(f"{case.name}: a {case.dtype} input was accepted")
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            want = torch_oracle(case)
+    except (RuntimeError, ValueError, IndexError, TypeError) as torch_error:
+        want = _documented_extension(case)
+        if want is not None:
+            _compare(case, got, want)
+            return
+        # PyTorch refuses what arrayloss deliberately accepts (docs/pytorch.rst): any integer
+        # target dtype, several size-1 var dims, int or NumPy scalars for var.  Its answer for
+        # the equivalent legal call is what torch_oracle computes; anything else is a bug.
+        raise AssertionError(f"{case.name}: PyTorch failed ({torch_error}) where arrayloss "
+                             "answered") from None
+    _compare(case, got, want)
+
+
+FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+                         suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                HealthCheck.too_slow,
+                                                HealthCheck.filter_too_much])
+
+
+@pytest.fixture(params=FUZZ_BACKENDS)
+def fuzz_xp(request: pytest.FixtureRequest) -> Any:
+    from conftest import _load
+
+    namespace, reason = _load(request.param)
+    if namespace is None:
+        pytest.skip(reason)
+    return namespace
+
+
+@FUZZ_SETTINGS
+@given(case=gaussian_draws())
+def test_fuzz_gaussian(fuzz_xp: Any, case: Case) -> None:
+    if not hasattr(fuzz_xp, case.dtype):
+        return
+    _check(fuzz_xp, case)
+
+
+@FUZZ_SETTINGS
+@given(case=nll_draws())
+def test_fuzz_nll(fuzz_xp: Any, case: Case) -> None:
+    if not hasattr(fuzz_xp, case.dtype) or not hasattr(fuzz_xp, case.target_dtype):
+        return
+    _check(fuzz_xp, case)
