@@ -67,3 +67,14 @@ def train_adam(loss_and_grads: Callable[[Params], tuple[float, Params]], params:
             update = (m / (1 - beta1**step)) / (xp.sqrt(v / (1 - beta2**step)) + 1e-8)
             params = {**params, name: params[name] - rate * update}
     return params, history
+
+
+def print_summary(title: str, metrics: dict[str, float], labels: dict[str, str]) -> None:
+    """The run's numbers, one labelled line each, to check against docs/examples.rst.
+
+    ``.4g`` keeps small numbers readable (a final loss of 2.3e-05 is not 0.0000).
+    """
+    print(f"{title}:")
+    width = max(len(labels[key]) for key in metrics)
+    for key, value in metrics.items():
+        print(f"  {labels[key]:<{width}}  {value:.4g}")

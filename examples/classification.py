@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _training import Params, max_gradient_error, namespace, to_host, train_adam
+from _training import (
+    Params,
+    max_gradient_error,
+    namespace,
+    print_summary,
+    to_host,
+    train_adam,
+)
 
 import arrayloss as al
 
@@ -142,6 +149,15 @@ def plot(params: Params, data: dict[str, Any], history: list[float], xp: Any,
     return [path]
 
 
+#: How the summary names each number.
+LABELS = {
+    "gradient_check_error": "gradient check, max relative error vs finite differences",
+    "first_loss": "training loss, first step",
+    "final_loss": "training loss, last step",
+    "test_accuracy": "held-out accuracy",
+}
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=1500)
@@ -152,14 +168,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     xp = namespace(args.cupy)
 
     error = check_gradients(xp)
-    print(f"gradient check: max relative error {error:.2e}")
     assert error < 1e-6, "the hand-written backward pass disagrees with finite differences"
     data = make_data(xp, args.seed)
     params, history = train(xp, data, args.steps, args.seed)
     metrics = {"gradient_check_error": error, "first_loss": history[0],
                "final_loss": history[-1], "test_accuracy": accuracy(params, data, xp)}
-    for key, value in metrics.items():
-        print(f"{key}: {value:.4f}")
+    print_summary("three-spiral classification (see docs/examples.rst)", metrics, LABELS)
     if args.out:
         for path in plot(params, data, history, xp, args.out):
             print(f"wrote {path}")

@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _training import Params, max_gradient_error, namespace, to_host, train_adam
+from _training import (
+    Params,
+    max_gradient_error,
+    namespace,
+    print_summary,
+    to_host,
+    train_adam,
+)
 
 import arrayloss as al
 
@@ -135,6 +142,17 @@ def plot(params: Params, history: list[float], xp: Any, seed: int, out: Path) ->
     return [path]
 
 
+#: How the summary names each number.
+LABELS = {
+    "gradient_check_error": "gradient check, max relative error vs finite differences",
+    "first_loss": "training loss, first step",
+    "final_loss": "training loss, last step",
+    "test_nll": "held-out Gaussian NLL",
+    "constant_variance_nll": "held-out NLL with the best single variance",
+    "std_correlation": "correlation of predicted and true std",
+}
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=3000)
@@ -145,13 +163,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     xp = namespace(args.cupy)
 
     error = check_gradients(xp)
-    print(f"gradient check: max relative error {error:.2e}")
     assert error < 1e-6, "the hand-written backward pass disagrees with finite differences"
     params, history = train(xp, args.steps, args.seed)
     metrics = {"gradient_check_error": error, "first_loss": history[0],
                "final_loss": history[-1], **evaluate(params, xp, args.seed)}
-    for key, value in metrics.items():
-        print(f"{key}: {value:.4f}")
+    print_summary("heteroscedastic regression (see docs/examples.rst)", metrics, LABELS)
     if args.out:
         for path in plot(params, history, xp, args.seed, args.out):
             print(f"wrote {path}")
