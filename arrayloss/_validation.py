@@ -62,8 +62,13 @@ class TargetOutOfRangeError(IndexError, ValueError):
 # --------------------------------------------------------------------------- the error messages
 
 
-def negative_var_error() -> ValueError:
-    """The error for a variance with a negative entry (every backend raises this one)."""
+def negative_var_error(value: float | None = None) -> ValueError:
+    """The error for a negative variance: a scalar ``value``, or an array with negative entries.
+
+    Every backend raises this one.
+    """
+    if value is not None:
+        return ValueError(f"var is {value!r}, which is negative; a variance must be >= 0")
     return ValueError("var has negative entries; a variance must be >= 0 (NaN is passed through)")
 
 
@@ -285,10 +290,14 @@ def _fit_var(xp: ModuleType, var: Array, input_shape: tuple[int, ...]) -> Array:
         v == i or v == 1 for v, i in zip(var_shape, input_shape, strict=True)
     ):
         return var
+    hint = ""
+    if var_shape == ():
+        hint = ("; for one variance shared by every element, pass it as a number "
+                "(var=float(v)) rather than a 0-d array")
     raise ValueError(
         f"var with shape {var_shape} does not fit input with shape {input_shape}; expected "
         f"input's shape, input's shape without its last dimension ({input_shape[:-1]}), or "
-        "input's shape with some dimensions set to 1"
+        f"input's shape with some dimensions set to 1{hint}"
     )
 
 
@@ -334,7 +343,7 @@ def gaussian_nll_call(
         var_value = as_float("var", var)
         if var_value < 0:
             # A scalar is checked on the host whatever `validate` says: it is free.
-            raise negative_var_error()
+            raise negative_var_error(var_value)
         fitted: Array | float = var_value
         var_shape = None
         loss_shape = broadcast_shapes(input_shape, target_shape)

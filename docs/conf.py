@@ -32,7 +32,8 @@ html_theme = "pydata_sphinx_theme"
 html_title = "arrayloss"
 html_static_path = ["_static"]
 html_theme_options = {"navigation_with_keys": False}
-exclude_patterns = ["_build"]
+# _generated holds text pulled into pages with ``.. include::``, not pages of its own.
+exclude_patterns = ["_build", "_generated"]
 default_role = "code"
 
 # ------------------------------------------------------------------ the benchmark page

@@ -30,6 +30,12 @@ def test_page_examples(page: Path) -> None:
     assert result.failed == 0
 
 
+def test_readme_example() -> None:
+    readme = DOCS.parent / "README.md"
+    result = doctest.testfile(str(readme), module_relative=False, optionflags=OPTIONS)
+    assert result.attempted >= 10 and result.failed == 0
+
+
 def test_every_public_name_is_documented() -> None:
     import arrayloss
 

@@ -62,8 +62,15 @@ class TestGaussianErrors:
     @pytest.mark.parametrize("var", [-1.0, -1, np.float32(-0.5)])
     def test_negative_scalar_var_is_always_rejected(self, xp: Any, var: Any) -> None:
         input, target, _ = _gaussian_arrays(xp)
-        with pytest.raises(ValueError, match="var has negative entries"):
+        with pytest.raises(ValueError, match=rf"^var is {float(var)!r}, which is negative; a "
+                                             "variance must be >= 0$"):
             al.gaussian_nll_loss(input, target, var, validate=False)
+
+    def test_0d_var_array_suggests_a_number(self, xp: Any) -> None:
+        input, target, _ = _gaussian_arrays(xp)
+        with pytest.raises(ValueError, match=r"var with shape \(\) does not fit .*pass it as a "
+                                             r"number \(var=float\(v\)\)"):
+            al.gaussian_nll_loss(input, target, from_numpy(xp, np.array(1.0)))
 
     def test_nan_and_negative_zero_var_pass(self, xp: Any) -> None:
         input, target, _ = _gaussian_arrays(xp, (2,))
