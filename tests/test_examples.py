@@ -34,10 +34,15 @@ def test_heteroscedastic_regression_learns_the_noise(tmp_path: Path) -> None:
     assert (tmp_path / "heteroscedastic_regression.png").stat().st_size > 10_000
 
 
-def test_classification_learns_the_spirals(tmp_path: Path) -> None:
+def test_classification_learns_the_spirals(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("matplotlib")
     example = _load("classification")
     metrics = example.main(["--steps", "800", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    # One labelled line per number; a small final loss is printed as itself, not 0.0000.
+    assert out.count("gradient check") == 1 and "0.0000" not in out
+    assert f"{metrics['final_loss']:.4g}" in out
     assert metrics["gradient_check_error"] < 1e-6
     assert example.learned(metrics), metrics
     assert metrics["test_accuracy"] > 0.9
