@@ -28,6 +28,8 @@ def gaussian_nll_loss(
     eps: float = 1e-6,
     reduction: str = "mean",
     validate: bool = True,
+    log_var: bool = False,
+    beta: float = 0.0,
 ) -> Array:
     r"""Gaussian negative log-likelihood of ``target`` under ``N(input, var)``.
 
@@ -64,6 +66,19 @@ def gaussian_nll_loss(
         Check that ``var`` has no negative entries.  On CuPy the check is fused into the
         kernel and costs one small device-to-host read; ``validate=False`` skips it and makes
         the call free of host synchronisation.  A negative scalar ``var`` is always rejected.
+    log_var : bool, default False
+        The third argument holds :math:`s = \log \mathrm{var}` (what networks usually
+        predict: no positivity constraint, no clamp).  The loss is then
+        :math:`\tfrac12 (s + d^2 e^{-s})`, ``eps`` does not apply, ``s`` may be negative, and
+        the gradient is taken with respect to ``s``.  Same broadcasting rules as ``var``.
+        Not in PyTorch.
+    beta : float, default 0.0
+        β-NLL (Seitzer et al., "On the Pitfalls of Heteroscedastic Uncertainty Estimation
+        with Probabilistic Neural Networks", ICLR 2022): each element's loss is multiplied by
+        :math:`v^\beta`, with :math:`v` the clamped variance (or :math:`e^s`), treated as a
+        constant by the gradients; the reduction comes after the weighting.  ``beta=0.5`` is
+        the paper's recommendation; 0 is plain Gaussian NLL, bit for bit and at no extra
+        cost.  Finite and >= 0.  Not in PyTorch.
 
     Returns
     -------
@@ -105,7 +120,8 @@ def gaussian_nll_loss(
     1.6064
     """
     call = _validation.gaussian_nll_call(
-        input, target, var, full=full, eps=eps, reduction=reduction, validate=validate
+        input, target, var, full=full, eps=eps, reduction=reduction, validate=validate,
+        log_var=log_var, beta=beta,
     )
     return backend(call.xp, "gaussian_nll").forward(call)
 
@@ -121,6 +137,8 @@ def gaussian_nll_loss_backward(
     reduction: str = "mean",
     wrt: str | Sequence[str] = ALL_GRADIENTS,
     validate: bool = True,
+    log_var: bool = False,
+    beta: float = 0.0,
 ) -> Gradients:
     r"""Gradients of :func:`gaussian_nll_loss` with respect to ``input``, ``target`` and ``var``.
 
@@ -143,8 +161,11 @@ def gaussian_nll_loss_backward(
     grad_output : array or real number
         The gradient of the objective with respect to the loss: a number or a 0-d array for
         ``'mean'`` and ``'sum'``, an array of the loss's shape for ``'none'``.
-    input, target, var, full, eps, reduction, validate
-        As in :func:`gaussian_nll_loss`.  ``full`` does not change any gradient.
+    input, target, var, full, eps, reduction, validate, log_var, beta
+        As in :func:`gaussian_nll_loss`.  ``full`` does not change any gradient.  With
+        ``log_var`` the third gradient is with respect to the log-variance,
+        :math:`\tfrac{G}{2}(1 - d^2 e^{-s})`, and the input's is :math:`G\,d\,e^{-s}`; with
+        ``beta`` every gradient is multiplied by the element's weight :math:`v^\beta`.
     wrt : str or sequence of str, default ('input', 'target', 'var')
         The gradients to compute; the others come back as ``None`` and cost nothing.
 
@@ -179,7 +200,8 @@ def gaussian_nll_loss_backward(
     (None, None)
     """
     call = _validation.gaussian_nll_call(
-        input, target, var, full=full, eps=eps, reduction=reduction, validate=validate
+        input, target, var, full=full, eps=eps, reduction=reduction, validate=validate,
+        log_var=log_var, beta=beta,
     )
     wanted = _validation.check_wrt(wrt, call)
     upstream = _validation.check_grad_output(
@@ -198,6 +220,8 @@ def gaussian_nll_loss_and_grad(
     reduction: str = "mean",
     wrt: str | Sequence[str] = ALL_GRADIENTS,
     validate: bool = True,
+    log_var: bool = False,
+    beta: float = 0.0,
 ) -> tuple[Array, Gradients]:
     """The reduced Gaussian NLL and its gradients, computed together.
 
@@ -207,7 +231,7 @@ def gaussian_nll_loss_and_grad(
 
     Parameters
     ----------
-    input, target, var, full, eps, validate
+    input, target, var, full, eps, validate, log_var, beta
         As in :func:`gaussian_nll_loss`.
     reduction : {'mean', 'sum'}, default 'mean'
         The loss must be a scalar to have a gradient without an upstream one.
@@ -233,7 +257,8 @@ def gaussian_nll_loss_and_grad(
     """
     _validation.require_scalar_loss(reduction, "gaussian_nll_loss_and_grad", "gaussian_nll_loss")
     call = _validation.gaussian_nll_call(
-        input, target, var, full=full, eps=eps, reduction=reduction, validate=validate
+        input, target, var, full=full, eps=eps, reduction=reduction, validate=validate,
+        log_var=log_var, beta=beta,
     )
     wanted = _validation.check_wrt(wrt, call)
     return backend(call.xp, "gaussian_nll").loss_and_grad(call, wanted)

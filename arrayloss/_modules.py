@@ -41,6 +41,10 @@ class GaussianNLLLoss:
         How the per-element losses are combined.
     validate : bool, default True
         Check that array variances are non-negative.
+    log_var : bool, default False
+        The third argument is the log-variance (see :func:`gaussian_nll_loss`).
+    beta : float, default 0.0
+        The β-NLL exponent (see :func:`gaussian_nll_loss`).
 
     Examples
     --------
@@ -61,15 +65,19 @@ class GaussianNLLLoss:
         eps: float = 1e-6,
         reduction: str = "mean",
         validate: bool = True,
+        log_var: bool = False,
+        beta: float = 0.0,
     ) -> None:
         self.full = _validation.check_flag("full", full)
         self.eps = _validation.check_eps(eps)
         self.reduction = _validation.check_reduction(reduction)
         self.validate = _validation.check_flag("validate", validate)
+        self.log_var = _validation.check_flag("log_var", log_var)
+        self.beta = _validation.check_beta(beta)
 
     def _options(self) -> dict[str, Any]:
         return {"full": self.full, "eps": self.eps, "reduction": self.reduction,
-                "validate": self.validate}
+                "validate": self.validate, "log_var": self.log_var, "beta": self.beta}
 
     def __call__(self, input: Array, target: Array, var: Array | float) -> Array:
         """The loss; see :func:`gaussian_nll_loss`."""
@@ -105,7 +113,8 @@ class GaussianNLLLoss:
 
     def __repr__(self) -> str:
         return (f"GaussianNLLLoss(full={self.full}, eps={self.eps}, "
-                f"reduction={self.reduction!r}, validate={self.validate})")
+                f"reduction={self.reduction!r}, validate={self.validate}, "
+                f"log_var={self.log_var}, beta={self.beta})")
 
 
 class NLLLoss:

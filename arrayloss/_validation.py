@@ -144,6 +144,16 @@ def check_eps(eps: object) -> float:
     return value
 
 
+def check_beta(beta: object) -> float:
+    if not _is_real_scalar(beta):
+        raise TypeError(f"beta must be a real number, got {type_name(beta)}")
+    value = as_float("beta", beta)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"beta must be finite and >= 0 (the beta-NLL paper uses 0 to 1), "
+                         f"got {value!r}")
+    return value
+
+
 def check_ignore_index(ignore_index: object) -> int:
     if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(
         ignore_index, (numbers.Integral, np.integer)
@@ -271,6 +281,10 @@ class GaussianNLLCall:
     eps: float
     reduction: str
     validate: bool
+    #: ``var`` holds log-variances (no eps clamp, no sign check).
+    log_var: bool = False
+    #: The beta-NLL exponent; 0 is plain Gaussian NLL.
+    beta: float = 0.0
 
     @property
     def numel(self) -> int:
@@ -310,12 +324,16 @@ def gaussian_nll_call(
     eps: object,
     reduction: object,
     validate: object,
+    log_var: object = False,
+    beta: object = 0.0,
 ) -> GaussianNLLCall:
     """Check every argument of a Gaussian NLL function and return the validated call."""
     reduction = check_reduction(reduction)
     full = check_flag("full", full)
     validate = check_flag("validate", validate)
     eps = check_eps(eps)
+    log_var = check_flag("log_var", log_var)
+    beta = check_beta(beta)
 
     scalar_var = _is_real_scalar(var)
     arrays = {"input": input, "target": target}
@@ -341,7 +359,7 @@ def gaussian_nll_call(
 
     if scalar_var:
         var_value = as_float("var", var)
-        if var_value < 0:
+        if var_value < 0 and not log_var:
             # A scalar is checked on the host whatever `validate` says: it is free.
             raise negative_var_error(var_value)
         fitted: Array | float = var_value
@@ -372,6 +390,8 @@ def gaussian_nll_call(
         eps=eps,
         reduction=reduction,
         validate=validate,
+        log_var=log_var,
+        beta=beta,
     )
 
 

@@ -16,6 +16,10 @@ from typing import Any
 import numpy as np
 
 OPERATIONS = ("forward", "backward", "loss_and_grad")
+#: The Gaussian NLL options beside the plain variance, each with one variance per row: the
+#: log-variance form and beta-NLL (beta = 0.5).  Their target: within 1.1x of "rows".
+GAUSSIAN_VARIANTS = ("log_var", "beta")
+BETA = 0.5
 REDUCTIONS = ("none", "mean", "sum")
 
 
@@ -26,7 +30,8 @@ class Case:
     loss: str  # "gaussian_nll" or "nll"
     op: str  # "forward", "backward" or "loss_and_grad"
     reduction: str
-    variant: str  # gaussian: var "full" | "rows" | "scalar"; nll: "plain" | "weighted" ...
+    variant: str  # gaussian: var "full" | "rows" | "scalar" | "log_var" | "beta" (both with
+    # one variance per row); nll: "plain" | "weighted-ignored"
     dtype: str
     shape: tuple[int, ...]  # input shape
     elements: int = field(init=False)
@@ -56,7 +61,8 @@ def model_bytes(case: Case) -> int:
     size = itemsize(case.dtype)
     if case.loss == "gaussian_nll":
         n = case.elements
-        var = {"full": n, "rows": case.shape[0], "scalar": 0}[case.variant]
+        var = case.shape[0] if case.variant in ("rows", "log_var", "beta") else {
+            "full": n, "scalar": 0}[case.variant]
         inputs = (2 * n + var) * size
         if case.op == "forward":
             return inputs + (n * size if case.reduction == "none" else 0)
@@ -101,7 +107,8 @@ def build_cases(device: str, losses: list[str], ops: list[str], reductions: list
         if op == "loss_and_grad" and reduction == "none":
             continue
         if loss == "gaussian_nll":
-            variants = ["full", "rows", "scalar"] if reduction == "mean" else ["rows"]
+            variants = (["full", "rows", "scalar", *GAUSSIAN_VARIANTS] if reduction == "mean"
+                        else ["rows"])
             for variant, n in itertools.product(variants, gaussian_sizes(device, quick)):
                 rows = max(n // 64, 1)
                 cases.append(Case(loss, op, reduction, variant, dtype, (rows, n // rows)))
@@ -135,8 +142,11 @@ def make_inputs(case: Case, seed: int = 0, xp: Any = np) -> dict[str, Any]:
     if case.loss == "gaussian_nll":
         x = rng.standard_normal(case.shape, dtype=storage)
         t = rng.standard_normal(case.shape, dtype=storage)
+        rows = (case.shape[0], 1)
         var: Any = {"full": lambda: rng.uniform(0.1, 2.0, case.shape).astype(storage),
-                    "rows": lambda: rng.uniform(0.1, 2.0, (case.shape[0], 1)).astype(storage),
+                    "rows": lambda: rng.uniform(0.1, 2.0, rows).astype(storage),
+                    "beta": lambda: rng.uniform(0.1, 2.0, rows).astype(storage),
+                    "log_var": lambda: rng.uniform(-2.0, 0.7, rows).astype(storage),
                     "scalar": lambda: 0.75}[case.variant]()
         inputs = {"input": x, "target": t, "var": var}
         if case.reduction == "none":

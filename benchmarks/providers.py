@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .cases import Case, model_bytes
+from .cases import BETA, Case, model_bytes
 
 Call = Callable[[], Any]
 
@@ -65,7 +65,9 @@ def _arrayloss_call(case: Case, arrays: dict[str, Any]) -> Call:
 
     if case.loss == "gaussian_nll":
         args = (arrays["input"], arrays["target"], arrays["var"])
-        options: dict[str, Any] = {"reduction": case.reduction, "validate": False}
+        options: dict[str, Any] = {"reduction": case.reduction, "validate": False,
+                                   "log_var": case.variant == "log_var",
+                                   "beta": BETA if case.variant == "beta" else 0.0}
         if case.op == "forward":
             return lambda: al.gaussian_nll_loss(*args, **options)
         if case.op == "backward":
@@ -90,15 +92,26 @@ def _torch_call(case: Case, arrays: dict[str, Any]) -> Call:
 
     if case.loss == "gaussian_nll":
         x, t, var = arrays["input"], arrays["target"], arrays["var"]
+
+        def gaussian(x: Any, t: Any, var: Any) -> Any:
+            # PyTorch has neither variant: its composites, as users write them.
+            if case.variant == "log_var":
+                return F.gaussian_nll_loss(x, t, var.exp(), eps=0.0, reduction=case.reduction)
+            if case.variant == "beta":
+                elementwise = F.gaussian_nll_loss(x, t, var, reduction="none")
+                weighted = elementwise * var.detach().clamp(min=1e-6) ** BETA
+                return weighted.mean() if case.reduction == "mean" else weighted.sum()
+            return F.gaussian_nll_loss(x, t, var, reduction=case.reduction)
+
         if case.op == "forward":
-            return lambda: F.gaussian_nll_loss(x, t, var, reduction=case.reduction)
+            return lambda: gaussian(x, t, var)
         x = x.detach().requires_grad_()
         if not isinstance(var, float):
             var = var.detach().requires_grad_()
         upstream = arrays.get("grad_output")
 
         def forward_backward() -> Any:
-            loss = F.gaussian_nll_loss(x, t, var, reduction=case.reduction)
+            loss = gaussian(x, t, var)
             loss.backward(upstream if case.reduction == "none" else None)
             x.grad = None
             if isinstance(var, torch.Tensor):

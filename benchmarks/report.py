@@ -96,7 +96,31 @@ def evaluate_targets(rows: list[dict[str, Any]], device: str) -> list[dict[str, 
                     candidates, key=lambda row: row["case"]["elements"])[:1]:
                 check(f"CPU {loss} {op} mean fp32 {tuple(row['case']['shape'])}: {label}", row,
                       "speedup_vs_baseline", threshold)
+    _variant_targets(rows, ours, targets)
     return targets
+
+
+def _variant_targets(rows: list[dict[str, Any]], ours: str,
+                     targets: list[dict[str, Any]]) -> None:
+    """Each Gaussian variant (log_var, beta) within 1.1x of plain GNLL ("rows"), same run."""
+    for variant in ("log_var", "beta"):
+        for op in ("forward", "loss_and_grad"):
+            candidates = [row for row in rows if row["provider"] == ours and row["case"]["loss"]
+                          == "gaussian_nll" and row["case"]["variant"] == variant and
+                          row["case"]["op"] == op and row["case"]["dtype"] == "float32"]
+            if not candidates:
+                continue
+            row = max(candidates, key=lambda row: row["case"]["elements"])
+            plain = _find(rows, ours, loss="gaussian_nll", op=op, variant="rows",
+                          reduction=row["case"]["reduction"], dtype="float32",
+                          shape=tuple(row["case"]["shape"]))
+            value = None if plain is None else plain["median_s"] / row["median_s"]
+            status = "not measured" if value is None else "met" if value >= 1 / 1.1 else "missed"
+            targets.append({
+                "target": f"GNLL {variant} {op} {tuple(row['case']['shape'])}: within 1.1x of "
+                          "plain GNLL (rows)",
+                "metric": "speed_vs_plain", "threshold": 1 / 1.1, "value": value,
+                "status": status})
 
 
 def _fmt(value: Any, digits: int = 1) -> str:

@@ -85,7 +85,8 @@ def _sum_to(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 def gaussian_reference(x: np.ndarray, t: np.ndarray, v: np.ndarray | float, *, full: bool,
                        eps: float, reduction: str, upstream: Any = 1.0,
-                       compute: Any = np.float64) -> tuple[Any, ...]:
+                       compute: Any = np.float64, log_var: bool = False,
+                       beta: float = 0.0) -> tuple[Any, ...]:
     """(loss, grad_input, grad_target, grad_var), PyTorch's formulas in its operation order.
 
     ``compute`` is float64 by default; float32 reproduces PyTorch's float32 arithmetic where
@@ -93,28 +94,40 @@ def gaussian_reference(x: np.ndarray, t: np.ndarray, v: np.ndarray | float, *, f
     """
     with np.errstate(over="ignore", divide="ignore", invalid="ignore", under="ignore"):
         return _gaussian_reference(x, t, v, full=full, eps=eps, reduction=reduction,
-                                   upstream=upstream, compute=np.dtype(compute).type)
+                                   upstream=upstream, compute=np.dtype(compute).type,
+                                   log_var=log_var, beta=beta)
 
 
 def _gaussian_reference(x: np.ndarray, t: np.ndarray, v: np.ndarray | float, *, full: bool,
                         eps: float, reduction: str, upstream: Any,
-                        compute: Any) -> tuple[Any, ...]:
+                        compute: Any, log_var: bool, beta: float) -> tuple[Any, ...]:
     x, t = x.astype(compute), t.astype(compute)
     fitted = np.asarray(v, dtype=compute)
     if isinstance(v, np.ndarray) and x.ndim and v.shape == x.shape[:-1]:
         fitted = fitted[..., None]
-    clamped = np.maximum(fitted, compute(eps))
     diff = x - t
-    loss = compute(0.5) * (np.log(clamped) + diff * diff / clamped)
+    # The variance form, max(var, eps), or the log-variance s (loss 0.5 (s + d^2 exp(-s))).
+    term = fitted if log_var else np.maximum(fitted, compute(eps))
+    if log_var:
+        loss = compute(0.5) * (term + diff * diff * np.exp(-term))
+    else:
+        loss = compute(0.5) * (np.log(term) + diff * diff / term)
     if full:
         loss = loss + compute(0.5 * math.log(2 * math.pi))
+    # beta-NLL: each element weighted by var**beta, a constant for the gradients.
+    weight = (np.exp(compute(beta) * term) if log_var else term ** compute(beta)) if beta else 1
+    loss = loss * weight
     g = np.asarray(upstream, dtype=np.float64)
     if reduction == "mean":
         g = g / loss.size if loss.size else np.full((), np.nan)
-    g = np.broadcast_to(g.astype(compute), loss.shape)
+    g = np.broadcast_to(g.astype(compute), loss.shape) * weight
     half = compute(0.5) * g
-    grad_input = (half / clamped) * (compute(2) * diff)
-    grad_var = half / clamped + (-half) * ((diff * diff / clamped) / clamped)
+    if log_var:
+        grad_input = g * diff * np.exp(-term)
+        grad_var = half * (compute(1) - diff * diff * np.exp(-term))
+    else:
+        grad_input = (half / term) * (compute(2) * diff)
+        grad_var = half / term + (-half) * ((diff * diff / term) / term)
     loss64 = loss.astype(np.float64)
     reduced = loss64 if reduction == "none" else (
         (loss64.sum() / loss64.size if loss64.size else np.nan) if reduction == "mean"
@@ -175,9 +188,10 @@ def _default_upstream(device: Device, dtype: str, reduction: str, loss_shape: tu
 def check_gaussian(device: Device, dtype: str, x: Any, t: Any, v: Any, *, reduction: str,
                    full: bool = False, eps: float = 1e-6, upstream: Any = None,
                    wrts: tuple[tuple[str, ...], ...] = (("input", "target", "var"),),
-                   compute: Any = np.float64) -> None:
+                   compute: Any = np.float64, log_var: bool = False, beta: float = 0.0) -> None:
     """Forward, backward (each ``wrt``) and, for a scalar loss, loss-and-grad."""
-    options = {"reduction": reduction, "full": full, "eps": eps}
+    options = {"reduction": reduction, "full": full, "eps": eps, "log_var": log_var,
+               "beta": beta}
     options_reference = {**options, "compute": compute}
     host_v = v if isinstance(v, float) else device.exact(v)
     want = gaussian_reference(device.exact(x), device.exact(t), host_v, **options_reference)
@@ -240,6 +254,20 @@ def case_gaussian(device: Device, dtype: str, var_kind: str, reduction: str) -> 
     v: Any = 0.75 if shape is None else device.put(rng.uniform(0, 2, shape), dtype)
     wrts = (("input", "target", "var"), ("input",), ("var",), ("target", "var"))
     check_gaussian(device, dtype, x, t, v, reduction=reduction, full=True, eps=1e-3, wrts=wrts)
+
+
+def case_gaussian_variant(device: Device, dtype: str, var_kind: str, log_var: bool,
+                          beta: float) -> None:
+    """The log-variance form and beta-NLL, every reduction."""
+    rng = np.random.default_rng(10)
+    x = device.put(rng.normal(size=(300, 33)), dtype)
+    t = device.put(rng.normal(size=(300, 33)), dtype)
+    shape = GAUSSIAN_VAR_SHAPES[var_kind]
+    values = rng.normal(size=shape) if log_var else rng.uniform(0, 2, shape)
+    v: Any = (-0.3 if log_var else 0.75) if shape is None else device.put(values, dtype)
+    for reduction in REDUCTIONS:
+        check_gaussian(device, dtype, x, t, v, reduction=reduction, full=True, eps=1e-3,
+                       log_var=log_var, beta=beta, wrts=(("input", "target", "var"), ("var",)))
 
 
 def case_gaussian_broadcast_target_0d_upstream(device: Device) -> None:
@@ -462,6 +490,10 @@ def gpu_and_host_cases() -> list[Any]:
     for dtype, var_kind, reduction in itertools.product(DTYPES, GAUSSIAN_VAR_SHAPES, REDUCTIONS):
         params.append(pytest.param(case_gaussian, (dtype, var_kind, reduction),
                                    id=f"gaussian-{dtype}-{var_kind}-{reduction}"))
+    for dtype, var_kind, (log_var, beta) in itertools.product(
+            DTYPES, ("full", "rows", "scalar"), ((True, 0.0), (False, 0.5), (True, 1.0))):
+        params.append(pytest.param(case_gaussian_variant, (dtype, var_kind, log_var, beta),
+                                   id=f"gaussian-{dtype}-{var_kind}-log_var={log_var}-beta={beta}"))
     params.append(pytest.param(case_gaussian_broadcast_target_0d_upstream, (),
                                id="gaussian-broadcast-target"))
     for dtype, shape, reduction in itertools.product(DTYPES, NLL_SHAPES, REDUCTIONS):

@@ -216,7 +216,8 @@ def test_fused_kernels_switch_restores_the_setting() -> None:
 
 def test_module_repr_and_options() -> None:
     loss = al.GaussianNLLLoss(full=True, eps=1e-3, reduction="sum")
-    assert repr(loss) == "GaussianNLLLoss(full=True, eps=0.001, reduction='sum', validate=True)"
+    assert repr(loss) == ("GaussianNLLLoss(full=True, eps=0.001, reduction='sum', validate=True, "
+                          "log_var=False, beta=0.0)")
     assert "weight=<array of shape (3,)>" in repr(al.NLLLoss(np.ones(3)))
 
 

@@ -47,3 +47,10 @@ def test_classification_learns_the_spirals(tmp_path: Path,
     assert example.learned(metrics), metrics
     assert metrics["test_accuracy"] > 0.9
     assert (tmp_path / "classification.png").stat().st_size > 10_000
+
+
+def test_heteroscedastic_regression_with_beta_nll() -> None:
+    example = _load("heteroscedastic_regression")
+    metrics = example.main(["--steps", "1500", "--beta", "0.5"])
+    # beta-NLL learns the noise too (Seitzer et al.): better than one variance for all x.
+    assert example.learned(metrics), metrics

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -39,25 +40,42 @@ class _Terms:
     """The intermediates shared by forward and backward, in the compute dtype."""
 
     diff: Array  # input - target, broadcast
-    var: Array | float  # max(var, eps)
+    var: Array | float  # max(var, eps); the log-variance s itself with call.log_var
+    precision: Array | float | None  # exp(-s) with call.log_var, else None
+    weight: Array | float | None  # the beta-NLL weight var**beta; None for beta = 0
 
 
 def _check_values(call: GaussianNLLCall) -> None:
     xp = call.xp
-    if call.validate and call.var_shape is not None and bool(xp.any(call.var < 0)):
+    if (call.validate and not call.log_var and call.var_shape is not None
+            and bool(xp.any(call.var < 0))):
         raise negative_var_error()
+
+
+def _exp(xp: ModuleType, value: Array | float) -> Array | float:
+    # A Python float stays one: math.exp raises on overflow, NumPy gives inf, as arrays do.
+    return float(np.exp(value)) if isinstance(value, float) else xp.exp(value)
 
 
 def _terms(call: GaussianNLLCall, dtype: Any) -> _Terms:
     xp = call.xp
     diff = as_compute(xp, call.input, dtype) - as_compute(xp, call.target, dtype)
+    term: Array | float
     if call.var_shape is None:
         value = float(call.var)
         # `value < eps` is False for NaN, so a NaN variance stays NaN, as PyTorch's clamp does.
-        clamped: Array | float = call.eps if value < call.eps else value
+        term = value if call.log_var or not value < call.eps else call.eps
+    elif call.log_var:
+        term = as_compute(xp, call.var, dtype)
     else:
-        clamped = xp.maximum(as_compute(xp, call.var, dtype), call.eps)
-    return _Terms(diff=diff, var=clamped)
+        term = xp.maximum(as_compute(xp, call.var, dtype), call.eps)
+    precision = _exp(xp, -term) if call.log_var else None
+    weight = None
+    if call.beta != 0:
+        weight = (_exp(xp, call.beta * term) if call.log_var
+                  else float(np.power(term, call.beta)) if isinstance(term, float)
+                  else term**call.beta)
+    return _Terms(diff=diff, var=term, precision=precision, weight=weight)
 
 
 def _elementwise_loss(call: GaussianNLLCall, terms: _Terms) -> Array:
@@ -65,11 +83,17 @@ def _elementwise_loss(call: GaussianNLLCall, terms: _Terms) -> Array:
     # Built in place on one new array: on NumPy every fresh full-size temporary costs page
     # faults, which made a chain of out-of-place operations several times slower.
     loss = terms.diff * terms.diff
-    loss /= terms.var
-    loss += _log_scalar(terms.var) if isinstance(terms.var, float) else xp.log(terms.var)
+    if terms.precision is not None:  # log-variance: 0.5 (s + d^2 exp(-s))
+        loss *= terms.precision
+        loss += terms.var
+    else:
+        loss /= terms.var
+        loss += _log_scalar(terms.var) if isinstance(terms.var, float) else xp.log(terms.var)
     loss *= 0.5
     if call.full:
         loss += HALF_LOG_2PI
+    if terms.weight is not None:
+        loss *= terms.weight
     return loss
 
 
@@ -106,6 +130,10 @@ def _raw_gradients(
     """The gradients in the compute dtype, summed to each argument's shape (var: as fitted)."""
     xp = call.xp
     grad_input = grad_target = grad_var = None
+    if terms.weight is not None:  # beta-NLL: the weight is a constant factor of G
+        upstream = upstream * terms.weight
+    if terms.precision is not None:
+        return _raw_gradients_log_var(call, terms, upstream, wrt)
     # In place on arrays made here (see _elementwise_loss), in PyTorch's operation order, so
     # that overflow, inf and NaN come out where PyTorch's do:
     #   d input = ((0.5 G) / v) (2 d),   d var = (0.5 G) / v + (-(0.5 G)) ((d^2 / v) / v).
@@ -129,6 +157,30 @@ def _raw_gradients(
         grad /= terms.var
         grad *= -half_upstream
         grad += half_over_var
+        grad_var = sum_to_shape(xp, grad, tuple(call.var.shape))
+    return grad_input, grad_target, grad_var
+
+
+def _raw_gradients_log_var(
+    call: GaussianNLLCall, terms: _Terms, upstream: Array | float, wrt: frozenset[str]
+) -> Gradients:
+    """The log-variance form: d input = G d exp(-s), d s = 0.5 G (1 - d^2 exp(-s))."""
+    xp = call.xp
+    grad_input = grad_target = grad_var = None
+    if wrt & {"input", "target"}:
+        grad_diff = terms.diff * terms.precision
+        grad_diff *= upstream
+        if "target" in wrt:
+            grad_target = sum_to_shape(xp, -grad_diff, tuple(call.target.shape))
+        if "input" in wrt:
+            grad_input = sum_to_shape(xp, grad_diff, tuple(call.input.shape))
+    if "var" in wrt:
+        assert not isinstance(call.var, float)
+        grad = terms.diff * terms.diff
+        grad *= terms.precision
+        grad *= -1.0
+        grad += 1.0
+        grad *= 0.5 * upstream
         grad_var = sum_to_shape(xp, grad, tuple(call.var.shape))
     return grad_input, grad_target, grad_var
 

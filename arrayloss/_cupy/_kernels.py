@@ -63,24 +63,35 @@ def _gaussian_compute(scalar_var: bool) -> str:
     return "al::compute_of<X, T>::type" if scalar_var else "al::compute_of<X, T, V>::type"
 
 
+# `term` is max(var, eps), or the log-variance itself with log_var; `weight` the beta-NLL
+# weight, exactly 1 for beta = 0 (a uniform branch: no cost, the same bits as without it).
 _GAUSSIAN_PROLOGUE = """
 const A var_value = A(v);
 if (check && al::gaussian_var_is_invalid(var_value)) al::record_invalid(&invalid[0], i);
-const A clamped = al::clamp_var(var_value, A(eps));
+const A term = al::gaussian_term(var_value, A(eps), log_var);
+const A weight = beta == 0 ? A(1) : al::beta_weight(term, A(beta), log_var);
 const A input_value = A(x);
 const A target_value = A(t);
 """
 
+_GAUSSIAN_OPTIONS = ", float64 eps, int32 log_var, float64 beta"
+_GAUSSIAN_LOSS = ("weight * al::gaussian_element(input_value, target_value, term, A(constant), "
+                  "log_var)")
+
 _GAUSSIAN_GRADIENTS = """
 if (want & 3) {
-    const A grad_diff = al::gaussian_grad_input(input_value, target_value, clamped, upstream);
+    const A grad_diff = al::gaussian_element_grad_input(input_value, target_value, term,
+                                                        upstream, log_var);
     if (want & 1) grad_input[i] = J(grad_diff);
     if (want & 2) grad_target[i] = K(-grad_diff);
 }
 """
 
 _GAUSSIAN_GRAD_VAR = """
-if (want & 4) grad_var[i] = L(al::gaussian_grad_var(input_value, target_value, clamped, upstream));
+if (want & 4) {
+    grad_var[i] = L(al::gaussian_element_grad_var(input_value, target_value, term, upstream,
+                                                  log_var));
+}
 """
 
 
@@ -97,10 +108,9 @@ def _gaussian_grad_code(scalar_var: bool) -> str:
 def gaussian_forward(scalar_var: bool) -> cupy.ElementwiseKernel:
     """Per-element loss (``reduction='none'``): one pass, one write."""
     return cupy.ElementwiseKernel(
-        _gaussian_inputs(scalar_var) + ", float64 eps, float64 constant, int32 check",
+        _gaussian_inputs(scalar_var) + _GAUSSIAN_OPTIONS + ", float64 constant, int32 check",
         "R loss, raw uint64 invalid",
-        _GAUSSIAN_PROLOGUE
-        + "loss = R(al::gaussian_loss(input_value, target_value, clamped, A(constant)));",
+        _GAUSSIAN_PROLOGUE + f"loss = R({_GAUSSIAN_LOSS});",
         name="arrayloss_gaussian_nll_forward" + ("_scalar_var" if scalar_var else ""),
         preamble=_preamble(_gaussian_compute(scalar_var)),
     )
@@ -110,10 +120,9 @@ def gaussian_forward(scalar_var: bool) -> cupy.ElementwiseKernel:
 def gaussian_forward_partials(scalar_var: bool) -> cupy.ElementwiseKernel:
     """Per-block sums of the loss (``'mean'`` / ``'sum'``); :mod:`.reduce` finishes them."""
     return cupy.ElementwiseKernel(
-        _gaussian_inputs(scalar_var) + ", float64 eps, float64 constant, int32 check",
+        _gaussian_inputs(scalar_var) + _GAUSSIAN_OPTIONS + ", float64 constant, int32 check",
         "raw A partials, raw uint64 invalid",
-        _GAUSSIAN_PROLOGUE
-        + "thread_total += al::gaussian_loss(input_value, target_value, clamped, A(constant));",
+        _GAUSSIAN_PROLOGUE + f"thread_total += {_GAUSSIAN_LOSS};",
         name="arrayloss_gaussian_nll_forward_partials" + ("_scalar_var" if scalar_var else ""),
         preamble=header(),
         loop_prep="A thread_total = 0;",
@@ -132,9 +141,9 @@ def gaussian_backward(scalar_var: bool, upstream_array: bool) -> cupy.Elementwis
     upstream = "G g" if upstream_array else "float64 g"
     return cupy.ElementwiseKernel(
         _gaussian_inputs(scalar_var)
-        + f", {upstream}, float64 eps, float64 divisor, int32 want, int32 check",
+        + f", {upstream}{_GAUSSIAN_OPTIONS}, float64 divisor, int32 want, int32 check",
         _gaussian_grad_outputs(scalar_var) + ", raw uint64 invalid",
-        _GAUSSIAN_PROLOGUE + "const A upstream = A(g) / A(divisor);\n"
+        _GAUSSIAN_PROLOGUE + "const A upstream = A(g) / A(divisor) * weight;\n"
         + _gaussian_grad_code(scalar_var),
         name="arrayloss_gaussian_nll_backward" + ("_scalar_var" if scalar_var else ""),
         preamble=_preamble(_gaussian_compute(scalar_var)),
@@ -146,10 +155,10 @@ def gaussian_loss_and_grad(scalar_var: bool) -> cupy.ElementwiseKernel:
     """Loss partials and the requested gradients in one pass over memory."""
     return cupy.ElementwiseKernel(
         _gaussian_inputs(scalar_var)
-        + ", float64 eps, float64 constant, float64 g, int32 want, int32 check",
+        + f"{_GAUSSIAN_OPTIONS}, float64 constant, float64 g, int32 want, int32 check",
         "raw A partials, " + _gaussian_grad_outputs(scalar_var) + ", raw uint64 invalid",
-        _GAUSSIAN_PROLOGUE + "const A upstream = A(g);\n"
-        + "thread_total += al::gaussian_loss(input_value, target_value, clamped, A(constant));\n"
+        _GAUSSIAN_PROLOGUE + "const A upstream = A(g) * weight;\n"
+        + f"thread_total += {_GAUSSIAN_LOSS};\n"
         + _gaussian_grad_code(scalar_var),
         name="arrayloss_gaussian_nll_loss_and_grad" + ("_scalar_var" if scalar_var else ""),
         preamble=header(),

@@ -29,8 +29,13 @@ _WANT_BITS = {"input": 1, "target": 2, "var": 4}
 
 
 def _check(call: GaussianNLLCall) -> bool:
-    # A scalar var was checked on the host already.
-    return call.validate and not isinstance(call.var, float)
+    # A scalar var was checked on the host already; a log-variance may be negative.
+    return call.validate and not isinstance(call.var, float) and not call.log_var
+
+
+def _options(call: GaussianNLLCall) -> tuple[float, int, float]:
+    """The kernels' (eps, log_var, beta) arguments."""
+    return call.eps, int(call.log_var), call.beta
 
 
 def _raise_if_invalid(flag: cupy.ndarray, checked: bool) -> None:
@@ -103,13 +108,13 @@ def forward(call: GaussianNLLCall) -> Array:
         if call.reduction == "none":
             loss = cupy.empty(call.loss_shape, dtype=call.dtype)
             _kernels.gaussian_forward(scalar_var)(
-                call.input, call.target, call.var, call.eps, _constant(call), int(checked),
-                loss, flag)
+                call.input, call.target, call.var, *_options(call), _constant(call),
+                int(checked), loss, flag)
         else:
             partials = reduce.empty_partials(call.numel, compute_dtype(call.dtype))
             _kernels.gaussian_forward_partials(scalar_var)(
-                call.input, call.target, call.var, call.eps, _constant(call), int(checked),
-                partials, flag, block_size=_kernels.REDUCE_BLOCK)
+                call.input, call.target, call.var, *_options(call), _constant(call),
+                int(checked), partials, flag, block_size=_kernels.REDUCE_BLOCK)
             totals = reduce.finish(partials, call.numel, _mode(call), divisor=call.numel)
             loss = reduce.as_result(totals, call.dtype)
         _raise_if_invalid(flag, checked)
@@ -125,8 +130,8 @@ def backward(call: GaussianNLLCall, grad_output: Array | float, wrt: frozenset[s
         flag = invalid_flag(checked)
         outputs = _GradientOutputs(call, wrt)
         kernel = _kernels.gaussian_backward(scalar_var, not isinstance(grad_output, float))
-        kernel(call.input, call.target, call.var, grad_output, call.eps, divisor, outputs.want,
-               int(checked), *outputs.arrays, flag)
+        kernel(call.input, call.target, call.var, grad_output, *_options(call), divisor,
+               outputs.want, int(checked), *outputs.arrays, flag)
         _raise_if_invalid(flag, checked)
         return outputs.results()
 
@@ -144,7 +149,7 @@ def loss_and_grad(call: GaussianNLLCall, wrt: frozenset[str]) -> tuple[Array, Gr
         outputs = _GradientOutputs(call, wrt)
         partials = reduce.empty_partials(call.numel, compute_dtype(call.dtype))
         _kernels.gaussian_loss_and_grad(scalar_var)(
-            call.input, call.target, call.var, call.eps, _constant(call), upstream,
+            call.input, call.target, call.var, *_options(call), _constant(call), upstream,
             outputs.want, int(checked), partials, *outputs.arrays, flag,
             block_size=_kernels.REDUCE_BLOCK)
         totals = reduce.finish(partials, call.numel, _mode(call), divisor=call.numel)

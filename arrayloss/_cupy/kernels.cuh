@@ -157,6 +157,64 @@ AL_GAUSSIAN_ELEMENT(gaussian_grad_input)
 AL_GAUSSIAN_ELEMENT(gaussian_grad_var)
 #undef AL_GAUSSIAN_ELEMENT
 
+// ------------------------------------------------------------------ the log-variance form
+// The third argument is s = log(var): 0.5 (s + d^2 exp(-s)) + constant, no eps.  exp(-s), never
+// 1 / exp(s), so that a large |s| gives 0 or inf where it should, not NaN.
+
+template <typename A>
+AL_HD A gaussian_loss_log_var(A input, A target, A log_var, A constant) {
+    const A diff = input - target;
+    return A(0.5) * (log_var + diff * diff * exp(-log_var)) + constant;
+}
+
+// d loss / d input = g d exp(-s); d loss / d target is its negation.
+template <typename A>
+AL_HD A gaussian_grad_input_log_var(A input, A target, A log_var, A upstream) {
+    return upstream * (input - target) * exp(-log_var);
+}
+
+// d loss / d s = 0.5 g (1 - d^2 exp(-s)).
+template <typename A>
+AL_HD A gaussian_grad_log_var(A input, A target, A log_var, A upstream) {
+    const A diff = input - target;
+    return A(0.5) * upstream * (A(1) - diff * diff * exp(-log_var));
+}
+
+// ------------------------------------------------------------------ either form, and beta-NLL
+// `term` is max(var, eps) in the variance form and s in the log-variance form.
+
+template <typename A>
+AL_HD A gaussian_term(A var, A eps, int log_var) {
+    return log_var ? var : clamp_var(var, eps);
+}
+
+template <typename A>
+AL_HD A gaussian_element(A input, A target, A term, A constant, int log_var) {
+    return log_var ? gaussian_loss_log_var(input, target, term, constant)
+                   : gaussian_loss(input, target, term, constant);
+}
+
+template <typename A>
+AL_HD A gaussian_element_grad_input(A input, A target, A term, A upstream, int log_var) {
+    return log_var ? gaussian_grad_input_log_var(input, target, term, upstream)
+                   : gaussian_grad_input(input, target, term, upstream);
+}
+
+template <typename A>
+AL_HD A gaussian_element_grad_var(A input, A target, A term, A upstream, int log_var) {
+    return log_var ? gaussian_grad_log_var(input, target, term, upstream)
+                   : gaussian_grad_var(input, target, term, upstream);
+}
+
+// The beta-NLL weight var^beta (Seitzer et al., 2022), var after the clamp or exp(s); the
+// gradients treat it as a constant.  A subnormal float variance is raised from its exact value.
+template <typename A>
+AL_HD A beta_weight(A term, A beta, int log_var) {
+    if (log_var) return exp(beta * term);
+    if (is_flushed(term)) return A(pow(widen_exact(term), widen_exact(beta)));
+    return pow(term, beta);
+}
+
 // NaN and -0.0 pass, as in PyTorch's any(var < 0); a negative subnormal is caught.
 template <typename A>
 AL_HD bool gaussian_var_is_invalid(A var) {
