@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from . import _validation
+from . import _autograd, _validation
 from ._dispatch import backend
 
 __all__ = ["gaussian_nll_loss", "gaussian_nll_loss_and_grad", "gaussian_nll_loss_backward"]
@@ -119,10 +119,12 @@ def gaussian_nll_loss(
     >>> float(al.gaussian_nll_loss(input, target, 1.0, full=True).round(4))
     1.6064
     """
-    call = _validation.gaussian_nll_call(
-        input, target, var, full=full, eps=eps, reduction=reduction, validate=validate,
-        log_var=log_var, beta=beta,
-    )
+    options = {"full": full, "eps": eps, "reduction": reduction, "validate": validate,
+               "log_var": log_var, "beta": beta}
+    call = _validation.gaussian_nll_call(input, target, var, **options)
+    arrays = (input, target) if call.var_shape is None else (input, target, var)
+    if _autograd.recording(call.xp, arrays):
+        return _autograd.loss(_differentiable(call, var, options), call)
     return backend(call.xp, "gaussian_nll").forward(call)
 
 
@@ -207,7 +209,8 @@ def gaussian_nll_loss_backward(
     upstream = _validation.check_grad_output(
         grad_output, call.input, call.xp, call.loss_shape, reduction
     )
-    return backend(call.xp, "gaussian_nll").backward(call, upstream, wanted)
+    with _autograd.not_recorded(call.xp):
+        return backend(call.xp, "gaussian_nll").backward(call, upstream, wanted)
 
 
 def gaussian_nll_loss_and_grad(
@@ -261,4 +264,29 @@ def gaussian_nll_loss_and_grad(
         log_var=log_var, beta=beta,
     )
     wanted = _validation.check_wrt(wrt, call)
-    return backend(call.xp, "gaussian_nll").loss_and_grad(call, wanted)
+    with _autograd.not_recorded(call.xp):
+        return backend(call.xp, "gaussian_nll").loss_and_grad(call, wanted)
+
+
+def _differentiable(call: _validation.GaussianNLLCall, var: Array | float,
+                    options: dict[str, Any]) -> _autograd.Differentiable:
+    """This loss for the autograd bridges: torch tensors or JAX tracers, see ``_autograd``."""
+    named = {"input": call.input, "target": call.target}
+    if call.var_shape is not None:
+        named["var"] = var
+
+    def make_call(arrays: dict[str, Array]) -> _validation.GaussianNLLCall:
+        return _validation.gaussian_nll_call(arrays["input"], arrays["target"],
+                                             arrays.get("var", var), **options)
+
+    def backward(call: _validation.GaussianNLLCall, grad_output: Array,
+                 wanted: frozenset[str]) -> dict[str, Array | None]:
+        upstream = _validation.check_grad_output(grad_output, call.input, call.xp,
+                                                 call.loss_shape, call.reduction)
+        grads = backend(call.xp, "gaussian_nll").backward(
+            call, upstream, _validation.check_wrt(tuple(wanted), call))
+        return dict(zip(ALL_GRADIENTS, grads, strict=True))
+
+    return _autograd.Differentiable(
+        arrays=named, make_call=make_call,
+        forward=lambda call: backend(call.xp, "gaussian_nll").forward(call), backward=backward)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _validation
+from . import _autograd, _validation
 from ._dispatch import backend
 
 __all__ = ["nll_loss", "nll_loss_and_grad", "nll_loss_backward"]
@@ -106,9 +106,11 @@ def nll_loss(
     >>> float(al.nll_loss(log_probs, target, weight).round(4))
     0.2565
     """
-    call = _validation.nll_call(
-        input, target, weight, ignore_index=ignore_index, reduction=reduction, validate=validate
-    )
+    options = {"ignore_index": ignore_index, "reduction": reduction, "validate": validate}
+    call = _validation.nll_call(input, target, weight, **options)
+    arrays = (input, target) if weight is None else (input, target, weight)
+    if _autograd.recording(call.xp, arrays):
+        return _autograd.loss(_differentiable(call, options), call)
     return backend(call.xp, "nll").forward(call)
 
 
@@ -164,7 +166,8 @@ def nll_loss_backward(
     upstream = _validation.check_grad_output(
         grad_output, call.input, call.xp, call.loss_shape, reduction
     )
-    return backend(call.xp, "nll").backward(call, upstream)
+    with _autograd.not_recorded(call.xp):
+        return backend(call.xp, "nll").backward(call, upstream)
 
 
 def nll_loss_and_grad(
@@ -209,4 +212,31 @@ def nll_loss_and_grad(
     call = _validation.nll_call(
         input, target, weight, ignore_index=ignore_index, reduction=reduction, validate=validate
     )
-    return backend(call.xp, "nll").loss_and_grad(call)
+    with _autograd.not_recorded(call.xp):
+        return backend(call.xp, "nll").loss_and_grad(call)
+
+
+def _differentiable(call: _validation.NLLCall,
+                    options: dict[str, Any]) -> _autograd.Differentiable:
+    """This loss for the autograd bridges (see ``_autograd``).  Only ``input`` has a gradient:
+    targets are class indices, and the class weights are constants (PyTorch refuses a
+    ``weight`` that requires grad; here its gradient is zero)."""
+    named = {"input": call.input, "target": call.target}
+    if call.weight is not None:
+        named["weight"] = call.weight
+
+    def make_call(arrays: dict[str, Array]) -> _validation.NLLCall:
+        return _validation.nll_call(arrays["input"], arrays["target"], arrays.get("weight"),
+                                    **options)
+
+    def backward(call: _validation.NLLCall, grad_output: Array,
+                 wanted: frozenset[str]) -> dict[str, Array | None]:
+        if "input" not in wanted:
+            return {}
+        upstream = _validation.check_grad_output(grad_output, call.input, call.xp,
+                                                 call.loss_shape, call.reduction)
+        return {"input": backend(call.xp, "nll").backward(call, upstream)}
+
+    return _autograd.Differentiable(
+        arrays=named, make_call=make_call,
+        forward=lambda call: backend(call.xp, "nll").forward(call), backward=backward)

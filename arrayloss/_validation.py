@@ -214,7 +214,11 @@ def _namespace(named: dict[str, Any]) -> ModuleType:
         if not is_array_api_obj(value):
             raise TypeError(f"{name} must be an array, got {type_name(value)}")
     if len(named) > 1 and not is_numpy_namespace(xp):  # NumPy has a single device
-        devices = {name: device(value) for name, value in named.items()}
+        # A JAX tracer has no device (None) until it is run: nothing to compare.
+        devices = {name: dev for name, value in named.items()
+                   if (dev := device(value)) is not None}
+        if not devices:
+            return xp
         first_name, first_device = next(iter(devices.items()))
         for name, dev in devices.items():
             if dev != first_device:
@@ -547,7 +551,7 @@ def check_grad_output(
         raise TypeError(f"grad_output must be {expected}, got {type_name(grad_output)}")
     if array_namespace(grad_output) is not xp:
         raise TypeError("grad_output must come from the same array library as the inputs")
-    if device(grad_output) != device(input):
+    if None not in (device(grad_output), device(input)) and device(grad_output) != device(input):
         raise ValueError(f"grad_output must be on the inputs' device {device(input)}, "
                          f"got {device(grad_output)}")
     _require_floating(xp, "grad_output", grad_output)

@@ -1,0 +1,159 @@
+"""Autograd through arrayloss: PyTorch's autograd and JAX's transformations use the explicit
+backward functions, for every loss, written once.
+
+A public loss function describes itself as a :class:`Differentiable` (its named arrays, how
+they become a validated call, the forward and the backward) and hands it to :func:`loss`:
+
+* torch tensors with autograd recording (grad mode on, an input requiring grad) go through a
+  ``torch.autograd.Function`` whose backward is the loss's explicit backward, asked only for
+  the inputs that need a gradient;
+* JAX arrays under a transformation (``jax.grad``, ``jax.vjp``, ``jax.jit``: any tracer) go
+  through ``jax.custom_vjp`` with the same backward;
+* everything else runs the forward directly, at no extra cost.
+
+So the gradients are the documented ones (the ``eps`` clamp invisible to them, as in
+PyTorch), not whatever autograd would make of the generic code's clamp and ``where`` calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from array_api_compat import is_jax_namespace, is_torch_namespace
+
+Array = Any
+Call = Any
+
+__all__ = ["Differentiable", "loss", "not_recorded", "recording"]
+
+
+@dataclass(frozen=True)
+class Differentiable:
+    """What the autograd bridges need to know about one call of a loss."""
+
+    #: The array arguments by name, in order (a scalar argument is simply absent).
+    arrays: dict[str, Array]
+    #: Validates arrays of these names (JAX's tracers, inside a transformation) into a call.
+    make_call: Callable[[dict[str, Array]], Call]
+    #: The loss of a validated call.
+    forward: Callable[[Call], Array]
+    #: ``backward(call, grad_output, wanted)``: the gradients of the names in ``wanted``.
+    backward: Callable[[Call, Array, frozenset[str]], dict[str, Array | None]]
+
+
+def recording(xp: ModuleType, arrays: tuple[Array, ...]) -> bool:
+    """Whether a bridge is needed: torch autograd recording, or JAX tracing."""
+    if is_torch_namespace(xp):
+        import torch
+
+        return torch.is_grad_enabled() and any(
+            isinstance(a, torch.Tensor) and a.requires_grad for a in arrays)
+    if is_jax_namespace(xp):
+        tracer = sys.modules["jax"].core.Tracer
+        return any(isinstance(a, tracer) for a in arrays)
+    return False
+
+
+def loss(spec: Differentiable, call: Call) -> Array:
+    """The loss of ``call``, differentiable by ``call.xp``'s autograd (see the module doc)."""
+    if is_torch_namespace(call.xp):
+        return _TorchLoss.get().apply(spec, call, *spec.arrays.values())
+    return _jax_loss(spec)
+
+
+@contextlib.contextmanager
+def not_recorded(xp: ModuleType) -> Iterator[None]:
+    """Run the explicit backward functions without recording: their outputs have no grad_fn."""
+    if is_torch_namespace(xp):
+        import torch
+
+        with torch.no_grad():
+            yield
+    else:
+        yield
+
+
+# ------------------------------------------------------------------ PyTorch
+
+
+class _TorchLoss:
+    """The ``torch.autograd.Function``, made on first use so that torch is imported lazily."""
+
+    _function: Any = None
+
+    @classmethod
+    def get(cls) -> Any:
+        if cls._function is None:
+            cls._function = _make_torch_function()
+        return cls._function
+
+
+def _make_torch_function() -> Any:
+    import torch
+
+    class ArraylossLoss(torch.autograd.Function):
+        """A loss whose backward is arrayloss's explicit backward."""
+
+        @staticmethod
+        def forward(ctx: Any, spec: Differentiable, call: Call, *tensors: Any) -> Any:
+            ctx.spec, ctx.call = spec, call
+            ctx.save_for_backward(*tensors)  # in-place changes before backward are caught
+            return spec.forward(call)
+
+        @staticmethod
+        def backward(ctx: Any, grad_output: Any) -> tuple[Any, ...]:
+            # Autograd runs a backward with grad mode on only for create_graph=True.
+            if torch.is_grad_enabled():
+                raise RuntimeError(
+                    "arrayloss's losses are differentiable once: their backward is the "
+                    "explicit first derivative, so create_graph=True (double backward, "
+                    "gradient penalties through the loss) is not supported")
+            ctx.saved_tensors  # noqa: B018 (raises if an input was modified in place)
+            names = list(ctx.spec.arrays)
+            wanted = frozenset(name for name, needed in zip(names, ctx.needs_input_grad[2:],
+                                                            strict=True) if needed)
+            grads = ctx.spec.backward(ctx.call, grad_output, wanted) if wanted else {}
+            return (None, None, *(grads.get(name) if name in wanted else None
+                                  for name in names))
+
+    return ArraylossLoss
+
+
+# ------------------------------------------------------------------ JAX
+
+
+def _jax_loss(spec: Differentiable) -> Array:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    names = list(spec.arrays)
+
+    def primal(*arrays: Array) -> Array:
+        return spec.forward(spec.make_call(dict(zip(names, arrays, strict=True))))
+
+    def forward(*arrays: Array) -> tuple[Array, tuple[Array, ...]]:
+        return primal(*arrays), arrays
+
+    def backward(arrays: tuple[Array, ...], grad_output: Array) -> tuple[Array, ...]:
+        call = spec.make_call(dict(zip(names, arrays, strict=True)))
+        floating = frozenset(name for name, array in zip(names, arrays, strict=True)
+                             if jnp.issubdtype(array.dtype, jnp.inexact))
+        grads = spec.backward(call, grad_output, floating)
+        cotangents = []
+        for name, array in zip(names, arrays, strict=True):
+            grad = grads.get(name)
+            if grad is None:  # integer arrays take float0 zeros, JAX's "no gradient"
+                grad = (jnp.zeros_like(array) if name in floating
+                        else np.zeros(array.shape, dtype=jax.dtypes.float0))
+            cotangents.append(grad)
+        return tuple(cotangents)
+
+    function = jax.custom_vjp(primal)
+    function.defvjp(forward, backward)
+    return function(*spec.arrays.values())
