@@ -103,7 +103,7 @@ def test_every_kernel_factory_runs() -> None:
                  if callable(getattr(value, "cache_clear", None)) and name != "header"}
     names = {"gaussian_forward", "gaussian_forward_partials", "gaussian_backward",
              "gaussian_loss_and_grad", "nll_forward", "nll_forward_partials", "nll_backward",
-             "finish_module"}
+             "finish_module", "finish_function"}
     assert factories == names, "a new kernel factory needs a case here"
     launched = set(hostcuda.COUNTERS.launches)
     for kernel in ("arrayloss_gaussian_nll_forward", "arrayloss_gaussian_nll_forward_scalar_var",

@@ -57,14 +57,23 @@ def _exp(xp: ModuleType, value: Array | float) -> Array | float:
     return float(np.exp(value)) if isinstance(value, float) else xp.exp(value)
 
 
+def _in_precision(xp: ModuleType, value: float, dtype: Any) -> float:
+    """``value`` rounded to ``dtype`` (float32 or float64), kept a Python float."""
+    if dtype == xp.float32:
+        with quiet_floating_point():  # beyond float32's range is inf, as on every backend
+            return float(np.float32(value))
+    return value
+
+
 def _terms(call: GaussianNLLCall, dtype: Any) -> _Terms:
     xp = call.xp
     diff = as_compute(xp, call.input, dtype) - as_compute(xp, call.target, dtype)
     term: Array | float
     if call.var_shape is None:
-        value = float(call.var)
-        # `value < eps` is False for NaN, so a NaN variance stays NaN, as PyTorch's clamp does.
-        term = value if call.log_var or not value < call.eps else call.eps
+        # A number takes the compute dtype's precision, as PyTorch's expanded tensor does
+        # (1e300 is inf in float32); `value < eps` is False for NaN, as in PyTorch's clamp.
+        value, eps = _in_precision(xp, float(call.var), dtype), _in_precision(xp, call.eps, dtype)
+        term = value if call.log_var or not value < eps else eps
     elif call.log_var:
         term = as_compute(xp, call.var, dtype)
     else:
@@ -129,60 +138,65 @@ def _raw_gradients(
 ) -> Gradients:
     """The gradients in the compute dtype, summed to each argument's shape (var: as fitted)."""
     xp = call.xp
-    grad_input = grad_target = grad_var = None
     if terms.weight is not None:  # beta-NLL: the weight is a constant factor of G
         upstream = upstream * terms.weight
-    if terms.precision is not None:
-        return _raw_gradients_log_var(call, terms, upstream, wrt)
-    # In place on arrays made here (see _elementwise_loss), in PyTorch's operation order, so
-    # that overflow, inf and NaN come out where PyTorch's do:
-    #   d input = ((0.5 G) / v) (2 d),   d var = (0.5 G) / v + (-(0.5 G)) ((d^2 / v) / v).
+    elements = _log_var_elements if terms.precision is not None else _var_elements
+    grad_diff, grad_var = elements(terms, upstream, bool(wrt & {"input", "target"}),
+                                   "var" in wrt)
+    grad_input = grad_target = None
+    if grad_diff is not None:
+        if "target" in wrt:
+            grad_target = sum_to_shape(xp, -grad_diff, tuple(call.target.shape))
+        if "input" in wrt:
+            grad_input = sum_to_shape(xp, grad_diff, tuple(call.input.shape))
+    if grad_var is not None:
+        assert not isinstance(call.var, float)
+        grad_var = sum_to_shape(xp, grad_var, tuple(call.var.shape))
+    return grad_input, grad_target, grad_var
+
+
+def _var_elements(terms: _Terms, upstream: Array | float, diff_wanted: bool,
+                  var_wanted: bool) -> tuple[Array | None, Array | None]:
+    """Per element: d loss / d input and d loss / d var, in PyTorch's operation order so
+    that overflow, inf and NaN come out where PyTorch's do::
+
+        d input = ((0.5 G) / v) (2 d),   d var = (0.5 G) / v + (-(0.5 G)) ((d^2 / v) / v)
+
+    Built in place on arrays made here (see _elementwise_loss).
+    """
     half_upstream = 0.5 * upstream
     if isinstance(half_upstream, float) and isinstance(terms.var, float):
         # Two Python floats: IEEE division (inf, NaN), where Python's would raise.
         half_over_var: Array | float = float(np.divide(half_upstream, terms.var))
     else:
         half_over_var = half_upstream / terms.var
-    if wrt & {"input", "target"}:
+    grad_diff = grad_var = None
+    if diff_wanted:
         grad_diff = terms.diff * 2.0
         grad_diff *= half_over_var
-        if "target" in wrt:
-            grad_target = sum_to_shape(xp, -grad_diff, tuple(call.target.shape))
-        if "input" in wrt:
-            grad_input = sum_to_shape(xp, grad_diff, tuple(call.input.shape))
-    if "var" in wrt:
-        assert not isinstance(call.var, float)
-        grad = terms.diff * terms.diff
-        grad /= terms.var
-        grad /= terms.var
-        grad *= -half_upstream
-        grad += half_over_var
-        grad_var = sum_to_shape(xp, grad, tuple(call.var.shape))
-    return grad_input, grad_target, grad_var
+    if var_wanted:
+        grad_var = terms.diff * terms.diff
+        grad_var /= terms.var
+        grad_var /= terms.var
+        grad_var *= -half_upstream
+        grad_var += half_over_var
+    return grad_diff, grad_var
 
 
-def _raw_gradients_log_var(
-    call: GaussianNLLCall, terms: _Terms, upstream: Array | float, wrt: frozenset[str]
-) -> Gradients:
-    """The log-variance form: d input = G d exp(-s), d s = 0.5 G (1 - d^2 exp(-s))."""
-    xp = call.xp
-    grad_input = grad_target = grad_var = None
-    if wrt & {"input", "target"}:
+def _log_var_elements(terms: _Terms, upstream: Array | float, diff_wanted: bool,
+                      var_wanted: bool) -> tuple[Array | None, Array | None]:
+    """Per element, the log-variance form: d input = G d exp(-s), d s = 0.5 G (1 - d^2 exp(-s))."""
+    grad_diff = grad_var = None
+    if diff_wanted:
         grad_diff = terms.diff * terms.precision
         grad_diff *= upstream
-        if "target" in wrt:
-            grad_target = sum_to_shape(xp, -grad_diff, tuple(call.target.shape))
-        if "input" in wrt:
-            grad_input = sum_to_shape(xp, grad_diff, tuple(call.input.shape))
-    if "var" in wrt:
-        assert not isinstance(call.var, float)
-        grad = terms.diff * terms.diff
-        grad *= terms.precision
-        grad *= -1.0
-        grad += 1.0
-        grad *= 0.5 * upstream
-        grad_var = sum_to_shape(xp, grad, tuple(call.var.shape))
-    return grad_input, grad_target, grad_var
+    if var_wanted:
+        grad_var = terms.diff * terms.diff
+        grad_var *= terms.precision
+        grad_var *= -1.0
+        grad_var += 1.0
+        grad_var *= 0.5 * upstream
+    return grad_diff, grad_var
 
 
 def _finish(call: GaussianNLLCall, grads: Gradients) -> Gradients:

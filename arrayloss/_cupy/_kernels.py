@@ -293,3 +293,9 @@ def finish_source() -> str:
 def finish_module() -> cupy.RawModule:
     """The second pass, compiled on first use for float and double."""
     return cupy.RawModule(code=finish_source(), name_expressions=tuple(FINISH_NAMES.values()))
+
+
+@functools.cache
+def finish_function(dtype_name: str) -> cupy.RawKernel:
+    """The second pass for ``'float32'`` or ``'float64'`` partials, looked up once."""
+    return finish_module().get_function(FINISH_NAMES[dtype_name])

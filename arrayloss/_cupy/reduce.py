@@ -43,7 +43,7 @@ def finish(
     """
     dtype = loss_partials.dtype
     out = cupy.empty(2, dtype=dtype)
-    kernel = _kernels.finish_module().get_function(_kernels.FINISH_NAMES[dtype.name])
+    kernel = _kernels.finish_function(dtype.name)
     weights = loss_partials if weight_partials is None else weight_partials
     kernel(
         (1,),
