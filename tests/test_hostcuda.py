@@ -148,7 +148,7 @@ def test_no_kernel_reads_an_uninitialised_buffer() -> None:
 
         flag = hostcuda.asarray(np.zeros(1, np.uint64))
         _kernels.gaussian_forward(False)(hostcuda._arrays.empty(3, np.float32),
-                                         logits[0, :3], logits[0, :3], 1e-6, 0.0, 0,
+                                         logits[0, :3], logits[0, :3], 1e-6, 0, 0.0, 0.0, 0,
                                          hostcuda._arrays.empty(3, np.float16), flag)
 
 
