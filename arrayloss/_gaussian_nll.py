@@ -1,6 +1,6 @@
 """Gaussian negative log-likelihood: the public functions.
 
-Each function validates its arguments once (:mod:`arrayloss._validation`) and hands the
+Each function validates its arguments once (:mod:`arrayloss._calls`) and hands the
 validated call to the backend for the arrays' library (:mod:`arrayloss._dispatch`).
 """
 
@@ -9,14 +9,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from . import _autograd, _validation
+from . import _autograd, _calls, _validation
 from ._dispatch import backend
 
 __all__ = ["gaussian_nll_loss", "gaussian_nll_loss_and_grad", "gaussian_nll_loss_backward"]
 
 Array = Any
 Gradients = tuple[Array | None, Array | None, Array | None]
-ALL_GRADIENTS = _validation.GAUSSIAN_GRADIENTS
+ALL_GRADIENTS = _calls.GAUSSIAN_GRADIENTS
 
 
 def gaussian_nll_loss(
@@ -121,7 +121,7 @@ def gaussian_nll_loss(
     """
     options = {"full": full, "eps": eps, "reduction": reduction, "validate": validate,
                "log_var": log_var, "beta": beta}
-    call = _validation.gaussian_nll_call(input, target, var, **options)
+    call = _calls.gaussian_nll_call(input, target, var, **options)
     arrays = (input, target) if call.var_shape is None else (input, target, var)
     if _autograd.recording(call.xp, arrays):
         return _autograd.loss(_differentiable(call, var, options), call)
@@ -201,11 +201,11 @@ def gaussian_nll_loss_backward(
     >>> al.gaussian_nll_loss_backward(1.0, input, target, var, wrt="var")[:2]
     (None, None)
     """
-    call = _validation.gaussian_nll_call(
+    call = _calls.gaussian_nll_call(
         input, target, var, full=full, eps=eps, reduction=reduction, validate=validate,
         log_var=log_var, beta=beta,
     )
-    wanted = _validation.check_wrt(wrt, call)
+    wanted = _calls.check_wrt(wrt, call)
     upstream = _validation.check_grad_output(
         grad_output, call.input, call.xp, call.loss_shape, reduction
     )
@@ -259,32 +259,32 @@ def gaussian_nll_loss_and_grad(
     (0.8466, array([0.5 , 0.25]))
     """
     _validation.require_scalar_loss(reduction, "gaussian_nll_loss_and_grad", "gaussian_nll_loss")
-    call = _validation.gaussian_nll_call(
+    call = _calls.gaussian_nll_call(
         input, target, var, full=full, eps=eps, reduction=reduction, validate=validate,
         log_var=log_var, beta=beta,
     )
-    wanted = _validation.check_wrt(wrt, call)
+    wanted = _calls.check_wrt(wrt, call)
     with _autograd.not_recorded(call.xp):
         return backend(call.xp, "gaussian_nll").loss_and_grad(call, wanted)
 
 
-def _differentiable(call: _validation.GaussianNLLCall, var: Array | float,
+def _differentiable(call: _calls.GaussianNLLCall, var: Array | float,
                     options: dict[str, Any]) -> _autograd.Differentiable:
     """This loss for the autograd bridges: torch tensors or JAX tracers, see ``_autograd``."""
     named = {"input": call.input, "target": call.target}
     if call.var_shape is not None:
         named["var"] = var
 
-    def make_call(arrays: dict[str, Array]) -> _validation.GaussianNLLCall:
-        return _validation.gaussian_nll_call(arrays["input"], arrays["target"],
+    def make_call(arrays: dict[str, Array]) -> _calls.GaussianNLLCall:
+        return _calls.gaussian_nll_call(arrays["input"], arrays["target"],
                                              arrays.get("var", var), **options)
 
-    def backward(call: _validation.GaussianNLLCall, grad_output: Array,
+    def backward(call: _calls.GaussianNLLCall, grad_output: Array,
                  wanted: frozenset[str]) -> dict[str, Array | None]:
         upstream = _validation.check_grad_output(grad_output, call.input, call.xp,
                                                  call.loss_shape, call.reduction)
         grads = backend(call.xp, "gaussian_nll").backward(
-            call, upstream, _validation.check_wrt(tuple(wanted), call))
+            call, upstream, _calls.check_wrt(tuple(wanted), call))
         return dict(zip(ALL_GRADIENTS, grads, strict=True))
 
     return _autograd.Differentiable(

@@ -1,9 +1,9 @@
-"""Argument rules shared by every backend: shapes, dtypes, options and their error messages.
+"""Argument rules shared by every loss: options, numbers, namespaces, dtypes, upstream
+gradients, and their error messages.
 
 Everything here runs on the host and reads only shapes, dtypes and Python values, never array
-contents, so it costs no device synchronisation. Each public function turns its arguments into a
-frozen *call* object (:class:`GaussianNLLCall`, :class:`NLLCall`) once; the generic and the CuPy
-backends receive that object and never re-check what is checked here.
+contents, so it costs no device synchronisation.  Each loss's own rules and its validated call
+object are in :mod:`arrayloss._calls`, built from these.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import functools
 import math
 import numbers
 import sys
-from collections.abc import Iterable
-from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -27,8 +25,6 @@ from array_api_compat import (
 )
 
 __all__ = [
-    "GaussianNLLCall",
-    "NLLCall",
     "TargetOutOfRangeError",
     "broadcast_shapes",
     "check_eps",
@@ -36,16 +32,12 @@ __all__ = [
     "check_grad_output",
     "check_ignore_index",
     "check_reduction",
-    "check_wrt",
-    "gaussian_nll_call",
     "negative_var_error",
-    "nll_call",
     "require_scalar_loss",
     "target_out_of_range_error",
 ]
 
 REDUCTIONS = ("none", "mean", "sum")
-GAUSSIAN_GRADIENTS = ("input", "target", "var")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 Array = Any
@@ -262,264 +254,6 @@ def _shape(x: Array) -> tuple[int, ...]:
     if any(size is None for size in shape):
         raise ValueError("arrays with unknown (lazy) dimensions are not supported")
     return shape
-
-
-# --------------------------------------------------------------------------- Gaussian NLL
-
-
-@dataclass(frozen=True)
-class GaussianNLLCall:
-    """A validated Gaussian NLL call, as every backend receives it."""
-
-    xp: ModuleType
-    input: Array
-    target: Array
-    #: An array with ``input.ndim`` dimensions, each equal to input's or 1 (the "one fewer
-    #: dimension" case is already a view with a trailing axis), or a Python float.
-    var: Array | float
-    #: The caller's var shape, which ``grad_var`` takes; ``None`` for a scalar var.
-    var_shape: tuple[int, ...] | None
-    loss_shape: tuple[int, ...]
-    dtype: Any
-    full: bool
-    eps: float
-    reduction: str
-    validate: bool
-    #: ``var`` holds log-variances (no eps clamp, no sign check).
-    log_var: bool = False
-    #: The beta-NLL exponent; 0 is plain Gaussian NLL.
-    beta: float = 0.0
-
-    @property
-    def numel(self) -> int:
-        """The number of elements of the unreduced loss (the divisor of ``'mean'``)."""
-        return math.prod(self.loss_shape)
-
-
-def _fit_var(xp: ModuleType, var: Array, input_shape: tuple[int, ...]) -> Array:
-    """Apply PyTorch's variance shape rule, extended to several size-1 dimensions."""
-    var_shape = _shape(var)
-    if var_shape == input_shape:
-        return var
-    if input_shape and var_shape == input_shape[:-1]:
-        # Homoscedastic over the last dimension: one variance per row.
-        return xp.expand_dims(var, axis=-1)
-    if len(var_shape) == len(input_shape) and all(
-        v == i or v == 1 for v, i in zip(var_shape, input_shape, strict=True)
-    ):
-        return var
-    hint = ""
-    if var_shape == ():
-        hint = ("; for one variance shared by every element, pass it as a number "
-                "(var=float(v)) rather than a 0-d array")
-    raise ValueError(
-        f"var with shape {var_shape} does not fit input with shape {input_shape}; expected "
-        f"input's shape, input's shape without its last dimension ({input_shape[:-1]}), or "
-        f"input's shape with some dimensions set to 1{hint}"
-    )
-
-
-def gaussian_nll_call(
-    input: Array,
-    target: Array,
-    var: Array | float,
-    *,
-    full: object,
-    eps: object,
-    reduction: object,
-    validate: object,
-    log_var: object = False,
-    beta: object = 0.0,
-) -> GaussianNLLCall:
-    """Check every argument of a Gaussian NLL function and return the validated call."""
-    reduction = check_reduction(reduction)
-    full = check_flag("full", full)
-    validate = check_flag("validate", validate)
-    eps = check_eps(eps)
-    log_var = check_flag("log_var", log_var)
-    beta = check_beta(beta)
-
-    scalar_var = _is_real_scalar(var)
-    arrays = {"input": input, "target": target}
-    if not scalar_var:
-        if isinstance(var, (bool, np.bool_, complex, np.complexfloating)):
-            raise TypeError(f"var must be a real number or an array, got {type_name(var)}")
-        arrays["var"] = var
-    xp = _namespace(arrays)
-    validate = _value_checks(validate, arrays)
-
-    _require_floating(xp, "input", input)
-    for name in arrays.keys() - {"input"}:
-        dtype = arrays[name].dtype
-        if not (_is_floating(xp, dtype) or _is_integer(xp, dtype)):
-            raise TypeError(f"{name} must have a real floating or integer dtype, got {dtype}")
-
-    input_shape, target_shape = _shape(input), _shape(target)
-    if broadcast_shapes(input_shape, target_shape) is None:
-        raise ValueError(
-            f"target with shape {target_shape} does not broadcast against input "
-            f"with shape {input_shape}"
-        )
-
-    if scalar_var:
-        var_value = as_float("var", var)
-        if var_value < 0 and not log_var:
-            # A scalar is checked on the host whatever `validate` says: it is free.
-            raise negative_var_error(var_value)
-        fitted: Array | float = var_value
-        var_shape = None
-        loss_shape = broadcast_shapes(input_shape, target_shape)
-    else:
-        var_shape = _shape(var)
-        fitted = _fit_var(xp, var, input_shape)
-        loss_shape = broadcast_shapes(input_shape, target_shape, _shape(fitted))
-    assert loss_shape is not None  # var's dims are input's or 1, so it always broadcasts
-
-    floating = {name: x.dtype for name, x in arrays.items() if _is_floating(xp, x.dtype)}
-    try:
-        dtype = xp.result_type(*floating.values())
-    except TypeError:  # NumPy's DTypePromotionError, e.g. bfloat16 with float16
-        listed = ", ".join(f"{name} {dtype}" for name, dtype in floating.items())
-        raise TypeError(f"the floating dtypes of {listed} have no common type; cast them to "
-                        "one dtype (for example float32)") from None
-    return GaussianNLLCall(
-        xp=xp,
-        input=input,
-        target=target,
-        var=fitted,
-        var_shape=var_shape,
-        loss_shape=loss_shape,
-        dtype=dtype,
-        full=full,
-        eps=eps,
-        reduction=reduction,
-        validate=validate,
-        log_var=log_var,
-        beta=beta,
-    )
-
-
-def check_wrt(wrt: object, call: GaussianNLLCall) -> frozenset[str]:
-    """Normalise ``wrt`` to the gradients a Gaussian NLL backward actually computes.
-
-    Unknown names are an error; ``"var"`` is dropped for a scalar or integer var and
-    ``"target"`` for an integer target, since those have no gradient.
-    """
-    names = (wrt,) if isinstance(wrt, str) else wrt
-    if not isinstance(names, Iterable) or isinstance(names, (bytes, bytearray)):
-        raise TypeError("wrt must be 'input', 'target', 'var' or a sequence of them, got "
-                        f"{type_name(wrt)}")
-    names = tuple(names)
-    for name in names:
-        if not isinstance(name, str):
-            raise TypeError("wrt must be 'input', 'target', 'var' or a sequence of them; it "
-                            f"contains {name!r} ({type_name(name)})")
-    unknown = [name for name in names if name not in GAUSSIAN_GRADIENTS]
-    if unknown:
-        raise ValueError(
-            f"wrt may contain only 'input', 'target' and 'var', got {', '.join(map(repr, unknown))}"
-        )
-    wanted = set(names)
-    if isinstance(call.var, float) or not _is_floating(call.xp, call.var.dtype):
-        wanted.discard("var")
-    if not _is_floating(call.xp, call.target.dtype):
-        wanted.discard("target")
-    return frozenset(wanted)
-
-
-# --------------------------------------------------------------------------- NLL
-
-
-@dataclass(frozen=True)
-class NLLCall:
-    """A validated NLL call, as every backend receives it."""
-
-    xp: ModuleType
-    input: Array
-    target: Array
-    weight: Array | None
-    ignore_index: int
-    reduction: str
-    validate: bool
-    n_classes: int
-    loss_shape: tuple[int, ...]
-    dtype: Any
-
-
-def nll_call(
-    input: Array,
-    target: Array,
-    weight: Array | None,
-    *,
-    ignore_index: object,
-    reduction: object,
-    validate: object,
-) -> NLLCall:
-    """Check every argument of an NLL function and return the validated call."""
-    reduction = check_reduction(reduction)
-    validate = check_flag("validate", validate)
-    ignore_index = check_ignore_index(ignore_index)
-
-    arrays = {"input": input, "target": target}
-    if weight is not None:
-        arrays["weight"] = weight
-    xp = _namespace(arrays)
-    validate = _value_checks(validate, arrays)
-
-    _require_floating(xp, "input", input)
-    if not _is_integer(xp, target.dtype):
-        raise TypeError(f"target must have an integer dtype (class indices), got {target.dtype}")
-
-    input_shape, target_shape = _shape(input), _shape(target)
-    if len(input_shape) == 0:
-        raise ValueError(
-            "input must have at least 1 dimension: (C,), (N, C) or (N, C, d1, ..., dK)"
-        )
-    if len(input_shape) == 1:
-        n_classes = input_shape[0]
-        if target_shape not in ((), (1,)):
-            raise ValueError(
-                f"for 1-D input (C,) target must have shape () or (1,), got {target_shape}"
-            )
-        loss_shape: tuple[int, ...] = ()
-    else:
-        n_classes = input_shape[1]
-        expected = (input_shape[0], *input_shape[2:])
-        if target_shape != expected:
-            raise ValueError(
-                f"target with shape {target_shape} does not match input with shape "
-                f"{input_shape}; expected (N, d1, ..., dK) = {expected}"
-            )
-        loss_shape = expected
-
-    if weight is not None:
-        if _shape(weight) != (n_classes,):
-            raise ValueError(
-                f"weight must have shape (C,) = ({n_classes},), one entry per class, "
-                f"got {_shape(weight)}"
-            )
-        if weight.dtype != input.dtype:
-            detail = ""
-            if getattr(weight.dtype, "byteorder", "=") not in "=|" or getattr(
-                    input.dtype, "byteorder", "=") not in "=|":
-                detail = (" (the same type in another byte order; convert with "
-                          ".astype(x.dtype.newbyteorder('=')))")
-            raise TypeError(
-                f"weight must have the input's dtype {input.dtype}, got {weight.dtype}{detail}"
-            )
-
-    return NLLCall(
-        xp=xp,
-        input=input,
-        target=target,
-        weight=weight,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        validate=validate,
-        n_classes=n_classes,
-        loss_shape=loss_shape,
-        dtype=input.dtype,
-    )
 
 
 # --------------------------------------------------------------------------- upstream gradients

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 from array_api_compat import device
 
-from .._validation import GAUSSIAN_GRADIENTS, GaussianNLLCall, negative_var_error
+from .._calls import GAUSSIAN_GRADIENTS, GaussianNLLCall
+from .._validation import negative_var_error
 from ._blocked import row_blocks, rows_of, run_blocks, spans_rows
 from ._helpers import as_0d, as_compute, compute_dtype, quiet_floating_point, sum_to_shape
 

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 from array_api_compat import device, is_numpy_namespace
 
-from .._validation import NLLCall, target_out_of_range_error
+from .._calls import NLLCall
+from .._validation import target_out_of_range_error
 from ._helpers import as_0d, as_compute, compute_dtype, quiet_floating_point
 
 Array = Any

@@ -18,7 +18,8 @@ from typing import Any
 import cupy
 
 from .._agnostic.gaussian_nll import HALF_LOG_2PI
-from .._validation import GaussianNLLCall, negative_var_error
+from .._calls import GaussianNLLCall
+from .._validation import negative_var_error
 from . import _kernels, reduce
 from ._common import compute_dtype, first_invalid, invalid_flag
 
