@@ -6,8 +6,9 @@ Examples::
     python -m benchmarks --device gpu             # the full GPU sweep
     python -m benchmarks --losses nll --ops backward --dtypes float32 float16
 
-Results go to ``benchmarks/results/<device>/`` (or ``--out``): results.json, results.md and
-one PNG per loss.
+Results go to ``benchmarks/results/_scratch/<device>/`` (git-ignored), or to the committed
+record ``benchmarks/results/<device>/`` with ``--save`` (after a complete run), or to
+``--out``: results.json, results.md and one PNG per loss.
 """
 
 from __future__ import annotations
@@ -117,8 +118,13 @@ def run(args: argparse.Namespace) -> Path:
     }
     if device == "gpu":
         meta["copy_gbps"] = measure_copy_bandwidth()
-    out = Path(args.out) if args.out else ROOT / "results" / _slug(
-        f"{device}-{meta['device_name']}")
+    slug = _slug(f"{device}-{meta['device_name']}")
+    if args.out:
+        out = Path(args.out)
+    elif args.save:
+        out = ROOT / "results" / slug  # the committed record of this device
+    else:
+        out = ROOT / "results" / "_scratch" / slug  # git-ignored: nothing committed changes
 
     try:
         from tqdm import tqdm
@@ -179,7 +185,27 @@ def _free_gpu_memory(provider: Provider) -> None:
         cupy.get_default_memory_pool().free_all_blocks()
 
 
+def _at_least(minimum: float, kind: type = int) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value >= minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
+        return value
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    value = _at_least(0.0, float)(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return float(value)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    provider_names = sorted({p.name for providers in PROVIDERS.values() for p in providers})
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
@@ -189,16 +215,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reductions", nargs="+", choices=REDUCTIONS, default=list(REDUCTIONS))
     parser.add_argument("--dtypes", nargs="+",
                         choices=["float16", "bfloat16", "float32", "float64"])
-    parser.add_argument("--providers", nargs="+", default=[],
-                        help="provider names to keep (default: all available)")
+    parser.add_argument("--providers", nargs="+", default=[], choices=provider_names,
+                        metavar="PROVIDER",
+                        help="providers to keep (default: all available): "
+                             + ", ".join(repr(name) for name in provider_names))
     parser.add_argument("--quick", action="store_true", help="a few sizes, float32 only")
-    parser.add_argument("--max-elements", type=int, default=1 << 30)
-    parser.add_argument("--budget", type=float, default=0.3, help="seconds per measurement")
-    parser.add_argument("--max-repeats", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--time-limit", type=float, default=float("inf"),
+    parser.add_argument("--max-elements", type=_at_least(1), default=1 << 30)
+    parser.add_argument("--budget", type=_positive_float, default=0.3,
+                        help="seconds per measurement")
+    parser.add_argument("--max-repeats", type=_at_least(1), default=200)
+    parser.add_argument("--warmup", type=_at_least(0), default=3)
+    parser.add_argument("--time-limit", type=_positive_float, default=float("inf"),
                         help="stop starting new cases after this many seconds")
-    parser.add_argument("--out", help="output folder (default benchmarks/results/<device>)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--save", action="store_true",
+                       help="write the committed record benchmarks/results/<device>/ "
+                            "(default: the git-ignored benchmarks/results/_scratch/<device>/)")
+    where.add_argument("--out", help="output folder")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 

@@ -50,3 +50,25 @@ def test_model_bytes_follow_the_byte_models() -> None:
     assert model_bytes(fused) == 20 * n  # plus grad_input and grad_var written once
     backward = Case("nll", "backward", "mean", "plain", "float32", (1000, 30))
     assert model_bytes(backward) == 1000 * 8 + 1000 * 30 * 4  # targets read, dense grad written
+
+
+@pytest.mark.parametrize("argv", [["--providers", "nosuch"], ["--max-repeats", "0"],
+                                  ["--max-elements", "0"], ["--budget", "0"],
+                                  ["--warmup", "-1"], ["--save", "--out", "x"]])
+def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_default_run_never_touches_the_committed_results(monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
+    import benchmarks.__main__ as cli
+
+    monkeypatch.setattr(cli, "ROOT", tmp_path)
+    main(["--device", "cpu", "--quick", "--max-elements", "1024", "--budget", "0.01",
+          "--max-repeats", "2", "--warmup", "0", "--no-progress", "--losses", "nll",
+          "--ops", "forward", "--reductions", "mean"])
+    written = [path.relative_to(tmp_path) for path in tmp_path.rglob("results.json")]
+    assert written and all(path.parts[:2] == ("results", "_scratch") for path in written)
