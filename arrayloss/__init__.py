@@ -5,9 +5,10 @@ CuPy, PyTorch, JAX, array-api-strict); CuPy arrays go to fused CUDA kernels that
 and the backward pass in one trip over memory.  The semantics are PyTorch's.
 """
 
+from ._cross_entropy import cross_entropy, cross_entropy_and_grad, cross_entropy_backward
 from ._dispatch import fused_kernels
 from ._gaussian_nll import gaussian_nll_loss, gaussian_nll_loss_and_grad, gaussian_nll_loss_backward
-from ._modules import GaussianNLLLoss, NLLLoss
+from ._modules import CrossEntropyLoss, GaussianNLLLoss, NLLLoss
 from ._nll import nll_loss, nll_loss_and_grad, nll_loss_backward
 from ._validation import TargetOutOfRangeError
 
@@ -17,10 +18,14 @@ __version__ = "0.1.0"
 TargetOutOfRangeError.__module__ = __name__
 
 __all__ = [
+    "CrossEntropyLoss",
     "GaussianNLLLoss",
     "NLLLoss",
     "TargetOutOfRangeError",
     "__version__",
+    "cross_entropy",
+    "cross_entropy_and_grad",
+    "cross_entropy_backward",
     "fused_kernels",
     "gaussian_nll_loss",
     "gaussian_nll_loss_and_grad",

@@ -1,9 +1,10 @@
-"""Each loss's argument rules and the validated *call* object its backends receive.
+"""Gaussian NLL's argument rules and the validated *call* object its backends receive.
 
-A public function turns its arguments into a frozen call (:class:`GaussianNLLCall`,
-:class:`NLLCall`) once, with the shared rules of :mod:`arrayloss._validation`; the generic and
-the CuPy backends receive that object and never re-check what is checked here.  Host only:
-shapes, dtypes and Python values, never array contents.
+A public function turns its arguments into a frozen call (:class:`GaussianNLLCall`; the losses
+over class targets have theirs in :mod:`arrayloss._class_calls`) once, with the shared rules of
+:mod:`arrayloss._validation`; the generic and the CuPy backends receive that object and never
+re-check what is checked here.  Host only: shapes, dtypes and Python values, never array
+contents.
 """
 
 from __future__ import annotations
@@ -29,14 +30,12 @@ from ._validation import (
     check_beta,
     check_eps,
     check_flag,
-    check_ignore_index,
     check_reduction,
     negative_var_error,
     type_name,
 )
 
-__all__ = ["GAUSSIAN_GRADIENTS", "GaussianNLLCall", "NLLCall", "check_wrt", "gaussian_nll_call",
-           "nll_call"]
+__all__ = ["GAUSSIAN_GRADIENTS", "GaussianNLLCall", "check_wrt", "gaussian_nll_call"]
 
 GAUSSIAN_GRADIENTS = ("input", "target", "var")
 
@@ -204,98 +203,3 @@ def check_wrt(wrt: object, call: GaussianNLLCall) -> frozenset[str]:
     if not _is_floating(call.xp, call.target.dtype):
         wanted.discard("target")
     return frozenset(wanted)
-
-
-# --------------------------------------------------------------------------- NLL
-
-
-@dataclass(frozen=True)
-class NLLCall:
-    """A validated NLL call, as every backend receives it."""
-
-    xp: ModuleType
-    input: Array
-    target: Array
-    weight: Array | None
-    ignore_index: int
-    reduction: str
-    validate: bool
-    n_classes: int
-    loss_shape: tuple[int, ...]
-    dtype: Any
-
-
-def nll_call(
-    input: Array,
-    target: Array,
-    weight: Array | None,
-    *,
-    ignore_index: object,
-    reduction: object,
-    validate: object,
-) -> NLLCall:
-    """Check every argument of an NLL function and return the validated call."""
-    reduction = check_reduction(reduction)
-    validate = check_flag("validate", validate)
-    ignore_index = check_ignore_index(ignore_index)
-
-    arrays = {"input": input, "target": target}
-    if weight is not None:
-        arrays["weight"] = weight
-    xp = _namespace(arrays)
-    validate = _value_checks(validate, arrays)
-
-    _require_floating(xp, "input", input)
-    if not _is_integer(xp, target.dtype):
-        raise TypeError(f"target must have an integer dtype (class indices), got {target.dtype}")
-
-    input_shape, target_shape = _shape(input), _shape(target)
-    if len(input_shape) == 0:
-        raise ValueError(
-            "input must have at least 1 dimension: (C,), (N, C) or (N, C, d1, ..., dK)"
-        )
-    if len(input_shape) == 1:
-        n_classes = input_shape[0]
-        if target_shape not in ((), (1,)):
-            raise ValueError(
-                f"for 1-D input (C,) target must have shape () or (1,), got {target_shape}"
-            )
-        loss_shape: tuple[int, ...] = ()
-    else:
-        n_classes = input_shape[1]
-        expected = (input_shape[0], *input_shape[2:])
-        if target_shape != expected:
-            raise ValueError(
-                f"target with shape {target_shape} does not match input with shape "
-                f"{input_shape}; expected (N, d1, ..., dK) = {expected}"
-            )
-        loss_shape = expected
-
-    if weight is not None:
-        if _shape(weight) != (n_classes,):
-            raise ValueError(
-                f"weight must have shape (C,) = ({n_classes},), one entry per class, "
-                f"got {_shape(weight)}"
-            )
-        if weight.dtype != input.dtype:
-            detail = ""
-            if getattr(weight.dtype, "byteorder", "=") not in "=|" or getattr(
-                    input.dtype, "byteorder", "=") not in "=|":
-                detail = (" (the same type in another byte order; convert with "
-                          ".astype(x.dtype.newbyteorder('=')))")
-            raise TypeError(
-                f"weight must have the input's dtype {input.dtype}, got {weight.dtype}{detail}"
-            )
-
-    return NLLCall(
-        xp=xp,
-        input=input,
-        target=target,
-        weight=weight,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        validate=validate,
-        n_classes=n_classes,
-        loss_shape=loss_shape,
-        dtype=input.dtype,
-    )

@@ -14,9 +14,10 @@ from ._gaussian_nll import (
     gaussian_nll_loss_and_grad,
     gaussian_nll_loss_backward,
 )
+from ._cross_entropy import cross_entropy, cross_entropy_and_grad, cross_entropy_backward
 from ._nll import nll_loss, nll_loss_and_grad, nll_loss_backward
 
-__all__ = ["GaussianNLLLoss", "NLLLoss"]
+__all__ = ["CrossEntropyLoss", "GaussianNLLLoss", "NLLLoss"]
 
 Array = Any
 Gradients = tuple[Array | None, Array | None, Array | None]
@@ -181,3 +182,77 @@ class NLLLoss:
         weight = "None" if self.weight is None else f"<array of shape {tuple(self.weight.shape)}>"
         return (f"NLLLoss(weight={weight}, ignore_index={self.ignore_index}, "
                 f"reduction={self.reduction!r}, validate={self.validate})")
+
+
+class CrossEntropyLoss:
+    """Cross-entropy of logits with its options held by the object.
+
+    ``loss(input, target)`` is :func:`cross_entropy`, ``loss.backward(grad_output, input,
+    target)`` is :func:`cross_entropy_backward` and ``loss.loss_and_grad(input, target)`` is
+    :func:`cross_entropy_and_grad`, all with the options given here.  Unlike PyTorch, the
+    options are checked when the object is built (``weight``'s fit to the input when it is
+    used).
+
+    Parameters
+    ----------
+    weight : array, optional
+        Class weights of shape ``(C,)``, held by reference (not copied).
+    ignore_index : int, default -100
+        Index targets equal to it are skipped.
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+        How the per-sample losses are combined.
+    label_smoothing : float, default 0.0
+        The share of the uniform distribution in the target, in ``[0, 1]``.
+    validate : bool, default True
+        Check that index targets lie in ``[0, C)`` or equal ``ignore_index``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import arrayloss as al
+    >>> loss_fn = al.CrossEntropyLoss(label_smoothing=0.1)
+    >>> logits = np.array([[2.0, 0.5, -1.0], [0.0, 0.0, 3.0]])
+    >>> float(loss_fn(logits, np.array([0, 2])).round(4))
+    0.2795
+    """
+
+    def __init__(
+        self,
+        weight: Array | None = None,
+        *,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        validate: bool = True,
+    ) -> None:
+        if weight is not None and not is_array_api_obj(weight):
+            raise TypeError(f"weight must be an array or None, got {type(weight).__name__}")
+        self.weight: Array | None = weight
+        self.ignore_index = _validation.check_ignore_index(ignore_index)
+        self.reduction = _validation.check_reduction(reduction)
+        self.label_smoothing = _validation.check_label_smoothing(label_smoothing)
+        self.validate = _validation.check_flag("validate", validate)
+
+    def _options(self) -> dict[str, Any]:
+        return {"ignore_index": self.ignore_index, "reduction": self.reduction,
+                "label_smoothing": self.label_smoothing, "validate": self.validate}
+
+    def __call__(self, input: Array, target: Array) -> Array:
+        """The loss; see :func:`cross_entropy`."""
+        return cross_entropy(input, target, self.weight, **self._options())
+
+    def backward(self, grad_output: Array | float, input: Array, target: Array) -> Array:
+        """``grad_input``; see :func:`cross_entropy_backward`."""
+        return cross_entropy_backward(grad_output, input, target, self.weight,
+                                      **self._options())
+
+    def loss_and_grad(self, input: Array, target: Array, *,
+                      out: Array | None = None) -> tuple[Array, Array]:
+        """``(loss, grad_input)``; see :func:`cross_entropy_and_grad` (``out`` included)."""
+        return cross_entropy_and_grad(input, target, self.weight, out=out, **self._options())
+
+    def __repr__(self) -> str:
+        weight = "None" if self.weight is None else f"<array of shape {tuple(self.weight.shape)}>"
+        return (f"CrossEntropyLoss(weight={weight}, ignore_index={self.ignore_index}, "
+                f"reduction={self.reduction!r}, label_smoothing={self.label_smoothing}, "
+                f"validate={self.validate})")

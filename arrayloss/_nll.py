@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _autograd, _calls, _validation
+from . import _autograd, _class_calls, _validation
 from ._dispatch import backend
 
 __all__ = ["nll_loss", "nll_loss_and_grad", "nll_loss_backward"]
@@ -107,7 +107,7 @@ def nll_loss(
     0.2565
     """
     options = {"ignore_index": ignore_index, "reduction": reduction, "validate": validate}
-    call = _calls.nll_call(input, target, weight, **options)
+    call = _class_calls.nll_call(input, target, weight, **options)
     arrays = (input, target) if weight is None else (input, target, weight)
     if _autograd.recording(call.xp, arrays):
         return _autograd.loss(_differentiable(call, options), call)
@@ -160,7 +160,7 @@ def nll_loss_backward(
     array([[-0.5,  0. ,  0. ],
            [ 0. ,  0. , -0.5]])
     """
-    call = _calls.nll_call(
+    call = _class_calls.nll_call(
         input, target, weight, ignore_index=ignore_index, reduction=reduction, validate=validate
     )
     upstream = _validation.check_grad_output(
@@ -209,14 +209,14 @@ def nll_loss_and_grad(
     (3.912, array([-1., -1.]))
     """
     _validation.require_scalar_loss(reduction, "nll_loss_and_grad", "nll_loss")
-    call = _calls.nll_call(
+    call = _class_calls.nll_call(
         input, target, weight, ignore_index=ignore_index, reduction=reduction, validate=validate
     )
     with _autograd.not_recorded(call.xp):
         return backend(call.xp, "nll").loss_and_grad(call)
 
 
-def _differentiable(call: _calls.NLLCall,
+def _differentiable(call: _class_calls.NLLCall,
                     options: dict[str, Any]) -> _autograd.Differentiable:
     """This loss for the autograd bridges (see ``_autograd``).  Only ``input`` has a gradient:
     targets are class indices, and the class weights are constants (PyTorch refuses a
@@ -225,11 +225,11 @@ def _differentiable(call: _calls.NLLCall,
     if call.weight is not None:
         named["weight"] = call.weight
 
-    def make_call(arrays: dict[str, Array]) -> _calls.NLLCall:
-        return _calls.nll_call(arrays["input"], arrays["target"], arrays.get("weight"),
+    def make_call(arrays: dict[str, Array]) -> _class_calls.NLLCall:
+        return _class_calls.nll_call(arrays["input"], arrays["target"], arrays.get("weight"),
                                     **options)
 
-    def backward(call: _calls.NLLCall, grad_output: Array,
+    def backward(call: _class_calls.NLLCall, grad_output: Array,
                  wanted: frozenset[str]) -> dict[str, Array | None]:
         if "input" not in wanted:
             return {}

@@ -146,6 +146,16 @@ def check_beta(beta: object) -> float:
     return value
 
 
+def check_label_smoothing(label_smoothing: object) -> float:
+    if not _is_real_scalar(label_smoothing):
+        raise TypeError(f"label_smoothing must be a real number, got {type_name(label_smoothing)}")
+    value = as_float("label_smoothing", label_smoothing)
+    # PyTorch rejects values above 1 but silently ignores negative ones; both are errors here.
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"label_smoothing must be between 0.0 and 1.0, got {value!r}")
+    return value
+
+
 def check_ignore_index(ignore_index: object) -> int:
     if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(
         ignore_index, (numbers.Integral, np.integer)

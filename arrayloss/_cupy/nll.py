@@ -18,7 +18,7 @@ from typing import Any
 import cupy
 import numpy as np
 
-from .._calls import NLLCall
+from .._class_calls import NLLCall
 from .._validation import target_out_of_range_error
 from . import _kernels, reduce
 from ._common import compute_dtype, first_invalid, invalid_flag

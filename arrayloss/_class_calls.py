@@ -1,0 +1,298 @@
+"""The argument rules of the losses over class targets (NLL, cross-entropy) and their
+validated *call* objects.
+
+The layout of class-index targets, the class weight and the gradient's ``out`` are checked here
+once for every such loss; the backends receive the frozen call and never re-check.  Host only:
+shapes, dtypes and Python values, never array contents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+from array_api_compat import array_namespace, device, is_array_api_obj, is_jax_namespace
+
+from ._validation import (
+    _is_floating,
+    _is_integer,
+    _namespace,
+    _reject_masked,
+    _require_floating,
+    _shape,
+    _value_checks,
+    check_flag,
+    check_ignore_index,
+    check_label_smoothing,
+    check_reduction,
+    type_name,
+)
+
+__all__ = ["CrossEntropyCall", "NLLCall", "check_gradient_out", "class_layout",
+           "cross_entropy_call", "nll_call"]
+
+Array = Any
+
+
+# --------------------------------------------------------------------------- class targets
+
+
+def class_layout(input: Array, target: Array) -> tuple[int, tuple[int, ...]]:
+    """(C, the loss's shape) for class-index targets, PyTorch's layouts of NLL and cross-entropy.
+
+    ``input`` is ``(C,)`` with a ``()`` or ``(1,)`` target, or ``(N, C, d1, ..., dK)`` with an
+    ``(N, d1, ..., dK)`` target.
+    """
+    input_shape, target_shape = _shape(input), _shape(target)
+    if len(input_shape) == 0:
+        raise ValueError(
+            "input must have at least 1 dimension: (C,), (N, C) or (N, C, d1, ..., dK)"
+        )
+    if len(input_shape) == 1:
+        if target_shape not in ((), (1,)):
+            raise ValueError(
+                f"for 1-D input (C,) target must have shape () or (1,), got {target_shape}"
+            )
+        return input_shape[0], ()
+    expected = (input_shape[0], *input_shape[2:])
+    if target_shape != expected:
+        raise ValueError(
+            f"target with shape {target_shape} does not match input with shape "
+            f"{input_shape}; expected (N, d1, ..., dK) = {expected}"
+        )
+    return input_shape[1], expected
+
+
+def check_class_weight(weight: Array, n_classes: int, input: Array) -> None:
+    """A class weight is a ``(C,)`` array with the input's dtype."""
+    if _shape(weight) != (n_classes,):
+        raise ValueError(
+            f"weight must have shape (C,) = ({n_classes},), one entry per class, "
+            f"got {_shape(weight)}"
+        )
+    if weight.dtype != input.dtype:
+        detail = ""
+        if getattr(weight.dtype, "byteorder", "=") not in "=|" or getattr(
+                input.dtype, "byteorder", "=") not in "=|":
+            detail = (" (the same type in another byte order; convert with "
+                      ".astype(x.dtype.newbyteorder('=')))")
+        raise TypeError(
+            f"weight must have the input's dtype {input.dtype}, got {weight.dtype}{detail}"
+        )
+
+
+# --------------------------------------------------------------------------- NLL
+
+
+@dataclass(frozen=True)
+class NLLCall:
+    """A validated NLL call, as every backend receives it."""
+
+    xp: ModuleType
+    input: Array
+    target: Array
+    weight: Array | None
+    ignore_index: int
+    reduction: str
+    validate: bool
+    n_classes: int
+    loss_shape: tuple[int, ...]
+    dtype: Any
+
+
+def nll_call(
+    input: Array,
+    target: Array,
+    weight: Array | None,
+    *,
+    ignore_index: object,
+    reduction: object,
+    validate: object,
+) -> NLLCall:
+    """Check every argument of an NLL function and return the validated call."""
+    reduction = check_reduction(reduction)
+    validate = check_flag("validate", validate)
+    ignore_index = check_ignore_index(ignore_index)
+
+    arrays = {"input": input, "target": target}
+    if weight is not None:
+        arrays["weight"] = weight
+    xp = _namespace(arrays)
+    validate = _value_checks(validate, arrays)
+
+    _require_floating(xp, "input", input)
+    if not _is_integer(xp, target.dtype):
+        raise TypeError(f"target must have an integer dtype (class indices), got {target.dtype}")
+
+    n_classes, loss_shape = class_layout(input, target)
+    if weight is not None:
+        check_class_weight(weight, n_classes, input)
+
+    return NLLCall(
+        xp=xp,
+        input=input,
+        target=target,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        validate=validate,
+        n_classes=n_classes,
+        loss_shape=loss_shape,
+        dtype=input.dtype,
+    )
+
+
+# --------------------------------------------------------------------------- cross-entropy
+
+
+@dataclass(frozen=True)
+class CrossEntropyCall:
+    """A validated cross-entropy call, as every backend receives it."""
+
+    xp: ModuleType
+    input: Array
+    #: Class indices (integer dtype) or class probabilities (floating, input's shape).
+    target: Array
+    weight: Array | None
+    ignore_index: int
+    reduction: str
+    validate: bool
+    label_smoothing: float
+    #: Whether ``target`` holds class probabilities rather than class indices.
+    probabilities: bool
+    n_classes: int
+    loss_shape: tuple[int, ...]
+    #: The loss's dtype: input's, promoted with a probability target's.
+    dtype: Any
+
+    @property
+    def nll(self) -> NLLCall:
+        """The same arguments as an NLL call (index targets): the target rules are NLL's."""
+        return NLLCall(xp=self.xp, input=self.input, target=self.target, weight=self.weight,
+                       ignore_index=self.ignore_index, reduction=self.reduction,
+                       validate=self.validate, n_classes=self.n_classes,
+                       loss_shape=self.loss_shape, dtype=self.input.dtype)
+
+
+def cross_entropy_call(
+    input: Array,
+    target: Array,
+    weight: Array | None,
+    *,
+    ignore_index: object,
+    reduction: object,
+    label_smoothing: object,
+    validate: object,
+) -> CrossEntropyCall:
+    """Check every argument of a cross-entropy function and return the validated call.
+
+    An integer ``target`` holds class indices (NLL's layouts); a floating one holds class
+    probabilities and must have the input's shape.
+    """
+    reduction = check_reduction(reduction)
+    validate = check_flag("validate", validate)
+    ignore_index = check_ignore_index(ignore_index)
+    label_smoothing = check_label_smoothing(label_smoothing)
+
+    arrays = {"input": input, "target": target}
+    if weight is not None:
+        arrays["weight"] = weight
+    xp = _namespace(arrays)
+    validate = _value_checks(validate, arrays)
+    _require_floating(xp, "input", input)
+
+    probabilities = _is_floating(xp, target.dtype)
+    dtype = input.dtype
+    if probabilities:
+        input_shape, target_shape = _shape(input), _shape(target)
+        if target_shape != input_shape:
+            raise ValueError(
+                f"a floating target holds class probabilities and must have the input's shape "
+                f"{input_shape}, got {target_shape}; for class indices use an integer dtype"
+            )
+        if not input_shape:
+            raise ValueError(
+                "input must have at least 1 dimension: (C,), (N, C) or (N, C, d1, ..., dK)"
+            )
+        if ignore_index >= 0:
+            # PyTorch's rule: an ignore_index would be a class, and a probability target has
+            # no per-element class to compare it with.
+            raise ValueError(
+                f"ignore_index={ignore_index} is not supported with class-probability (floating) "
+                "targets; leave it at its default"
+            )
+        n_classes = input_shape[0] if len(input_shape) == 1 else input_shape[1]
+        loss_shape = () if len(input_shape) == 1 else (input_shape[0], *input_shape[2:])
+        try:
+            dtype = xp.result_type(input.dtype, target.dtype)
+        except TypeError:  # NumPy's DTypePromotionError, e.g. bfloat16 with float16
+            raise TypeError(f"input {input.dtype} and target {target.dtype} have no common type; "
+                            "cast them to one dtype") from None
+    elif _is_integer(xp, target.dtype):
+        n_classes, loss_shape = class_layout(input, target)
+    else:
+        raise TypeError("target must have an integer dtype (class indices) or a real floating "
+                        f"dtype (class probabilities), got {target.dtype}")
+    if weight is not None:
+        check_class_weight(weight, n_classes, input)
+
+    return CrossEntropyCall(
+        xp=xp,
+        input=input,
+        target=target,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        validate=validate,
+        label_smoothing=label_smoothing,
+        probabilities=probabilities,
+        n_classes=n_classes,
+        loss_shape=loss_shape,
+        dtype=dtype,
+    )
+
+
+def check_gradient_out(out: object, call: CrossEntropyCall) -> None:
+    """``out`` may receive the gradient with respect to ``call.input``: an array of the same
+    library, device, shape and dtype, writable, and either ``input`` itself (the logits are
+    then consumed) or memory that no argument uses."""
+    _reject_masked("out", out)
+    if not is_array_api_obj(out):
+        raise TypeError(f"out must be an array, got {type_name(out)}")
+    if array_namespace(out) is not call.xp:
+        raise TypeError("out must come from the same array library as input")
+    if is_jax_namespace(call.xp):
+        raise TypeError("out is not supported for JAX arrays, which are immutable; use the "
+                        "returned gradient")
+    input = call.input
+    if _shape(out) != _shape(input) or out.dtype != input.dtype:
+        raise ValueError(f"out must have the input's shape {_shape(input)} and dtype "
+                         f"{input.dtype}, got {_shape(out)} and {out.dtype}")
+    if None not in (device(out), device(input)) and device(out) != device(input):
+        raise ValueError(f"out must be on the input's device {device(input)}, got {device(out)}")
+    if getattr(getattr(out, "flags", None), "writeable", True) is False:
+        raise ValueError("out is read-only")
+    may_share = getattr(np if isinstance(out, np.ndarray) else call.xp, "may_share_memory", None)
+    if may_share is None:
+        return  # no overlap test in this library: its generic path copies into out at the end
+    others = {"target": call.target, "weight": call.weight}
+    for name, other in others.items():
+        if other is not None and may_share(out, other):
+            raise ValueError(f"out must not share memory with {name}")
+    if may_share(out, input) and not _same_memory(out, input):
+        raise ValueError("out overlaps input without being input itself; pass out=input to "
+                         "overwrite the logits, or memory of its own")
+
+
+def _same_memory(a: Array, b: Array) -> bool:
+    """Whether two arrays are the same elements in the same layout (``out=input`` or a copy
+    of its view)."""
+    if a is b:
+        return True
+    pointer = "data" if not isinstance(a, np.ndarray) else "ctypes"
+    if pointer == "ctypes":
+        return bool(a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+                    and a.strides == b.strides)
+    return bool(a.data.ptr == b.data.ptr and a.strides == b.strides)  # CuPy
