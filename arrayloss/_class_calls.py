@@ -8,6 +8,7 @@ shapes, dtypes and Python values, never array contents.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -274,7 +275,7 @@ def check_gradient_out(out: object, call: CrossEntropyCall) -> None:
         raise ValueError(f"out must be on the input's device {device(input)}, got {device(out)}")
     if getattr(getattr(out, "flags", None), "writeable", True) is False:
         raise ValueError("out is read-only")
-    may_share = getattr(np if isinstance(out, np.ndarray) else call.xp, "may_share_memory", None)
+    may_share = _overlap_test(out)
     if may_share is None:
         return  # no overlap test in this library: its generic path copies into out at the end
     others = {"target": call.target, "weight": call.weight}
@@ -286,13 +287,22 @@ def check_gradient_out(out: object, call: CrossEntropyCall) -> None:
                          "overwrite the logits, or memory of its own")
 
 
+def _overlap_test(out: Array) -> Any:
+    """``may_share_memory`` of ``out``'s library (NumPy, CuPy), or None for the others."""
+    if isinstance(out, np.ndarray):
+        return np.may_share_memory
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and isinstance(out, cupy.ndarray):
+        return cupy.may_share_memory
+    return None
+
+
 def _same_memory(a: Array, b: Array) -> bool:
     """Whether two arrays are the same elements in the same layout (``out=input`` or a copy
     of its view)."""
     if a is b:
         return True
-    pointer = "data" if not isinstance(a, np.ndarray) else "ctypes"
-    if pointer == "ctypes":
+    if isinstance(a, np.ndarray):
         return bool(a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
                     and a.strides == b.strides)
     return bool(a.data.ptr == b.data.ptr and a.strides == b.strides)  # CuPy

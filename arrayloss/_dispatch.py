@@ -55,7 +55,8 @@ def fused_kernels(enabled: bool) -> Iterator[None]:
 
 
 def backend(xp: ModuleType, loss: str) -> ModuleType:
-    """The module implementing ``loss`` (``"gaussian_nll"``, ``"nll"``, ``"cross_entropy"``) for namespace ``xp``."""
+    """The module implementing ``loss`` (``"gaussian_nll"``, ``"nll"``, ``"cross_entropy"``)
+    for namespace ``xp``."""
     if _use_fused.get() and is_cupy_namespace(xp):
         # Imported on first use, so NumPy-only users never import CuPy.
         return importlib.import_module(f"arrayloss._cupy.{loss}")

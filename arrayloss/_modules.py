@@ -8,13 +8,13 @@ from typing import Any
 from array_api_compat import is_array_api_obj
 
 from . import _validation
+from ._cross_entropy import cross_entropy, cross_entropy_and_grad, cross_entropy_backward
 from ._gaussian_nll import (
     ALL_GRADIENTS,
     gaussian_nll_loss,
     gaussian_nll_loss_and_grad,
     gaussian_nll_loss_backward,
 )
-from ._cross_entropy import cross_entropy, cross_entropy_and_grad, cross_entropy_backward
 from ._nll import nll_loss, nll_loss_and_grad, nll_loss_backward
 
 __all__ = ["CrossEntropyLoss", "GaussianNLLLoss", "NLLLoss"]

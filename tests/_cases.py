@@ -23,13 +23,13 @@ class Case:
     """One call of a loss, forward and backward."""
 
     name: str
-    loss: str  # "gaussian" or "nll"
+    loss: str  # "gaussian", "nll" or "cross_entropy"
     dtype: str  # the dtype the inputs are cast to
     reduction: str
     arrays: dict[str, np.ndarray]  # float64 values (targets: int64) before the cast
     options: dict[str, Any] = field(default_factory=dict)
     var_scalar: float | int | None = None  # a scalar var instead of arrays["var"]
-    target_dtype: str = "int64"  # NLL target dtype for arrayloss (PyTorch gets int64)
+    target_dtype: str = "int64"  # index target dtype for arrayloss (PyTorch gets int64)
 
     @property
     def seed(self) -> int:
@@ -269,9 +269,101 @@ def nll_cases() -> list[Case]:
     return cases
 
 
+def _probabilities(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    values = rng.uniform(size=shape)
+    return values / values.sum(axis=0 if len(shape) == 1 else 1, keepdims=True)
+
+
+def cross_entropy_cases() -> list[Case]:
+    cases = []
+    # Index targets: every option alone and together, over the layouts of NLL.
+    index_variants: list[tuple[str, dict[str, Any], bool]] = [
+        ("plain", {}, False), ("weight", {}, True), ("ignore1", {"ignore_index": 1}, False),
+        ("smooth", {"label_smoothing": 0.1}, False),
+        ("weight-smooth", {"label_smoothing": 0.3}, True),
+        ("weight-ignore-smooth", {"ignore_index": 1, "label_smoothing": 0.25}, True),
+        ("ignore-neg-smooth", {"ignore_index": -1, "label_smoothing": 1.0}, False),
+    ]
+    for shape, (variant, options, weighted), reduction in itertools.product(
+        [(6, 5), (5,), (3, 5, 4), (2, 5, 3, 2)], index_variants, REDUCTIONS
+    ):
+        name = f"index-{shape}-{variant}-{reduction}"
+        rng = _rng(name)
+        target = rng.integers(0, 5, _target_shape(shape))
+        ignore = options.get("ignore_index")
+        if ignore is not None and target.ndim:
+            target.flat[::3] = ignore
+        arrays = {"input": rng.normal(scale=3, size=shape), "target": target}
+        if weighted:
+            arrays["weight"] = rng.uniform(0.2, 2, 5)
+        cases.append(Case(name, "cross_entropy", "float64", reduction, arrays, dict(options)))
+
+    # Probability targets (PyTorch's 'mean' divides by the number of samples, unweighted).
+    prob_variants: list[tuple[str, dict[str, Any], bool]] = [
+        ("plain", {}, False), ("weight", {}, True), ("smooth", {"label_smoothing": 0.2}, False),
+        ("weight-smooth", {"label_smoothing": 0.4}, True),
+    ]
+    for shape, (variant, options, weighted), reduction in itertools.product(
+        [(6, 5), (5,), (3, 5, 4)], prob_variants, REDUCTIONS
+    ):
+        name = f"probs-{shape}-{variant}-{reduction}"
+        rng = _rng(name)
+        arrays = {"input": rng.normal(scale=3, size=shape), "target": _probabilities(rng, shape)}
+        if weighted:
+            arrays["weight"] = rng.uniform(0.2, 2, 5)
+        cases.append(Case(name, "cross_entropy", "float64", reduction, arrays, dict(options)))
+
+    for reduction in REDUCTIONS:
+        # Large logits (the log-sum-exp must shift by the row max), a masked-out class (-inf),
+        # soft targets that are not distributions, all targets ignored, empty inputs.
+        name = f"large-logits-{reduction}"
+        rng = _rng(name)
+        x = rng.normal(scale=1e4, size=(8, 6))
+        x[:, 3] = -np.inf
+        arrays = {"input": x, "target": np.array([0, 1, 2, 4, 5, 0, 1, 2])}
+        cases.append(Case(name, "cross_entropy", "float64", reduction, arrays))
+        name = f"probs-unnormalised-{reduction}"
+        rng = _rng(name)
+        arrays = {"input": rng.normal(size=(4, 3)), "target": rng.uniform(-1, 2, (4, 3))}
+        cases.append(Case(name, "cross_entropy", "float64", reduction, arrays,
+                          {"label_smoothing": 0.1}))
+        name = f"all-ignored-{reduction}"
+        arrays = {"input": np.ones((3, 4)), "target": np.full(3, -100)}
+        cases.append(Case(name, "cross_entropy", "float64", reduction, arrays,
+                          {"label_smoothing": 0.2}))
+        for shape in [(0, 4), (0, 4, 3), (2, 4, 0)]:
+            arrays = {"input": np.zeros(shape), "target": np.zeros(_target_shape(shape), np.int64)}
+            cases.append(Case(f"empty-{shape}-{reduction}", "cross_entropy", "float64",
+                              reduction, arrays))
+            arrays = {"input": np.zeros(shape), "target": np.zeros(shape)}
+            cases.append(Case(f"empty-probs-{shape}-{reduction}", "cross_entropy", "float64",
+                              reduction, arrays))
+
+    # Narrow target dtypes, and lower precisions (computed in float32, rounded once).
+    for target_dtype, reduction in itertools.product(["uint8", "int32"], REDUCTIONS):
+        name = f"target-{target_dtype}-{reduction}"
+        rng = _rng(name)
+        arrays = {"input": rng.normal(size=(10, 4)), "target": rng.integers(0, 4, 10)}
+        cases.append(Case(name, "cross_entropy", "float64", reduction, arrays,
+                          {"ignore_index": 3}, None, target_dtype))
+    for dtype, reduction, kind in itertools.product(
+        ["float32", "float16"], REDUCTIONS, ["index", "probs"]
+    ):
+        name = f"dtype-{dtype}-{kind}-{reduction}"
+        rng = _rng(name)
+        shape = (16, 7)
+        target = (rng.integers(0, 7, 16) if kind == "index" else _probabilities(rng, shape))
+        arrays = {"input": rng.normal(scale=2, size=shape), "target": target,
+                  "weight": rng.uniform(0.5, 2, 7)}
+        cases.append(Case(name, "cross_entropy", dtype, reduction, arrays,
+                          {"label_smoothing": 0.1}))
+    return cases
+
+
 def all_cases() -> list[Case]:
     cases = []
-    for loss, group in (("gaussian", gaussian_cases()), ("nll", nll_cases())):
+    for loss, group in (("gaussian", gaussian_cases()), ("nll", nll_cases()),
+                        ("cross_entropy", cross_entropy_cases())):
         for case in group:
             case.name = f"{loss}-{case.name}"
             cases.append(case)
@@ -289,7 +381,7 @@ def cast_inputs(case: Case) -> dict[str, np.ndarray]:
     """The case's arrays in the dtypes arrayloss receives them."""
     cast = {}
     for key, value in case.arrays.items():
-        if key == "target" and case.loss == "nll":
+        if key == "target" and np.issubdtype(value.dtype, np.integer):
             cast[key] = value.astype(case.target_dtype)
         else:
             cast[key] = value.astype(case.dtype)
@@ -325,6 +417,12 @@ def torch_oracle(case: Case) -> dict[str, np.ndarray]:
             if var_leaf.ndim == x.ndim and var_leaf.shape != x.shape:
                 var = var_leaf.expand(x.shape)  # several size-1 dims: arrayloss's extension
         loss = F.gaussian_nll_loss(x, t, var, reduction=case.reduction, **case.options)
+    elif case.loss == "cross_entropy" and not np.issubdtype(case.arrays["target"].dtype,
+                                                             np.integer):
+        x, q = tensor("input", True), tensor("target", True)
+        leaves = {"input": x, "target": q}
+        weight = tensor("weight", False) if "weight" in case.arrays else None
+        loss = F.cross_entropy(x, q, weight, reduction=case.reduction, **case.options)
     else:
         x = tensor("input", True)
         leaves = {"input": x}
@@ -334,7 +432,8 @@ def torch_oracle(case: Case) -> dict[str, np.ndarray]:
             # fails ("size mismatch"); the () target means the same.
             target = target.reshape(())
         weight = tensor("weight", False) if "weight" in case.arrays else None
-        loss = F.nll_loss(x, target, weight, reduction=case.reduction, **case.options)
+        function = F.nll_loss if case.loss == "nll" else F.cross_entropy
+        loss = function(x, target, weight, reduction=case.reduction, **case.options)
     result["loss"] = loss.detach().to(torch.float64).numpy()
     upstream = torch.from_numpy(grad_output(case, tuple(loss.shape))).to(loss.dtype)
     if loss.requires_grad:

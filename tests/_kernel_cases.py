@@ -379,17 +379,22 @@ def case_bitwise_repeatable(device: Device) -> None:
         rng.normal(size=70_000), rng.normal(size=70_000), rng.uniform(0.1, 2, 70_000)))
     logits = device.put(rng.normal(size=(9000, 16)), "float32")
     labels = device.put(rng.integers(0, 16, 9000))
+    import _kernel_cases_cross_entropy as cross_entropy
+
     runs = []
     for _ in range(3):
         loss, grads = al.gaussian_nll_loss_and_grad(x, t, v)
         nll, grad = al.nll_loss_and_grad(logits, labels)
-        runs.append([device.asnumpy(a).tobytes() for a in (loss, *grads, nll, grad)])
+        results = (loss, *grads, nll, grad, *cross_entropy.repeatable_results(device))
+        runs.append([device.asnumpy(a).tobytes() for a in results])
     assert all(run == runs[0] for run in runs)
     Checks.count += 1
 
 
 def no_sync_calls(device: Device) -> list[Callable[[], Any]]:
     """Every entry point with ``validate=False`` (or a scalar var), which must not sync."""
+    import _kernel_cases_cross_entropy as cross_entropy
+
     rng = np.random.default_rng(7)
     x = device.put(rng.normal(size=(512, 8)), "float32")
     v = device.put(rng.uniform(0.1, 2, (512, 1)), "float32")
@@ -408,6 +413,7 @@ def no_sync_calls(device: Device) -> list[Callable[[], Any]]:
         lambda: al.nll_loss_backward(1.0, logits, labels, validate=False),
         lambda: al.nll_loss_backward(1.0, logits, labels, reduction="sum", validate=False),
         lambda: al.nll_loss_and_grad(logits, labels, validate=False),
+        *cross_entropy.no_sync_calls(device),
     ]
 
 
@@ -514,4 +520,6 @@ def gpu_and_host_cases() -> list[Any]:
     params.append(pytest.param(case_negative_variance, (), id="negative-variance"))
     for dtype in DTYPES:
         params.append(pytest.param(case_subnormal_variance, (dtype,), id=f"subnormal-var-{dtype}"))
-    return params
+    import _kernel_cases_cross_entropy as cross_entropy  # it builds on this module
+
+    return params + cross_entropy.params()

@@ -29,8 +29,9 @@ def _arrayloss_call(case: Case, arrays: dict[str, Any]) -> Any:
         var = case.var_scalar if case.var_scalar is not None else arrays["var"]
         return al.gaussian_nll_loss(arrays["input"], arrays["target"], var,
                                     reduction=case.reduction, **case.options)
-    return al.nll_loss(arrays["input"], arrays["target"], arrays.get("weight"),
-                       reduction=case.reduction, **case.options)
+    function = al.nll_loss if case.loss == "nll" else al.cross_entropy
+    return function(arrays["input"], arrays["target"], arrays.get("weight"),
+                    reduction=case.reduction, **case.options)
 
 
 def _assert_gradients(case: Case, got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:

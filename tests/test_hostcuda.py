@@ -20,6 +20,7 @@ import pytest
 pytest.importorskip("cupy", reason="CuPy is not installed (pip install '.[kernels]')")
 
 import _kernel_cases as kc
+import _kernel_cases_cross_entropy as kce
 import hostcuda
 from _cases import all_cases
 from test_parity import _stored_case, assert_matches, run_arrayloss
@@ -80,6 +81,9 @@ def test_parity_case_on_the_kernels(case: Any) -> None:
     pytest.param(kc.case_nll, ("float16", (500, 10), "sum"), id="nll-sum"),
     pytest.param(kc.case_strided_inputs, (), id="strided"),
     pytest.param(kc.case_size, (1025,), id="size-1025"),
+    pytest.param(kce.case_cross_entropy, ("float32", (4, 6, 5, 3), "mean"),
+                 id="cross-entropy-spatial"),
+    pytest.param(kce.case_cross_entropy_long_rows, (5000,), id="cross-entropy-long-rows"),
 ])
 def test_64_bit_index_path(function: Callable[..., None], arguments: tuple[Any, ...]) -> None:
     before = dict(hostcuda.COUNTERS.launches)
@@ -99,11 +103,13 @@ def test_every_kernel_factory_runs() -> None:
         kc.case_gaussian(DEVICE, *arguments)
     for reduction in kc.REDUCTIONS:
         kc.case_nll(DEVICE, "float32", (30, 100), reduction)
+        kce.case_cross_entropy(DEVICE, "float32", (30, 10), reduction)
     factories = {name for name, value in vars(_kernels).items()
                  if callable(getattr(value, "cache_clear", None)) and name != "header"}
     names = {"gaussian_forward", "gaussian_forward_partials", "gaussian_backward",
              "gaussian_loss_and_grad", "nll_forward", "nll_forward_partials", "nll_backward",
-             "finish_module", "finish_function"}
+             "finish_module", "finish_function", "ce_row_stats", "ce_rows", "ce_rows_partials",
+             "ce_grad"}
     assert factories == names, "a new kernel factory needs a case here"
     launched = set(hostcuda.COUNTERS.launches)
     for kernel in ("arrayloss_gaussian_nll_forward", "arrayloss_gaussian_nll_forward_scalar_var",
@@ -113,6 +119,8 @@ def test_every_kernel_factory_runs() -> None:
                    "arrayloss_gaussian_nll_loss_and_grad",
                    "arrayloss_gaussian_nll_loss_and_grad_scalar_var", "arrayloss_nll_forward",
                    "arrayloss_nll_forward_partials", "arrayloss_nll_backward",
+                   "arrayloss_cross_entropy_row_stats", "arrayloss_cross_entropy_rows",
+                   "arrayloss_cross_entropy_rows_partials", "arrayloss_cross_entropy_grad",
                    "arrayloss_finish<float>"):
         assert kernel in launched, f"{kernel} never ran"
 

@@ -130,7 +130,8 @@ def _prepare(call: CrossEntropyCall, grad_output: Array | float | None) -> _Prep
     all_active = True
     if call.probabilities:
         target3 = xp.reshape(call.target, (n, call.n_classes, s))
-        divisor: float | Array | None = float(n * s)
+        # PyTorch: the number of samples, but NaN (0/0) when the input has no elements.
+        divisor: float | Array | None = float(n * s) if call.n_classes else 0.0
     else:
         targets = class_targets(call.nll)
         index = xp.reshape(targets.index, (n, s))
@@ -158,7 +159,9 @@ def _prepare(call: CrossEntropyCall, grad_output: Array | float | None) -> _Prep
                 upstream = xp.reshape(upstream, (n, s))
         if call.reduction == "mean":
             assert divisor is not None
-            upstream = upstream / divisor
+            # No samples (a float 0 divisor): no gradient entries for the NaN to reach.
+            upstream = upstream / divisor if not isinstance(divisor, float) or divisor else (
+                math.nan)
     return _Prepared(n=n, s=s, dtype=dtype, input3=input3, target3=target3, active=active,
                      target_weight=target_weight, all_active=all_active,
                      class_weight3=class_weight3, class_weight_sum=class_weight_sum,

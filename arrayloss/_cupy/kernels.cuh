@@ -20,6 +20,7 @@
 namespace al {
 
 #if !(defined(__CUDACC__) || defined(__CUDACC_RTC__))
+using std::exp;
 using std::log;
 #endif
 
@@ -259,6 +260,82 @@ AL_HD A nll_grad_coefficient(int reduction, A class_weight, A upstream, A total_
     return class_weight * (-(upstream / total_weight));
 }
 
+
+// ------------------------------------------------------------------ cross-entropy
+//
+// A row is the C logits of one sample (and spatial position).  Its log-sum-exp is kept online
+// as (max, sum of exp(x - max)); the linear sums that label smoothing and probability targets
+// need (sum w_c x_c, sum w_c q'_c x_c and their weights) are kept in double, so that
+// W * lse - sum w x loses nothing to cancellation at large vocabularies.
+
+AL_HD float minus_infinity(float) {
+    const unsigned int bits = 0xff800000u;
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+AL_HD double minus_infinity(double) {
+    const unsigned long long bits = 0xfff0000000000000ull;
+    double value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+// Fold one logit into (max, sum).  -inf adds nothing; NaN makes the sum NaN.
+template <typename A>
+AL_HD void lse_push(A& top, A& sum, A x) {
+    if (x > top) {
+        sum = sum * exp(top - x) + A(1);
+        top = x;
+    } else if (!(x == minus_infinity(A(0)))) {
+        sum += exp(x - top);
+    }
+}
+
+// Merge another (max, sum) into (top, sum).
+template <typename A>
+AL_HD void lse_merge(A& top, A& sum, A other_top, A other_sum) {
+    const A merged = other_top > top ? other_top : top;
+    if (merged == minus_infinity(A(0))) return;  // both empty (or all -inf)
+    sum = sum * exp(top - merged) + other_sum * exp(other_top - merged);
+    top = merged;
+}
+
+// A class probability after label smoothing: (1 - eps) q + eps / C.
+template <typename A>
+AL_HD A ce_smoothed(A q, double smoothing, long long n_classes) {
+    if (smoothing == 0) return q;
+    return q * A(1 - smoothing) + A(smoothing / static_cast<double>(n_classes));
+}
+
+// The loss of a row with an (active) class-index target:
+// (1 - eps) * -w_t * logp_t + eps / C * (W * lse - sum_c w_c x_c).
+template <typename A>
+AL_HD A ce_index_loss(A target_logit, A top, A log_sum, A target_weight, double smoothing,
+                      long long n_classes, double weight_total, double weighted_logits) {
+    const A nll = -(target_weight * ((target_logit - top) - log_sum));
+    if (smoothing == 0) return nll;
+    const double lse = static_cast<double>(top) + static_cast<double>(log_sum);
+    const A smooth = A(weight_total * lse - weighted_logits);
+    return A(1 - smoothing) * nll + A(smoothing / static_cast<double>(n_classes)) * smooth;
+}
+
+// The loss of a row with probability targets: sum_c w_c q'_c (lse - x_c) = mass * lse - sum.
+template <typename A>
+AL_HD A ce_probability_loss(A top, A log_sum, double mass, double weighted_logits) {
+    const double lse = static_cast<double>(top) + static_cast<double>(log_sum);
+    return A(mass * lse - weighted_logits);
+}
+
+// The gradient at one logit, before the upstream factor: p * scale - target_part - spread,
+// with p = exp((x - max) - log(sum)), the softmax, as PyTorch's exp(log_softmax).
+template <typename A>
+AL_HD A ce_grad_element(A x, A top, A log_sum, A scale, A target_part, A spread) {
+    const A p = exp((x - top) - log_sum);
+    return p * scale - target_part - spread;
+}
+
 // ------------------------------------------------------------------ device-only helpers
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 
@@ -280,6 +357,26 @@ __device__ __forceinline__ A block_sum(A value) {
         __syncthreads();
     }
     return shared[0];
+}
+
+// The maximum of `value` over the thread block (NaN-free inputs), returned to every thread.
+template <typename A>
+__device__ __forceinline__ A block_max(A value) {
+    __shared__ A shared_max[1024];
+    const unsigned int tid = threadIdx.x;
+    const unsigned int count = blockDim.x;
+    __syncthreads();
+    shared_max[tid] = value;
+    __syncthreads();
+    unsigned int stride = 1;
+    while (stride < count) stride <<= 1;
+    for (stride >>= 1; stride > 0; stride >>= 1) {
+        if (tid < stride && tid + stride < count && shared_max[tid + stride] > shared_max[tid]) {
+            shared_max[tid] = shared_max[tid + stride];
+        }
+        __syncthreads();
+    }
+    return shared_max[0];
 }
 
 // Record the smallest flat index of an invalid element (validation flags, not loss sums:

@@ -75,6 +75,7 @@ def activated() -> Iterator[None]:
         (cupy, "asarray", _arrays.asarray),
         (cupy, "ascontiguousarray", _arrays.ascontiguousarray),
         (cupy, "asnumpy", _arrays.asnumpy),
+        (cupy, "may_share_memory", _arrays.may_share_memory),
         (cupy, "RawModule", _launch.HostRawModule),
         (cupy, "ElementwiseKernel", _launch.HostElementwiseKernel),
         (cupy_namespace, "expand_dims", _arrays.expand_dims),

@@ -9,6 +9,7 @@ argument with ``__cupy_override_elementwise_kernel__`` to it before touching a d
 from __future__ import annotations
 
 import threading
+import types
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,6 +141,11 @@ class HostArray:
         return int(self._array.__array_interface__["data"][0])
 
     @property
+    def data(self) -> Any:
+        """CuPy's ``MemoryPointer``, as far as arrayloss reads it (``.ptr``)."""
+        return types.SimpleNamespace(ptr=self.pointer)
+
+    @property
     def T(self) -> HostArray:
         return self._view(self._array.T)
 
@@ -160,6 +166,11 @@ class HostArray:
         if not isinstance(result, np.ndarray):  # an integer index: CuPy gives a 0-d array
             result = self._array[(*key, ...) if isinstance(key, tuple) else (key, ...)]
         return self._view(result)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        # CuPy copies on the device; here the host writes, and the buffer counts as written.
+        self._array[key] = value._array if isinstance(value, HostArray) else value
+        self._buffer.written = True
 
     def astype(self, dtype: Any, copy: bool = True) -> HostArray:
         if not copy and np.dtype(dtype) == self.dtype:
@@ -244,6 +255,11 @@ def ascontiguousarray(value: HostArray, dtype: Any = None) -> HostArray:
 
 def asnumpy(value: Any) -> np.ndarray:
     return value.get() if isinstance(value, HostArray) else np.asarray(value)
+
+
+def may_share_memory(a: HostArray, b: HostArray, max_work: Any = None) -> bool:
+    """``cupy.may_share_memory``: whether the memory bounds of two arrays overlap."""
+    return bool(np.may_share_memory(a._array, b._array))
 
 
 def expand_dims(value: HostArray, axis: Any) -> HostArray:
