@@ -27,6 +27,12 @@ BLOCK_ELEMENTS = 1 << 17
 MIN_ELEMENTS = 1 << 20
 
 _pool: ThreadPoolExecutor | None = None
+
+
+def worker_count() -> int:
+    """The threads :func:`run_blocks` runs blocks in."""
+    return min(os.cpu_count() or 1, 8)
+
 _pool_lock = threading.Lock()
 
 
@@ -84,7 +90,7 @@ def run_blocks(work: Callable[[slice], Result], blocks: Sequence[slice]) -> list
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 8),
+            _pool = ThreadPoolExecutor(max_workers=worker_count(),
                                        thread_name_prefix="arrayloss")
         pool = _pool
     try:

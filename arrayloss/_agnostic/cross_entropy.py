@@ -20,9 +20,9 @@ Class-probability targets ``q``, smoothed to ``q' = (1 - eps) q + eps / C``::
     grad   = G_n * (p[n, c] * sum_k w[k] q'[n, k] - w[c] q'[n, c])
 
 ``G_n`` is the upstream gradient of sample ``n`` (divided by the mean's divisor for ``'mean'``).
-Both 'mean' rules are PyTorch's.  The math runs on blocks of rows: on NumPy the blocks are small
-enough for the cache and run in worker threads (``_blocked``), so a forward pass allocates
-O(N) plus a few blocks; every other library gets the whole array as one block.
+Both 'mean' rules are PyTorch's.  Every library but NumPy runs :func:`_block` on the whole
+array; NumPy runs the same math in cache-sized blocks of rows, in worker threads
+(:mod:`._cross_entropy_numpy`), so that a forward pass allocates O(N) plus a few blocks.
 """
 
 from __future__ import annotations
@@ -36,12 +36,11 @@ import numpy as np
 from array_api_compat import device, is_numpy_namespace
 
 from .._class_calls import CrossEntropyCall
-from ._blocked import BLOCK_ELEMENTS, MIN_ELEMENTS, run_blocks
+from . import _cross_entropy_numpy
 from ._helpers import as_0d, as_compute, compute_dtype, quiet_floating_point
 from ._targets import class_targets
 
 Array = Any
-Block = tuple[slice, slice]  # (samples, spatial positions)
 
 
 @dataclass(frozen=True)
@@ -75,37 +74,9 @@ def _sizes(call: CrossEntropyCall) -> tuple[int, int]:
 def _as_3d(call: CrossEntropyCall, x: Array, n: int, s: int) -> Array | None:
     """``x`` (input-shaped) as ``(N, C, S)``; on NumPy only as a view (None where it needs a
     copy: the blocks then reshape their own rows)."""
-    xp, shape = call.xp, (n, call.n_classes, s)
-    if not is_numpy_namespace(xp):
-        return xp.reshape(x, shape)
-    view = x.view()
-    try:
-        view.shape = shape  # raises instead of copying
-    except AttributeError:
-        return None
-    return view
-
-
-def _block_of(x3: Array | None, x: Array, rows: slice, cols: slice) -> Array:
-    """One block ``(b, C, s)`` of the input."""
-    if x3 is not None:
-        return x3[rows, :, cols]
-    # NumPy, and (N, C, S) is no view of this layout: only these rows are copied.
-    return np.reshape(x[rows], (rows.stop - rows.start, x.shape[1], -1))[:, :, cols]
-
-
-def _plan(call: CrossEntropyCall, n: int, s: int) -> list[Block]:
-    """Blocks of about ``BLOCK_ELEMENTS``: whole samples where they fit, else parts of one."""
-    everything = [(slice(0, n), slice(0, s))]
-    if not is_numpy_namespace(call.xp):
-        return everything
-    per_sample = max(1, call.n_classes * s)
-    if per_sample <= BLOCK_ELEMENTS:
-        step = max(1, BLOCK_ELEMENTS // per_sample)
-        return [(slice(i, min(i + step, n)), slice(0, s)) for i in range(0, n, step)]
-    step = max(1, BLOCK_ELEMENTS // max(1, call.n_classes))
-    return [(slice(i, i + 1), slice(j, min(j + step, s)))
-            for i in range(n) for j in range(0, s, step)]
+    if is_numpy_namespace(call.xp):
+        return _cross_entropy_numpy.view_3d(x, n, call.n_classes, s)
+    return call.xp.reshape(x, (n, call.n_classes, s))
 
 
 # --------------------------------------------------------------------------- preparation
@@ -175,7 +146,7 @@ def _block(call: CrossEntropyCall, prep: _Prepared, rows: slice, cols: slice,
            want_loss: bool, want_grad: bool) -> tuple[Array | None, Array | None]:
     """(loss ``(b, s)``, gradient ``(b, C, s)``) of one block, in the compute dtype."""
     xp, eps, n_classes = call.xp, call.label_smoothing, call.n_classes
-    z = as_compute(xp, _block_of(prep.input3, call.input, rows, cols), prep.dtype)
+    z = as_compute(xp, prep.input3[rows, :, cols], prep.dtype)
     row_max = xp.max(z, axis=1, keepdims=True)
     shifted = z - row_max
     exp = xp.exp(shifted)
@@ -278,7 +249,7 @@ def _run(call: CrossEntropyCall, grad_output: Array | float | None, want_loss: b
             grad = xp.zeros(input_shape, dtype=call.input.dtype, device=dev)
             grad = _into(xp, grad, out)
     elif is_numpy_namespace(xp):
-        losses, grad = _run_numpy_blocks(call, prep, want_loss, want_grad, out)
+        losses, grad = _cross_entropy_numpy.run(call, prep, want_loss, want_grad, out)
     else:
         block_loss, block_grad = _block(call, prep, slice(0, prep.n), slice(0, prep.s),
                                         want_loss, want_grad)
@@ -295,39 +266,6 @@ def _into(xp: Any, grad: Array, out: Array | None) -> Array:
         return grad
     out[...] = grad
     return out
-
-
-def _run_numpy_blocks(call: CrossEntropyCall, prep: _Prepared, want_loss: bool,
-                      want_grad: bool, out: Array | None) -> tuple[Array | None, Array | None]:
-    """Every block into its slot of the per-sample losses and of the gradient."""
-    losses = np.empty((prep.n, prep.s), dtype=prep.dtype) if want_loss else None
-    grad = grad3 = None
-    if want_grad:
-        grad = out if out is not None else np.empty(call.input.shape, dtype=call.input.dtype)
-        grad3 = _as_3d(call, grad, prep.n, prep.s)
-        if grad3 is None:  # an `out` whose layout cannot view as (N, C, S)
-            grad = np.empty(call.input.shape, dtype=call.input.dtype)
-            grad3 = _as_3d(call, grad, prep.n, prep.s)
-
-    def work(block: Block) -> None:
-        rows, cols = block
-        with quiet_floating_point():
-            block_loss, block_grad = _block(call, prep, rows, cols, want_loss, want_grad)
-        if losses is not None:
-            losses[rows, cols] = block_loss
-        if grad3 is not None:
-            grad3[rows, :, cols] = block_grad
-
-    blocks = _plan(call, prep.n, prep.s)
-    if len(blocks) > 1 and prep.n * prep.s * call.n_classes >= MIN_ELEMENTS:
-        run_blocks(lambda block: work(block), blocks)  # type: ignore[arg-type]
-    else:
-        for block in blocks:
-            work(block)
-    if out is not None and grad is not out:
-        out[...] = grad
-        grad = out
-    return losses, grad
 
 
 def _reduce(call: CrossEntropyCall, prep: _Prepared, losses: Array) -> Array:

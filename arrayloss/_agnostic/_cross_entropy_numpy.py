@@ -1,0 +1,198 @@
+"""NumPy only: cross-entropy through cache-sized blocks of rows, in worker threads.
+
+The same math as the generic block of :mod:`.cross_entropy`, written with NumPy's ``out=``
+arguments: each block is shifted, exponentiated and scaled in one buffer (the gradient's own
+slot where there is one, else a per-thread scratch buffer reused from call to call), so a
+block costs a handful of passes over memory that stays in cache and no allocation beyond
+per-sample arrays.  The parity suite runs this path on NumPy and the generic one on the other
+libraries.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._blocked import run_blocks, worker_count
+from ._helpers import quiet_floating_point
+
+if TYPE_CHECKING:
+    from .._class_calls import CrossEntropyCall
+    from .cross_entropy import _Prepared
+
+Block = tuple[slice, slice]  # (samples, spatial positions)
+
+#: Block sizes, in elements.  A block is a dozen NumPy calls, each of which hands the GIL over
+#: once: blocks much smaller than a core's L2 cache spend their time there, larger ones miss
+#: it.  Measured on a 2-core Xeon (2 MiB L2 per core): one block per worker up to 2**19.
+SMALLEST_BLOCK, LARGEST_BLOCK = 1 << 16, 1 << 19
+#: From this many elements the blocks run in worker threads.
+THREADED_ELEMENTS = 1 << 18
+
+_local = threading.local()
+
+
+def view_3d(x: np.ndarray, n: int, n_classes: int, s: int) -> np.ndarray | None:
+    """``x`` as ``(N, C, S)`` without a copy, or None where its layout does not allow it."""
+    view = x.view()
+    try:
+        view.shape = (n, n_classes, s)  # raises instead of copying
+    except AttributeError:
+        return None
+    return view
+
+
+def _scratch(shape: tuple[int, ...], dtype: np.dtype, slot: int = 0) -> np.ndarray:
+    """A per-thread buffer of ``shape``, reused across calls.
+
+    Reuse keeps the blocks' pages mapped: a fresh buffer per block could be returned to the
+    OS by the allocator and fault in again on the next call.
+    """
+    buffers = getattr(_local, "buffers", None)
+    if buffers is None:
+        buffers = _local.buffers = {}
+    size = 1
+    for extent in shape:
+        size *= extent
+    key = (np.dtype(dtype).str, slot)
+    buffer = buffers.get(key)
+    if buffer is None or buffer.size < size:
+        buffer = buffers[key] = np.empty(max(size, 1), dtype=dtype)
+    return buffer[:size].reshape(shape)
+
+
+def plan(n: int, n_classes: int, s: int) -> list[Block]:
+    """Blocks of about an equal share of the work per worker, within ``SMALLEST_BLOCK`` and
+    ``LARGEST_BLOCK``: whole samples where they fit, else parts of one."""
+    per_sample = max(1, n_classes * s)
+    share = -(-n * per_sample // worker_count())
+    block = min(LARGEST_BLOCK, max(SMALLEST_BLOCK, share))
+    if per_sample <= block:
+        step = max(1, block // per_sample)
+        return [(slice(i, min(i + step, n)), slice(0, s)) for i in range(0, n, step)]
+    step = max(1, block // max(1, n_classes))
+    return [(slice(i, i + 1), slice(j, min(j + step, s)))
+            for i in range(n) for j in range(0, s, step)]
+
+
+def _input_block(call: CrossEntropyCall, prep: _Prepared, rows: slice,
+                 cols: slice) -> np.ndarray:
+    if prep.input3 is not None:
+        return prep.input3[rows, :, cols]
+    # (N, C, S) is no view of this layout: only these rows are copied.
+    x = call.input
+    return np.reshape(x[rows], (rows.stop - rows.start, x.shape[1], -1))[:, :, cols]
+
+
+def _per_row(value: Any, rows: slice, cols: slice) -> Any:
+    """The rows' share of a per-sample ``(N, S)`` value (a number stays a number)."""
+    if isinstance(value, np.ndarray) and value.ndim == 2:
+        return value[rows, cols]
+    return value
+
+
+def _block(call: CrossEntropyCall, prep: _Prepared, rows: slice, cols: slice,
+           losses: np.ndarray | None, grad3: np.ndarray | None) -> None:
+    """One block: its losses into ``losses[rows, cols]``, its gradient into ``grad3``."""
+    eps, n_classes, dtype = call.label_smoothing, call.n_classes, prep.dtype
+    z = _input_block(call, prep, rows, cols)
+    slot = None if grad3 is None else grad3[rows, :, cols]
+    # The math runs in a C-contiguous buffer, so the sums' order (and the bits) never depend
+    # on the layout of `out`; the gradient's own slot is that buffer when it can be.
+    direct = slot is not None and slot.dtype == dtype and slot.flags.c_contiguous
+    work = slot if direct else _scratch(z.shape, dtype)
+    row_max = z.max(axis=1, keepdims=True).astype(dtype, copy=False)
+    np.subtract(z, row_max, out=work)  # z may be `work` itself (out=input): read first
+    weight = prep.class_weight3
+    mass = weighted_q = None
+    linear = picked = None
+    if call.probabilities:
+        q = prep.target3[rows, :, cols]
+        weighted_q = _scratch(z.shape, dtype, slot=1)
+        np.multiply(q, 1 - eps, out=weighted_q)
+        if eps:
+            weighted_q += eps / n_classes
+        if weight is not None:
+            weighted_q *= weight
+        mass = weighted_q.sum(axis=1)
+        linear = np.einsum("bcs,bcs->bs", weighted_q, work) if losses is not None else None
+    else:
+        index = prep.target3[rows, cols]
+        if losses is not None:
+            picked = np.take_along_axis(work, index[:, None, :], axis=1)[:, 0, :]
+            if eps:
+                linear = (work.sum(axis=1) if weight is None
+                          else np.einsum("bcs,c->bs", work, weight[0, :, 0]))
+    np.exp(work, out=work)
+    sum_exp = work.sum(axis=1, keepdims=True)
+    log_sum = np.log(sum_exp[:, 0, :])
+
+    active = None if call.probabilities or prep.all_active else prep.active[rows, cols]
+    if losses is not None:
+        if call.probabilities:
+            assert mass is not None and linear is not None
+            loss = mass * log_sum - linear
+        else:
+            target_weight = prep.target_weight[rows, cols]
+            loss = -(target_weight * (picked - log_sum))
+            if eps:
+                assert linear is not None
+                loss = (1 - eps) * loss + (eps / n_classes) * (
+                    prep.class_weight_sum * log_sum - linear)
+            if active is not None:
+                loss = np.where(active, loss, 0)
+        losses[rows, cols] = loss
+    if slot is None:
+        return
+
+    upstream = _per_row(prep.upstream, rows, cols)
+    if call.probabilities:
+        assert mass is not None and weighted_q is not None
+        work *= (mass * upstream)[:, None, :] / sum_exp
+        weighted_q *= upstream if np.ndim(upstream) == 0 else upstream[:, None, :]
+        work -= weighted_q
+    else:
+        if active is not None:  # G = 0 where the target is ignored (G may be inf there)
+            upstream = np.where(active, upstream, 0)
+        on_target = (1 - eps) * (prep.target_weight[rows, cols] * upstream)
+        scale = on_target
+        if eps:
+            scale = on_target + (eps / n_classes) * prep.class_weight_sum * upstream
+        work *= scale[:, None, :] / sum_exp
+        b, _, s = work.shape
+        work[np.arange(b)[:, None], index, np.arange(s)[None, :]] -= on_target
+        if eps:
+            spread = np.broadcast_to((eps / n_classes) * upstream, (b, s))[:, None, :]
+            work -= spread if weight is None else spread * weight
+    if work is not slot:
+        slot[...] = work
+
+
+def run(call: CrossEntropyCall, prep: _Prepared, want_loss: bool, want_grad: bool,
+        out: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Every block into its slot of the per-sample losses and of the gradient."""
+    losses = np.empty((prep.n, prep.s), dtype=prep.dtype) if want_loss else None
+    grad = grad3 = None
+    if want_grad:
+        grad = out if out is not None else np.empty(call.input.shape, dtype=call.input.dtype)
+        grad3 = view_3d(grad, prep.n, call.n_classes, prep.s)
+        if grad3 is None:  # an `out` whose layout cannot view as (N, C, S)
+            grad = np.empty(call.input.shape, dtype=call.input.dtype)
+            grad3 = view_3d(grad, prep.n, call.n_classes, prep.s)
+
+    def work(block: Block) -> None:
+        with quiet_floating_point():
+            _block(call, prep, block[0], block[1], losses, grad3)
+
+    blocks = plan(prep.n, call.n_classes, prep.s)
+    if len(blocks) > 1 and prep.n * prep.s * call.n_classes >= THREADED_ELEMENTS:
+        run_blocks(work, blocks)  # type: ignore[arg-type]
+    else:
+        for block in blocks:
+            work(block)
+    if out is not None and grad is not out:
+        out[...] = grad
+        grad = out
+    return losses, grad
