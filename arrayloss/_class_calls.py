@@ -255,7 +255,7 @@ def cross_entropy_call(
     )
 
 
-def check_gradient_out(out: object, call: CrossEntropyCall) -> None:
+def check_gradient_out(out: Any, call: CrossEntropyCall) -> None:
     """``out`` may receive the gradient with respect to ``call.input``: an array of the same
     library, device, shape and dtype, writable, and either ``input`` itself (the logits are
     then consumed) or memory that no argument uses."""

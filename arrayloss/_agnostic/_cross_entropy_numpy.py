@@ -102,12 +102,14 @@ def _block(call: CrossEntropyCall, prep: _Prepared, rows: slice, cols: slice,
     # The math runs in a C-contiguous buffer, so the sums' order (and the bits) never depend
     # on the layout of `out`; the gradient's own slot is that buffer when it can be.
     direct = slot is not None and slot.dtype == dtype and slot.flags.c_contiguous
-    work = slot if direct else _scratch(z.shape, dtype)
+    work: Any = slot if direct else _scratch(z.shape, dtype)
     row_max = z.max(axis=1, keepdims=True).astype(dtype, copy=False)
     np.subtract(z, row_max, out=work)  # z may be `work` itself (out=input): read first
     weight = prep.class_weight3
-    mass = weighted_q = None
-    linear = picked = None
+    mass: Any = None
+    weighted_q: Any = None
+    linear: Any = None
+    picked: Any = None
     if call.probabilities:
         q = prep.target3[rows, :, cols]
         weighted_q = _scratch(z.shape, dtype, slot=1)

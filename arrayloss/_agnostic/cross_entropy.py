@@ -50,12 +50,12 @@ class _Prepared:
     n: int
     s: int
     dtype: Any  # the compute dtype
-    input3: Array | None  # input as (N, C, S), or None where that is no view (NumPy only)
+    input3: Array  # input as (N, C, S), or None where that is no view (NumPy only)
     target3: Array  # (N, S) int64 indices, or (N, C, S) probabilities
-    active: Array | None  # (N, S) bool, index targets only
-    target_weight: Array | None  # (N, S) w[t_n], 0 where inactive; index targets only
+    active: Array  # (N, S) bool, index targets only (else None)
+    target_weight: Array  # (N, S) w[t_n], 0 where inactive; index targets only (else None)
     all_active: bool
-    class_weight3: Array | None  # (1, C, 1) compute dtype
+    class_weight3: Array  # (1, C, 1) compute dtype, or None without weights
     class_weight_sum: float | Array  # sum_c w[c] (C without weights)
     upstream: float | Array  # G: a number, a 0-d array, or (N, S)
     divisor: float | Array | None  # what 'mean' divides by

@@ -152,7 +152,7 @@ def _rows(call: CrossEntropyCall, layout: _Layout, check: bool,
 
 def _grad(call: CrossEntropyCall, layout: _Layout, row_info: cupy.ndarray,
           grad_output: Array | float, totals: cupy.ndarray | None,
-          out: cupy.ndarray | None) -> cupy.ndarray:
+          out: Any) -> cupy.ndarray:
     if isinstance(grad_output, float):
         upstream_mode, upstream, upstream_scalar = 0, row_info, grad_output
     elif call.reduction == "none":
