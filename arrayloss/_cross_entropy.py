@@ -118,14 +118,14 @@ def cross_entropy(
     >>> import arrayloss as al
     >>> logits = np.array([[2.0, 0.5, -1.0], [0.0, 0.0, 3.0]])
     >>> float(al.cross_entropy(logits, np.array([0, 2])).round(4))
-    0.1563
+    0.1681
     >>> al.cross_entropy(logits, np.array([0, 2]), reduction="none").round(4)
-    array([0.2413, 0.0713])
+    array([0.2413, 0.0949])
     >>> float(al.cross_entropy(logits, np.array([0, 2]), label_smoothing=0.1).round(4))
-    0.2795
+    0.3431
     >>> probs = np.array([[0.8, 0.2, 0.0], [0.0, 0.5, 0.5]])
     >>> float(al.cross_entropy(logits, probs).round(4))
-    0.9063
+    1.0681
     """
     options = {"ignore_index": ignore_index, "reduction": reduction,
                "label_smoothing": label_smoothing, "validate": validate}

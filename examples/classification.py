@@ -1,10 +1,12 @@
-"""Classification with arrayloss: a softmax classifier trained with ``nll_loss``.
+"""Classification with arrayloss: a softmax classifier trained with ``cross_entropy``.
 
 Three interleaved spirals in the plane, generated here (nothing is downloaded).  A two-layer
-MLP in plain array code (NumPy, or CuPy with ``--cupy``) ends in a log-softmax, trained with
-``arrayloss.nll_loss_and_grad`` using class weights (the rarer class counts more) and with 10%
-of the labels missing, marked ``ignore_index=-1``.  The network's backward pass is written by
-hand and checked against finite differences once at start.
+MLP in plain array code (NumPy, or CuPy with ``--cupy``) produces logits, trained with
+``arrayloss.cross_entropy_and_grad`` using class weights (the rarer class counts more), label
+smoothing, and 10% of the labels missing, marked ``ignore_index=-1``.  The loss writes its
+gradient over the logits (``out=logits``): no second ``N x C`` buffer, and no log-softmax or its
+backward in the network code.  The network's backward pass is written by hand and checked
+against finite differences once at start.
 
     python examples/classification.py --out docs/_static/examples
 """
@@ -31,6 +33,7 @@ import arrayloss as al
 
 IGNORE = -1
 N_CLASSES = 3
+SMOOTHING = 0.05
 
 
 def spirals(n_per_class: list[int], seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,22 +69,14 @@ def init(xp: Any, hidden: int, seed: int) -> Params:
             for name, shape in shapes.items()}
 
 
-def log_softmax(logits: Any, xp: Any) -> Any:
-    shifted = logits - xp.max(logits, axis=1, keepdims=True)
-    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
-
-
 def forward(params: Params, x: Any, xp: Any) -> tuple[Any, dict[str, Any]]:
     h1 = xp.tanh(x @ params["w1"] + params["b1"])
     h2 = xp.tanh(h1 @ params["w2"] + params["b2"])
-    log_probs = log_softmax(h2 @ params["w3"] + params["b3"], xp)
-    return log_probs, {"x": x, "h1": h1, "h2": h2, "log_probs": log_probs}
+    logits = h2 @ params["w3"] + params["b3"]
+    return logits, {"x": x, "h1": h1, "h2": h2}
 
 
-def backward(params: Params, cache: dict[str, Any], grad_log_probs: Any, xp: Any) -> Params:
-    # log_softmax: d logits = g - softmax * sum(g)
-    probs = xp.exp(cache["log_probs"])
-    grad_logits = grad_log_probs - probs * xp.sum(grad_log_probs, axis=1, keepdims=True)
+def backward(params: Params, cache: dict[str, Any], grad_logits: Any, xp: Any) -> Params:
     grads = {"w3": cache["h2"].T @ grad_logits, "b3": xp.sum(grad_logits, axis=0)}
     grad_h2 = (grad_logits @ params["w3"].T) * (1 - cache["h2"] ** 2)
     grads["w2"], grads["b2"] = cache["h1"].T @ grad_h2, xp.sum(grad_h2, axis=0)
@@ -91,9 +86,11 @@ def backward(params: Params, cache: dict[str, Any], grad_log_probs: Any, xp: Any
 
 
 def loss_and_grads(params: Params, data: dict[str, Any], xp: Any) -> tuple[float, Params]:
-    log_probs, cache = forward(params, data["x"], xp)
-    loss, grad = al.nll_loss_and_grad(log_probs, data["labels"], data["weight"],
-                                      ignore_index=IGNORE)
+    logits, cache = forward(params, data["x"], xp)
+    # The logits are not needed again: their gradient takes their place.
+    loss, grad = al.cross_entropy_and_grad(logits, data["labels"], data["weight"],
+                                           ignore_index=IGNORE, label_smoothing=SMOOTHING,
+                                           out=logits)
     return float(loss), backward(params, cache, grad, xp)
 
 
@@ -109,8 +106,8 @@ def train(xp: Any, data: dict[str, Any], steps: int, seed: int) -> tuple[Params,
 
 
 def accuracy(params: Params, data: dict[str, Any], xp: Any) -> float:
-    log_probs, _ = forward(params, data["test_x"], xp)
-    predicted = to_host(xp.argmax(log_probs, axis=1))
+    logits, _ = forward(params, data["test_x"], xp)
+    predicted = to_host(xp.argmax(logits, axis=1))
     return float(np.mean(predicted == data["test_y"]))
 
 
@@ -123,8 +120,8 @@ def plot(params: Params, data: dict[str, Any], history: list[float], xp: Any,
 
     axis = np.linspace(-1.1, 1.1, 200)
     grid = np.stack(np.meshgrid(axis, axis), axis=-1).reshape(-1, 2)
-    log_probs, _ = forward(params, xp.asarray(grid), xp)
-    regions = to_host(xp.argmax(log_probs, axis=1)).reshape(200, 200)
+    logits, _ = forward(params, xp.asarray(grid), xp)
+    regions = to_host(xp.argmax(logits, axis=1)).reshape(200, 200)
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     left.contourf(axis, axis, regions, levels=[-0.5, 0.5, 1.5, 2.5], alpha=0.25,
                   colors=["C0", "C1", "C2"])
@@ -138,7 +135,7 @@ def plot(params: Params, data: dict[str, Any], history: list[float], xp: Any,
              aspect="equal")
     left.legend(fontsize=7, loc="lower right")
     right.plot(history)
-    right.set(title="Training curve", xlabel="step", ylabel="weighted NLL (mean)",
+    right.set(title="Training curve", xlabel="step", ylabel="weighted cross-entropy (mean)",
               yscale="log")
     right.grid(alpha=0.3)
     figure.tight_layout()

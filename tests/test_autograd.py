@@ -88,6 +88,47 @@ def test_torch_gradcheck_float64() -> None:
             lambda a, r=reduction: al.nll_loss(a, labels, weight, reduction=r), (log_probs,))
 
 
+def test_torch_gradcheck_cross_entropy_float64() -> None:
+    rng = np.random.default_rng(1)
+    logits = torch.tensor(rng.normal(size=(4, 5, 2)), requires_grad=True)
+    labels = torch.tensor(rng.integers(0, 5, (4, 2)))
+    labels[0, 0] = -100
+    weight = torch.tensor(rng.uniform(0.5, 2, 5))
+    soft = torch.tensor(rng.dirichlet(np.ones(5), size=(4, 2)).transpose(0, 2, 1).copy(),
+                        requires_grad=True)
+    for reduction in ("none", "mean", "sum"):
+        assert torch.autograd.gradcheck(
+            lambda a, r=reduction: al.cross_entropy(a, labels, weight, reduction=r,
+                                                    label_smoothing=0.2), (logits,))
+        # A probability target has a gradient too, as in PyTorch.
+        assert torch.autograd.gradcheck(
+            lambda a, q, r=reduction: al.cross_entropy(a, q, weight, reduction=r,
+                                                       label_smoothing=0.1), (logits, soft))
+
+
+def test_cross_entropy_under_torch_compile() -> None:
+    """A small training step compiles, with a graph break at arrayloss's autograd.Function
+    (its forward leaves PyTorch's ops), or runs eagerly: never a crash."""
+    model = torch.nn.Linear(6, 4).double()
+    x = torch.randn(8, 6, dtype=torch.float64)
+    y = torch.randint(0, 4, (8,))
+
+    def step() -> Any:
+        model.zero_grad()
+        loss = al.cross_entropy(model(x), y, label_smoothing=0.1)
+        loss.backward()
+        return loss
+
+    eager = float(step().detach())
+    want = model.weight.grad.clone()
+    compiled = torch.compile(step, backend="eager")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Dynamo's notes about lru_cache and graph breaks
+        loss = compiled()
+    assert float(loss.detach()) == pytest.approx(eager, rel=1e-12)
+    torch.testing.assert_close(model.weight.grad, want)
+
+
 def test_clamped_variance_gets_pytorchs_gradient_not_zero() -> None:
     v = torch.tensor([1e-9, 0.0, 0.5], dtype=torch.float64, requires_grad=True)
     x = torch.tensor([0.5, 0.5, 0.5], dtype=torch.float64)
@@ -108,7 +149,10 @@ def test_explicit_backward_outputs_carry_no_grad_fn() -> None:
     log_probs = torch.log_softmax(torch.randn(4, 3), 1).requires_grad_()
     nll_grad = al.nll_loss_backward(1.0, log_probs, torch.tensor([0, 1, 2, 0]))
     nll_loss, nll_fused = al.nll_loss_and_grad(log_probs, torch.tensor([0, 1, 2, 0]))
-    for result in (*grads, loss, *fused, nll_grad, nll_loss, nll_fused):
+    ce_grad = al.cross_entropy_backward(1.0, log_probs, torch.tensor([0, 1, 2, 0]))
+    ce_loss, ce_fused = al.cross_entropy_and_grad(log_probs, torch.tensor([0, 1, 2, 0]))
+    for result in (*grads, loss, *fused, nll_grad, nll_loss, nll_fused, ce_grad, ce_loss,
+                   ce_fused):
         assert result is None or (result.grad_fn is None and not result.requires_grad)
 
 
