@@ -209,8 +209,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
-    parser.add_argument("--losses", nargs="+", choices=["gaussian_nll", "nll"],
-                        default=["gaussian_nll", "nll"])
+    parser.add_argument("--losses", nargs="+", choices=["gaussian_nll", "nll", "cross_entropy"],
+                        default=["gaussian_nll", "nll", "cross_entropy"])
     parser.add_argument("--ops", nargs="+", choices=OPERATIONS, default=list(OPERATIONS))
     parser.add_argument("--reductions", nargs="+", choices=REDUCTIONS, default=list(REDUCTIONS))
     parser.add_argument("--dtypes", nargs="+",

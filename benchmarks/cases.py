@@ -27,11 +27,12 @@ REDUCTIONS = ("none", "mean", "sum")
 class Case:
     """One benchmarked call."""
 
-    loss: str  # "gaussian_nll" or "nll"
+    loss: str  # "gaussian_nll", "nll" or "cross_entropy"
     op: str  # "forward", "backward" or "loss_and_grad"
     reduction: str
     variant: str  # gaussian: var "full" | "rows" | "scalar" | "log_var" | "beta" (both with
-    # one variance per row); nll: "plain" | "weighted-ignored"
+    # one variance per row); nll: "plain" | "weighted-ignored"; cross_entropy: "plain" |
+    # "in-place" (loss_and_grad with out=input: the gradient over the logits)
     dtype: str
     shape: tuple[int, ...]  # input shape
     elements: int = field(init=False)
@@ -70,6 +71,11 @@ def model_bytes(case: Case) -> int:
         grads = (n + var) * size  # grad_input and grad_var, as a training step asks
         return inputs + upstream + grads
     targets = math.prod(_target_shape(case.shape))
+    if case.loss == "cross_entropy":
+        # Every logit read once, the int64 targets, the gradient written once.
+        logits = case.elements * size
+        out = targets * size if case.reduction == "none" else 0
+        return logits + targets * 8 + (out if case.op == "forward" else logits)
     read = targets * (8 + size)  # int64 target plus the gathered log-probability
     dense = case.elements * size  # the gradient, written once
     out = targets * size if case.reduction == "none" else 0
@@ -99,6 +105,15 @@ def nll_shapes(device: str, quick: bool) -> list[tuple[int, ...]]:
     return [*shapes, (16, 19, 128, 128), (8, 21, 256, 256)]
 
 
+def cross_entropy_shapes(device: str, quick: bool) -> list[tuple[int, ...]]:
+    """LLM vocabularies (32,000 and Llama 3's 128,256) and small C; 1e6 elements on the CPU."""
+    if quick:
+        return [(1024, 1000), (65536, 10)]
+    if device == "cpu":
+        return [(1000, 1000), (65536, 10), (4096, 32000)]
+    return [(65536, 10), (4096, 32000), (8192, 128256)]
+
+
 def build_cases(device: str, losses: list[str], ops: list[str], reductions: list[str],
                 dtypes: list[str], quick: bool) -> list[Case]:
     """Every case of a run, smallest first."""
@@ -112,6 +127,13 @@ def build_cases(device: str, losses: list[str], ops: list[str], reductions: list
             for variant, n in itertools.product(variants, gaussian_sizes(device, quick)):
                 rows = max(n // 64, 1)
                 cases.append(Case(loss, op, reduction, variant, dtype, (rows, n // rows)))
+        elif loss == "cross_entropy":
+            if reduction != "mean":
+                continue
+            variants = ["plain", "in-place"] if op == "loss_and_grad" else ["plain"]
+            for variant, shape in itertools.product(variants,
+                                                    cross_entropy_shapes(device, quick)):
+                cases.append(Case(loss, op, reduction, variant, dtype, shape))
         else:
             variants = ["plain", "weighted-ignored"] if reduction == "mean" else ["plain"]
             for variant, shape in itertools.product(variants, nll_shapes(device, quick)):
@@ -127,6 +149,8 @@ def is_target_case(case: Case) -> bool:
     if case.loss == "gaussian_nll":
         return case.variant == "full" and case.shape in ((1 << 20, 64), (16, 64)) and (
             case.op in ("forward", "loss_and_grad"))
+    if case.loss == "cross_entropy":
+        return case.op in ("forward", "loss_and_grad")
     return case.variant == "plain" and (
         (case.op == "forward" and case.shape in ((1 << 20, 1000), (1024, 10)))
         or (case.op == "backward" and case.shape == (1 << 22, 10)))

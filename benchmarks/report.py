@@ -82,12 +82,20 @@ def evaluate_targets(rows: list[dict[str, Any]], device: str) -> list[dict[str, 
         check("NLL 1024 rows: within 1.5x of PyTorch",
               _find(rows, ours, loss="nll", op="forward", variant="plain", shape=(1024, 10),
                     **small), "speedup_vs_baseline", 1 / 1.5)
+        for shape in ((4096, 32000), (8192, 128256)):
+            check(f"CE forward {shape}: >= 85% of read bandwidth",
+                  _find(rows, ours, loss="cross_entropy", op="forward", variant="plain",
+                        shape=shape, **small), "pct_of_copy", 85)
+            check(f"CE loss+grad {shape}: >= 2x PyTorch forward+autograd",
+                  _find(rows, ours, loss="cross_entropy", op="loss_and_grad",
+                        variant="plain", shape=shape, **small), "speedup_vs_baseline", 2)
     else:
         for loss, op, variant, threshold, label in [
                 ("gaussian_nll", "forward", "full", 1.0, "no slower than PyTorch"),
                 ("gaussian_nll", "backward", "full", 1.0, "no slower than PyTorch"),
                 ("nll", "forward", "plain", 1 / 1.5, "within 1.5x of PyTorch"),
-                ("nll", "backward", "plain", 1 / 1.5, "within 1.5x of PyTorch")]:
+                ("nll", "backward", "plain", 1 / 1.5, "within 1.5x of PyTorch"),
+                ("cross_entropy", "loss_and_grad", "plain", 1.0, "no slower than PyTorch")]:
             candidates = [row for row in rows if row["provider"] == ours and row["case"]["loss"]
                           == loss and row["case"]["op"] == op and row["case"]["variant"] ==
                           variant and row["case"]["reduction"] == "mean" and
@@ -182,8 +190,8 @@ def plots(rows: list[dict[str, Any]], device: str, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    main_variant = {"gaussian_nll": "full", "nll": "plain"}
-    for loss in ("gaussian_nll", "nll"):
+    main_variant = {"gaussian_nll": "full", "nll": "plain", "cross_entropy": "plain"}
+    for loss in ("gaussian_nll", "nll", "cross_entropy"):
         ops = sorted({row["case"]["op"] for row in rows if row["case"]["loss"] == loss})
         if not ops:
             continue
