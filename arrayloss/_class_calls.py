@@ -14,7 +14,13 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace, device, is_array_api_obj, is_jax_namespace
+from array_api_compat import (
+    array_namespace,
+    device,
+    is_array_api_obj,
+    is_dask_namespace,
+    is_jax_namespace,
+)
 
 from ._validation import (
     _is_floating,
@@ -266,6 +272,9 @@ def check_gradient_out(out: Any, call: CrossEntropyCall) -> None:
         raise TypeError("out must come from the same array library as input")
     if is_jax_namespace(call.xp):
         raise TypeError("out is not supported for JAX arrays, which are immutable; use the "
+                        "returned gradient")
+    if is_dask_namespace(call.xp):
+        raise TypeError("out is not supported for Dask arrays, which are lazy; use the "
                         "returned gradient")
     input = call.input
     if _shape(out) != _shape(input) or out.dtype != input.dtype:

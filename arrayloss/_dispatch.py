@@ -7,8 +7,9 @@ import importlib
 from collections.abc import Iterator
 from contextvars import ContextVar
 from types import ModuleType
+from typing import Any
 
-from array_api_compat import is_cupy_namespace
+from array_api_compat import is_cupy_namespace, is_dask_namespace
 
 from ._validation import check_flag
 
@@ -54,9 +55,14 @@ def fused_kernels(enabled: bool) -> Iterator[None]:
         _use_fused.reset(token)
 
 
-def backend(xp: ModuleType, loss: str) -> ModuleType:
+def backend(xp: ModuleType, loss: str) -> Any:
     """The module implementing ``loss`` (``"gaussian_nll"``, ``"nll"``, ``"cross_entropy"``)
     for namespace ``xp``."""
+    if is_dask_namespace(xp):
+        # Lazily, chunk by chunk, each chunk through arrayloss again (NumPy or CuPy).
+        from . import _dask
+
+        return _dask.backend(loss)
     if _use_fused.get() and is_cupy_namespace(xp):
         # Imported on first use, so NumPy-only users never import CuPy.
         return importlib.import_module(f"arrayloss._cupy.{loss}")
