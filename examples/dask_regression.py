@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Iterator
-from typing import Any
 
 import dask
 import dask.array as da
@@ -89,7 +88,7 @@ def scheduler(workers: int, address: str | None) -> Iterator[str]:
         import distributed
 
         if address:
-            with distributed.Client(address) as client:
+            with distributed.Client(address):
                 yield f"cluster at {address}"
             return
         with distributed.LocalCluster(n_workers=workers, threads_per_worker=1,
