@@ -1,4 +1,4 @@
-"""NumPy only: run an elementwise loss over blocks of rows, in worker threads.
+"""NumPy only: run an elementwise loss over blocks of rows (or of columns), in worker threads.
 
 The generic code makes one full-size temporary per operation, so a large NumPy call streams
 every temporary through main memory.  Splitting the loss along its first axis into blocks of
@@ -14,6 +14,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from array_api_compat import is_numpy_namespace
@@ -48,8 +49,28 @@ if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
-def row_blocks(xp: Any, shape: tuple[int, ...]) -> list[slice] | None:
-    """Slices of the first axis of ``shape`` forming the blocks, or None to run unblocked."""
+@dataclass(frozen=True)
+class Block:
+    """A part of a broadcast result: ``span`` of its first axis, or of its last one when the
+    rows are too few to split (a few very wide rows)."""
+
+    axis: int
+    span: slice
+
+    def index(self) -> tuple[Any, ...]:
+        """The block's index into an array of the result's shape."""
+        return (*(slice(None),) * self.axis, self.span)
+
+    def extent(self, size: int) -> int:
+        return len(range(*self.span.indices(size)))
+
+
+def row_blocks(xp: Any, shape: tuple[int, ...]) -> list[Block] | None:
+    """The blocks of a result of ``shape``, or None to run unblocked.
+
+    Blocks of whole rows where there are enough rows; otherwise parts of every row, along the
+    last axis, so that a few very wide rows (shape ``(2, 2**25)``) are blocked too.
+    """
     if not is_numpy_namespace(xp) or not shape:
         return None
     count = 1
@@ -58,30 +79,35 @@ def row_blocks(xp: Any, shape: tuple[int, ...]) -> list[slice] | None:
     if count < MIN_ELEMENTS:
         return None
     rows = shape[0]
-    rows_per_block = max(1, BLOCK_ELEMENTS // (count // rows))
-    if rows < 2 * rows_per_block:
-        return None  # too few rows to split (e.g. shape (2, 10**6)): not worth it
-    return [slice(start, min(start + rows_per_block, rows))
-            for start in range(0, rows, rows_per_block)]
+    per_row = count // rows
+    rows_per_block = max(1, BLOCK_ELEMENTS // per_row)
+    if per_row <= BLOCK_ELEMENTS and rows >= 2 * rows_per_block:
+        return [Block(0, slice(start, min(start + rows_per_block, rows)))
+                for start in range(0, rows, rows_per_block)]
+    last, columns = len(shape) - 1, shape[-1]
+    columns_per_block = max(1, BLOCK_ELEMENTS // (count // columns))
+    if last == 0 or columns < 2 * columns_per_block:
+        return None
+    return [Block(last, slice(start, min(start + columns_per_block, columns)))
+            for start in range(0, columns, columns_per_block)]
 
 
-def rows_of(array: Array, rows: slice, ndim: int) -> Array:
-    """The block of ``array`` for ``rows`` of an ``ndim``-dimensional broadcast result.
-
-    An array broadcast along the first axis (fewer dimensions, or size 1 there) is the same
-    for every block and is returned whole.
-    """
-    if array.ndim == ndim and array.shape[0] != 1:
-        return array[rows]
-    return array
+def spans(array: Array, block: Block, ndim: int) -> bool:
+    """Whether ``array`` (broadcast against an ``ndim``-dimensional result) is split by
+    ``block``; else every block sees all of it (it is broadcast along the block's axis)."""
+    if block.axis == 0:
+        return bool(array.ndim == ndim and array.shape[0] != 1)
+    return bool(array.ndim >= 1 and array.shape[-1] != 1)
 
 
-def spans_rows(array: Array, ndim: int) -> bool:
-    """Whether ``array`` is split by :func:`rows_of` (else every block sees all of it)."""
-    return bool(array.ndim == ndim and array.shape[0] != 1)
+def part_of(array: Array, block: Block, ndim: int) -> Array:
+    """The part of ``array`` that ``block`` of the broadcast result reads."""
+    if not spans(array, block, ndim):
+        return array
+    return array[block.span] if block.axis == 0 else array[..., block.span]
 
 
-def run_blocks(work: Callable[[slice], Result], blocks: Sequence[slice]) -> list[Result]:
+def run_blocks(work: Callable[[Any], Result], blocks: Sequence[Any]) -> list[Result]:
     """``work`` on every block, in parallel threads; the results in block order.
 
     Where no thread can start (an ``atexit`` handler, after the interpreter has shut the pool

@@ -190,7 +190,7 @@ def run(call: CrossEntropyCall, prep: _Prepared, want_loss: bool, want_grad: boo
 
     blocks = plan(prep.n, call.n_classes, prep.s)
     if len(blocks) > 1 and prep.n * prep.s * call.n_classes >= THREADED_ELEMENTS:
-        run_blocks(work, blocks)  # type: ignore[arg-type]
+        run_blocks(work, blocks)
     else:
         for block in blocks:
             work(block)

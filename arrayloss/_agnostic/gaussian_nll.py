@@ -26,7 +26,7 @@ from array_api_compat import device
 
 from .._calls import GAUSSIAN_GRADIENTS, GaussianNLLCall
 from .._validation import negative_var_error
-from ._blocked import row_blocks, rows_of, run_blocks, spans_rows
+from ._blocked import Block, part_of, row_blocks, run_blocks, spans
 from ._helpers import as_0d, as_compute, compute_dtype, quiet_floating_point, sum_to_shape
 
 Array = Any
@@ -219,16 +219,18 @@ def _finish(call: GaussianNLLCall, grads: Gradients) -> Gradients:
 # ------------------------------------------------------------------ NumPy: blocks of rows
 
 
-def _block_call(call: GaussianNLLCall, rows: slice) -> GaussianNLLCall:
+def _block_call(call: GaussianNLLCall, block: Block) -> GaussianNLLCall:
     ndim = len(call.loss_shape)
-    var = call.var if isinstance(call.var, float) else rows_of(call.var, rows, ndim)
+    var = call.var if isinstance(call.var, float) else part_of(call.var, block, ndim)
+    loss_shape = list(call.loss_shape)
+    loss_shape[block.axis] = block.extent(loss_shape[block.axis])
     return replace(
         call,
-        input=rows_of(call.input, rows, ndim),
-        target=rows_of(call.target, rows, ndim),
+        input=part_of(call.input, block, ndim),
+        target=part_of(call.target, block, ndim),
         var=var,
         var_shape=None if isinstance(var, float) else tuple(var.shape),
-        loss_shape=(len(range(*rows.indices(call.loss_shape[0]))), *call.loss_shape[1:]),
+        loss_shape=tuple(loss_shape),
     )
 
 
@@ -241,21 +243,21 @@ def _total(call: GaussianNLLCall, partials: list[Array]) -> Array:
         return call.xp.asarray(total, dtype=call.dtype)
 
 
-def _forward_blocked(call: GaussianNLLCall, blocks: list[slice], dtype: Any) -> Array:
+def _forward_blocked(call: GaussianNLLCall, blocks: list[Block], dtype: Any) -> Array:
     xp = call.xp
     if call.reduction == "none":
         out = xp.empty(call.loss_shape, dtype=call.dtype)
 
-        def write_block(rows: slice) -> None:
-            block = _block_call(call, rows)
+        def write_block(part: Block) -> None:
+            block = _block_call(call, part)
             with quiet_floating_point():
-                out[rows] = _elementwise_loss(block, _terms(block, dtype))
+                out[part.index()] = _elementwise_loss(block, _terms(block, dtype))
 
         run_blocks(write_block, blocks)
         return out
 
-    def sum_block(rows: slice) -> Array:
-        block = _block_call(call, rows)
+    def sum_block(part: Block) -> Array:
+        block = _block_call(call, part)
         with quiet_floating_point():
             return xp.sum(_elementwise_loss(block, _terms(block, dtype)))
 
@@ -264,7 +266,7 @@ def _forward_blocked(call: GaussianNLLCall, blocks: list[slice], dtype: Any) -> 
 
 def _gradients_blocked(
     call: GaussianNLLCall,
-    blocks: list[slice],
+    blocks: list[Block],
     upstream: Array | float,
     wrt: frozenset[str],
     dtype: Any,
@@ -272,23 +274,23 @@ def _gradients_blocked(
 ) -> tuple[Array | None, Gradients]:
     """Gradients (and the reduced loss if ``with_loss``), one pass over the blocks.
 
-    Gradients of arguments split into blocks are written into their slice of the output;
-    those of arguments every block shares (broadcast along the first axis) are summed over
+    Gradients of arguments split into blocks are written into their part of the output;
+    those of arguments every block shares (broadcast along the blocks' axis) are summed over
     the blocks in block order.
     """
     xp = call.xp
     ndim = len(call.loss_shape)
     arguments = (call.input, call.target, call.var)
-    split = [name in wrt and spans_rows(arg, ndim)
+    split = [name in wrt and not isinstance(arg, float) and spans(arg, blocks[0], ndim)
              for name, arg in zip(GAUSSIAN_GRADIENTS, arguments, strict=True)]
     outputs = [xp.empty(arg.shape, dtype=arg.dtype) if is_split else None
                for arg, is_split in zip(arguments, split, strict=True)]
 
-    def block_work(rows: slice) -> tuple[Array | None, Gradients]:
-        block = _block_call(call, rows)
+    def block_work(part: Block) -> tuple[Array | None, Gradients]:
+        block = _block_call(call, part)
         block_upstream = upstream
         if not isinstance(upstream, float) and upstream.ndim == ndim:
-            block_upstream = rows_of(upstream, rows, ndim)
+            block_upstream = part_of(upstream, part, ndim)
         with quiet_floating_point():
             terms = _terms(block, dtype)
             loss = xp.sum(_elementwise_loss(block, terms)) if with_loss else None
@@ -296,7 +298,7 @@ def _gradients_blocked(
         shared = []
         for grad, output in zip(grads, outputs, strict=True):
             if output is not None:
-                output[rows] = grad
+                output[part.index() if part.axis == 0 else (..., part.span)] = grad
                 grad = None
             shared.append(grad)
         return loss, (shared[0], shared[1], shared[2])

@@ -14,13 +14,14 @@ where ``G_n`` is the upstream gradient of element ``n`` (divided by ``total_weig
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from array_api_compat import device, is_numpy_namespace
 
 from .._class_calls import NLLCall
+from ._blocked import BLOCK_ELEMENTS, MIN_ELEMENTS, run_blocks
 from ._helpers import as_0d, as_compute, compute_dtype, quiet_floating_point
 from ._targets import class_targets
 
@@ -71,9 +72,14 @@ def _gather(call: NLLCall, dtype: Any) -> _Gathered:
         # Nothing can be gathered from an empty class axis; every target is ignored or invalid.
         return _Gathered(index=index, active=active, weight=zeros, loss=zeros)
 
-    flat_input = xp.reshape(_batched_input(call), (-1,))
-    picked = as_compute(xp, xp.take(flat_input, _flat_positions(call, index), axis=0), dtype)
-    picked = xp.reshape(picked, index.shape)
+    batched = _batched_input(call)
+    if is_numpy_namespace(xp) and not batched.flags.c_contiguous:
+        # A strided input is read where it lies: flattening it would copy all of it.
+        picked = np.take_along_axis(batched, np.expand_dims(index, 1), axis=1)[:, 0]
+    else:
+        flat_input = xp.reshape(batched, (-1,))
+        picked = xp.take(flat_input, _flat_positions(call, index), axis=0)
+    picked = xp.reshape(as_compute(xp, picked, dtype), index.shape)
     if call.weight is None:
         weight = xp.astype(active, dtype)
     else:
@@ -141,8 +147,10 @@ def _place_on_targets(call: NLLCall, index: Array, coef: Array, dtype: Any) -> A
         return xp.zeros(batched_shape, dtype=dtype, device=device(index))
     if is_numpy_namespace(xp):
         # NumPy: calloc'd zeros plus one scattered write per element is ~6x faster than a
-        # `where` over every class; the fused CUDA kernel writes each entry once instead.
-        grad = np.zeros(math.prod(batched_shape), dtype=dtype)
+        # `where` over every class; the fused CUDA kernel writes each entry once instead.  The
+        # zeros have the input's dtype: a float16 gradient never exists in float32 (the
+        # coefficients are rounded once, on the scatter).
+        grad = np.zeros(math.prod(batched_shape), dtype=call.input.dtype)
         grad[_flat_positions(call, index)] = xp.reshape(coef, (-1,))
         return np.reshape(grad, batched_shape)
     class_shape = (1, call.n_classes) + (1,) * (len(batched_shape) - 2)
@@ -152,10 +160,87 @@ def _place_on_targets(call: NLLCall, index: Array, coef: Array, dtype: Any) -> A
     return xp.where(hit, xp.expand_dims(coef, axis=1), zero)
 
 
+# ------------------------------------------------------------------ NumPy: blocks of samples
+
+
+def _sample_blocks(call: NLLCall, dense: bool) -> list[slice] | None:
+    """NumPy: blocks of samples, so that the per-target temporaries (indices, masks, weights;
+    the dense gradient too when ``dense``) stay cache-sized; None to run unblocked."""
+    if not is_numpy_namespace(call.xp) or call.input.ndim == 1 or not call.loss_shape[0]:
+        return None
+    samples = call.loss_shape[0]
+    per_sample = math.prod(call.loss_shape[1:]) * (call.n_classes if dense else 1)
+    if samples * per_sample < MIN_ELEMENTS or per_sample == 0:
+        return None
+    # A target costs about 40 bytes of temporaries (indices, masks, weights, positions): a
+    # quarter of the elementwise block keeps a forward pass near 1 MiB per thread.
+    step = max(1, (BLOCK_ELEMENTS if dense else BLOCK_ELEMENTS // 4) // per_sample)
+    if samples < 2 * step:
+        return None
+    return [slice(start, min(start + step, samples)) for start in range(0, samples, step)]
+
+
+def _block_call(call: NLLCall, rows: slice) -> NLLCall:
+    count = len(range(*rows.indices(call.loss_shape[0])))
+    return replace(call, input=call.input[rows], target=call.target[rows],
+                   loss_shape=(count, *call.loss_shape[1:]))
+
+
+def _blocked_totals(call: NLLCall, blocks: list[slice], dtype: Any) -> tuple[Array, Array]:
+    """(sum of the losses, sum of the target weights), added per block in block order."""
+    def block_sums(rows: slice) -> tuple[float, float]:
+        with quiet_floating_point():
+            gathered = _gather(_block_call(call, rows), dtype)
+            return float(np.sum(gathered.loss)), float(np.sum(gathered.weight))
+
+    sums = run_blocks(block_sums, blocks)
+    with quiet_floating_point():
+        return (np.asarray(math.fsum(loss for loss, _ in sums), dtype=dtype),
+                np.asarray(math.fsum(weight for _, weight in sums), dtype=dtype))
+
+
+def _blocked_forward(call: NLLCall, blocks: list[slice], dtype: Any) -> Array:
+    if call.reduction == "none":
+        out = np.empty(call.loss_shape, dtype=call.dtype)
+
+        def write(rows: slice) -> None:
+            with quiet_floating_point():
+                out[rows] = _gather(_block_call(call, rows), dtype).loss
+
+        run_blocks(write, blocks)
+        return out
+    total, total_weight = _blocked_totals(call, blocks, dtype)
+    with quiet_floating_point():
+        loss = total / total_weight if call.reduction == "mean" else total
+        return np.asarray(loss).astype(call.dtype)
+
+
+def _blocked_gradient(call: NLLCall, blocks: list[slice], grad_output: Array | float,
+                      total_weight: Array | None, dtype: Any) -> Array:
+    grad = np.empty(call.input.shape, dtype=call.input.dtype)
+
+    def write(rows: slice) -> None:
+        block = _block_call(call, rows)
+        upstream = grad_output
+        if call.reduction == "none" and not isinstance(grad_output, float):
+            upstream = grad_output[rows]
+        with quiet_floating_point():
+            grad[rows] = _grad_input(block, _gather(block, dtype), upstream, total_weight, dtype)
+
+    run_blocks(write, blocks)
+    return grad
+
+
+# ------------------------------------------------------------------ the backend interface
+
+
 def forward(call: NLLCall) -> Array:
     """The loss, reduced as ``call.reduction`` says."""
     dtype = compute_dtype(call.xp, call.dtype)
+    blocks = _sample_blocks(call, dense=False)
     with quiet_floating_point():
+        if blocks is not None:
+            return _blocked_forward(call, blocks, dtype)
         loss, _ = _reduce(call, _gather(call, dtype))
         return loss
 
@@ -163,7 +248,12 @@ def forward(call: NLLCall) -> Array:
 def backward(call: NLLCall, grad_output: Array | float) -> Array:
     """The gradient with respect to ``input``."""
     dtype = compute_dtype(call.xp, call.dtype)
+    blocks = _sample_blocks(call, dense=True)
     with quiet_floating_point():
+        if blocks is not None:
+            total_weight = (_blocked_totals(call, blocks, dtype)[1]
+                            if call.reduction == "mean" else None)
+            return _blocked_gradient(call, blocks, grad_output, total_weight, dtype)
         gathered = _gather(call, dtype)
         return _grad_input(call, gathered, grad_output, _total_weight(call, gathered), dtype)
 
@@ -171,7 +261,13 @@ def backward(call: NLLCall, grad_output: Array | float) -> Array:
 def loss_and_grad(call: NLLCall) -> tuple[Array, Array]:
     """The reduced loss and its gradient with respect to ``input``, sharing the gather."""
     dtype = compute_dtype(call.xp, call.dtype)
+    blocks = _sample_blocks(call, dense=True)
     with quiet_floating_point():
+        if blocks is not None:
+            total, total_weight = _blocked_totals(call, blocks, dtype)
+            loss = total / total_weight if call.reduction == "mean" else total
+            grad = _blocked_gradient(call, blocks, 1.0, total_weight, dtype)
+            return np.asarray(loss).astype(call.dtype), grad
         gathered = _gather(call, dtype)
         loss, total_weight = _reduce(call, gathered)
         return loss, _grad_input(call, gathered, 1.0, total_weight, dtype)
