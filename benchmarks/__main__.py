@@ -28,7 +28,7 @@ import numpy as np
 from . import report
 from .cases import OPERATIONS, REDUCTIONS, Case, build_cases, make_inputs, model_bytes
 from .providers import COPY, PROVIDERS, Provider, convert, make_call, supports
-from .timing import time_cpu, time_gpu
+from .timing import numpy_peak, time_cpu_interleaved, time_gpu, torch_cpu_peak
 
 ROOT = Path(__file__).resolve().parent
 
@@ -143,26 +143,22 @@ def run(args: argparse.Namespace) -> Path:
         generator: Any = importlib.import_module("cupy") if device == "gpu" else np
         inputs = [make_inputs(case, seed, generator)
                   for seed in range(_input_sets(case, device))]
+        if device == "cpu":
+            rows += _measure_cpu_case(case, providers, inputs, args)
+            continue
         for provider in providers:
             if not supports(provider, case):
                 continue
             try:
                 calls = [make_call(provider, case, convert(provider, case, arrays))
                          for arrays in inputs]
-                if device == "gpu":
-                    timing = time_gpu(calls, provider.library, args.warmup, args.budget,
-                                      args.max_repeats)
-                else:
-                    timing = time_cpu(calls, args.warmup, args.budget, args.max_repeats,
-                                      track_memory=provider.library == "numpy")
+                timing = time_gpu(calls, provider.library, args.warmup, args.budget,
+                                  args.max_repeats)
             except Exception as error:  # a provider that cannot run a case is reported
-                rows.append({"case_key": case.key, "case": case.to_dict(),
-                             "provider": provider.name, "error": repr(error)[:300],
-                             "model_bytes": model_bytes(case), "median_s": float("nan")})
+                rows.append(_error_row(case, provider, error))
                 continue
             finally:
-                if device == "gpu":
-                    _free_gpu_memory(provider)
+                _free_gpu_memory(provider)
             rows.append({"case_key": case.key, "case": case.to_dict(), "provider": provider.name,
                          "model_bytes": model_bytes(case), **timing.to_dict()})
     meta["cases_run"] = len(cases) - skipped
@@ -172,6 +168,38 @@ def run(args: argparse.Namespace) -> Path:
     sections = (out / "results.md").read_text().split("\n## ")
     print("## " + next(section for section in sections if section.startswith("Targets")))
     return out
+
+
+def _error_row(case: Any, provider: Provider, error: Exception) -> dict[str, Any]:
+    """A provider that cannot run a case is reported, not dropped."""
+    return {"case_key": case.key, "case": case.to_dict(), "provider": provider.name,
+            "error": repr(error)[:300], "model_bytes": model_bytes(case),
+            "median_s": float("nan")}
+
+
+def _measure_cpu_case(case: Any, providers: list[Provider], inputs: list[dict[str, Any]],
+                      args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every provider of one CPU case, interleaved round by round (see ``timing``)."""
+    rows, calls, peaks = [], {}, {}
+    for provider in providers:
+        if not supports(provider, case):
+            continue
+        try:
+            calls[provider.name] = [make_call(provider, case, convert(provider, case, arrays))
+                                    for arrays in inputs]
+        except Exception as error:
+            rows.append(_error_row(case, provider, error))
+            continue
+        peaks[provider.name] = numpy_peak if provider.library == "numpy" else torch_cpu_peak
+    if not calls:
+        return rows
+    # Each provider gets the budget, as when they were timed one after another.
+    timings = time_cpu_interleaved(calls, peaks, args.warmup, args.budget * len(calls),
+                                   args.max_repeats)
+    for name, timing in timings.items():
+        rows.append({"case_key": case.key, "case": case.to_dict(), "provider": name,
+                     "model_bytes": model_bytes(case), **timing.to_dict()})
+    return rows
 
 
 def _free_gpu_memory(provider: Provider) -> None:

@@ -3,8 +3,12 @@
 GPU calls are timed with CUDA events around each call, after a warm-up (which also compiles
 the kernels), cycling through several input sets so the 50 MB L2 cache of an H100 does not
 serve repeated inputs.  The host time of a call (launch overhead) is recorded beside it.
-CPU calls are timed with ``time.perf_counter``.  Each measurement reports the median and the
-20th and 80th percentiles.
+CPU calls are timed interleaved (:func:`time_cpu_interleaved`): every provider of a case runs
+one batch per round, in a rotating order, so a slow phase of the machine (another process, a
+frequency change) hits all of them alike; each round gives a ratio between providers, and
+the report's verdicts use the spread of those ratios.  Each measurement reports the median and
+the 20th and 80th percentiles.  Peak extra memory: tracemalloc for NumPy, the profiler's
+allocation events for PyTorch on the CPU, the allocators' counters on a GPU.
 """
 
 from __future__ import annotations
@@ -28,11 +32,13 @@ class Timing:
     host_us: float  # time the host spends in the call (launch overhead on a GPU)
     repeats: int
     peak_extra_bytes: int | None
+    #: The per-call time of each interleaved round (CPU), in round order.
+    round_s: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"median_s": self.median_s, "p20_s": self.p20_s, "p80_s": self.p80_s,
                 "host_us": self.host_us, "repeats": self.repeats,
-                "peak_extra_bytes": self.peak_extra_bytes}
+                "peak_extra_bytes": self.peak_extra_bytes, "round_s": list(self.round_s)}
 
 
 def _summary(seconds: Sequence[float], host: Sequence[float], peak: int | None) -> Timing:
@@ -60,6 +66,86 @@ def time_cpu(calls: Sequence[Call], warmup: int, budget_s: float, max_repeats: i
         calls[len(seconds) % len(calls)]()
         seconds.append(time.perf_counter() - start)
     return _summary(seconds, seconds, peak)
+
+
+def numpy_peak(call: Call) -> int:
+    """Peak extra memory of one call on NumPy (NumPy reports its allocations to tracemalloc)."""
+    tracemalloc.start()
+    try:
+        result = call()
+        del result
+        return int(tracemalloc.get_traced_memory()[1])
+    finally:
+        tracemalloc.stop()
+
+
+def torch_cpu_peak(call: Call) -> int:
+    """Peak extra CPU memory of one PyTorch call: the running sum of the profiler's allocation
+    and free events, in time order (resolution: one operator).
+
+    The legacy profiler: Kineto's leaves hooks behind that make every later call slower.
+    """
+    import torch
+
+    with torch.autograd.profiler.profile(profile_memory=True, use_kineto=False) as profiler:
+        result = call()
+        del result
+    current = peak = 0
+    for event in sorted(profiler.function_events, key=lambda event: event.time_range.start):
+        current += event.self_cpu_memory_usage
+        peak = max(peak, current)
+    return int(peak)
+
+
+def _batch_size(call: Call, minimum_s: float = 1e-3) -> int:
+    """Calls per timed batch, so that a batch lasts at least ``minimum_s`` (timeit's
+    autorange, which the perf_counter resolution and the loop's own cost need)."""
+    number = 1
+    while True:
+        start = time.perf_counter()
+        for _ in range(number):
+            call()
+        if time.perf_counter() - start >= minimum_s or number >= 1 << 12:
+            return number
+        number *= 2
+
+
+def time_cpu_interleaved(calls: dict[str, Sequence[Call]], peaks: dict[str, Call | None],
+                         warmup: int, budget_s: float, max_rounds: int,
+                         min_rounds: int = 7) -> dict[str, Timing]:
+    """Per-call CPU times of several providers of one case, measured in interleaved rounds.
+
+    ``calls`` maps a provider to its calls (input sets, cycled); ``peaks`` to the function
+    measuring one call's peak memory (or None).  Each round times one batch of every provider,
+    starting with a different provider each round.
+    """
+    names = list(calls)
+    for name in names:
+        for k in range(warmup):
+            calls[name][k % len(calls[name])]()
+    numbers = {name: _batch_size(calls[name][0]) for name in names}
+    rounds: dict[str, list[float]] = {name: [] for name in names}
+    deadline = time.perf_counter() + budget_s
+    count = 0
+    while count < min_rounds or (count < max_rounds and time.perf_counter() < deadline):
+        for offset in range(len(names)):
+            name = names[(count + offset) % len(names)]
+            batch, number = calls[name], numbers[name]
+            start = time.perf_counter()
+            for k in range(number):
+                batch[k % len(batch)]()
+            rounds[name].append((time.perf_counter() - start) / number)
+        count += 1
+    # Memory last, once the times are taken.
+    memory = {name: (None if peaks.get(name) is None else peaks[name](calls[name][0]))
+              for name in names}  # type: ignore[misc]
+    timings = {}
+    for name in names:
+        summary = _summary(rounds[name], rounds[name], memory[name])
+        timings[name] = Timing(summary.median_s, summary.p20_s, summary.p80_s, summary.host_us,
+                               summary.repeats * numbers[name], summary.peak_extra_bytes,
+                               tuple(rounds[name]))
+    return timings
 
 
 def _cupy_peak(call: Call) -> int:

@@ -73,7 +73,10 @@ def _gather(call: NLLCall, dtype: Any) -> _Gathered:
         return _Gathered(index=index, active=active, weight=zeros, loss=zeros)
 
     batched = _batched_input(call)
-    if is_numpy_namespace(xp) and not batched.flags.c_contiguous:
+    if is_numpy_namespace(xp) and batched.ndim == 2:
+        # (N, C): one fancy index, no flattening (works on any strides).
+        picked = batched[np.arange(index.shape[0]), index]
+    elif is_numpy_namespace(xp) and not batched.flags.c_contiguous:
         # A strided input is read where it lies: flattening it would copy all of it.
         picked = np.take_along_axis(batched, np.expand_dims(index, 1), axis=1)[:, 0]
     else:
