@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 from collections.abc import Iterator
 from contextvars import ContextVar
 from types import ModuleType
 from typing import Any
 
-from array_api_compat import is_cupy_namespace, is_dask_namespace
+from array_api_compat import is_cupy_namespace, is_dask_namespace, is_torch_namespace
 
+from . import _torch_cuda
 from ._validation import check_flag
 
 _use_fused: ContextVar[bool] = ContextVar("arrayloss_use_fused", default=True)
@@ -55,6 +57,11 @@ def fused_kernels(enabled: bool) -> Iterator[None]:
         _use_fused.reset(token)
 
 
+@functools.cache
+def _bridge(loss: str) -> _torch_cuda.Bridge:
+    return _torch_cuda.Bridge(loss)
+
+
 def backend(xp: ModuleType, loss: str) -> Any:
     """The module implementing ``loss`` (``"gaussian_nll"``, ``"nll"``, ``"cross_entropy"``)
     for namespace ``xp``."""
@@ -63,6 +70,9 @@ def backend(xp: ModuleType, loss: str) -> Any:
         from . import _dask
 
         return _dask.backend(loss)
+    if _use_fused.get() and is_torch_namespace(xp) and _torch_cuda.cupy_available():
+        # CUDA tensors to the fused kernels through DLPack (the others to the generic code).
+        return _bridge(loss)
     if _use_fused.get() and is_cupy_namespace(xp):
         # Imported on first use, so NumPy-only users never import CuPy.
         return importlib.import_module(f"arrayloss._cupy.{loss}")

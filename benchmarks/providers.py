@@ -45,13 +45,16 @@ class Provider:
 
 
 FUSED = Provider("arrayloss fused", "gpu", "cupy")
+#: arrayloss called with torch CUDA tensors: the fused kernels through DLPack, as a PyTorch
+#: user gets them (Liger-Kernel's use case).
+VIA_TORCH = Provider("arrayloss via torch", "gpu", "torch")
 GENERIC = Provider("arrayloss generic", "gpu", "cupy")
 TORCH_CUDA = Provider("torch eager", "gpu", "torch")
 COPY = Provider("d2d copy", "gpu", "cupy")
 NUMPY = Provider("arrayloss numpy", "cpu", "numpy")
 TORCH_CPU = Provider("torch cpu", "cpu", "torch")
 
-PROVIDERS = {"gpu": [FUSED, GENERIC, TORCH_CUDA, COPY], "cpu": [NUMPY, TORCH_CPU]}
+PROVIDERS = {"gpu": [FUSED, VIA_TORCH, GENERIC, TORCH_CUDA, COPY], "cpu": [NUMPY, TORCH_CPU]}
 
 
 def _ml_bfloat16() -> Any:
@@ -196,6 +199,8 @@ def make_call(provider: Provider, case: Case, arrays: dict[str, Any]) -> Call:
         source = cupy.empty(half, dtype=cupy.uint8)
         destination = cupy.empty_like(source)
         return lambda: destination.__setitem__(Ellipsis, source)
+    if provider is VIA_TORCH:
+        return _arrayloss_call(case, arrays)
     if provider.library == "torch":
         return _torch_call(case, arrays)
     if provider is GENERIC:

@@ -1,0 +1,202 @@
+"""PyTorch CUDA tensors on the fused kernels (``arrayloss._torch_cuda``).
+
+Without a GPU, the bridge runs with a stand-in device library (NumPy through DLPack, the generic
+backend, a recording stream): the conversions, the zero-copy views both ways, ``out`` handed
+back as itself, the device and stream arguments, and autograd through the bridge.  On a GPU,
+the last test runs the real thing: CuPy kernels on PyTorch's current stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from array_api_compat import array_namespace
+
+import arrayloss as al
+from arrayloss import _dispatch, _torch_cuda
+
+torch = pytest.importorskip("torch")
+
+
+class StandIn:
+    """A device library made of NumPy: records what the bridge hands it."""
+
+    def __init__(self) -> None:
+        self.streams: list[tuple[int, int]] = []
+        self.calls: list[Any] = []
+        self.active = False
+
+    def device(self) -> _torch_cuda.Device:
+        def backend(loss: str) -> Any:
+            generic = importlib.import_module(f"arrayloss._agnostic.{loss}")
+            stand_in = self
+
+            class Spy:
+                def __getattr__(self, method: str) -> Any:
+                    def run(call: Any, *args: Any) -> Any:
+                        assert stand_in.active, "the kernels ran outside the stream context"
+                        stand_in.calls.append(call)
+                        return getattr(generic, method)(call, *args)
+                    return run
+
+            return Spy()
+
+        @contextlib.contextmanager
+        def stream(index: int, pointer: int) -> Iterator[None]:
+            self.streams.append((index, pointer))
+            self.active = True
+            try:
+                yield
+            finally:
+                self.active = False
+
+        return _torch_cuda.Device(
+            from_dlpack=np.from_dlpack,
+            namespace=lambda: array_namespace(np.empty(0)),
+            backend=backend, stream=stream, current_stream=lambda device: 0xBEEF)
+
+
+@pytest.fixture
+def stand_in(monkeypatch: pytest.MonkeyPatch) -> StandIn:
+    """Route torch tensors through a bridge whose 'device' is the stand-in (CPU tensors count
+    as on the device)."""
+    recorder = StandIn()
+    bridges = {loss: _torch_cuda.Bridge(loss, recorder.device(), on_device=lambda t: True)
+               for loss in ("gaussian_nll", "nll", "cross_entropy")}
+    monkeypatch.setattr(_torch_cuda, "cupy_available", lambda: True)
+    monkeypatch.setattr(_dispatch, "_bridge", lambda loss: bridges[loss])
+    return recorder
+
+
+def _tensors(seed: int = 0) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    return {"x": torch.tensor(rng.normal(size=(6, 5))),
+            "t": torch.tensor(rng.normal(size=(6, 5))),
+            "v": torch.tensor(rng.uniform(0.5, 2, (6, 1))),
+            "labels": torch.tensor(rng.integers(0, 5, 6))}
+
+
+def _generic(function: Any, *args: Any, **kwargs: Any) -> Any:
+    with al.fused_kernels(False):
+        return function(*args, **kwargs)
+
+
+def test_every_entry_point_round_trips(stand_in: StandIn) -> None:
+    a = _tensors()
+    cases = [
+        (al.gaussian_nll_loss, (a["x"], a["t"], a["v"]), {}),
+        (al.gaussian_nll_loss_backward, (0.5, a["x"], a["t"], a["v"]), {}),
+        (al.gaussian_nll_loss_and_grad, (a["x"], a["t"], a["v"]), {"beta": 0.5}),
+        (al.nll_loss, (a["x"], a["labels"]), {"reduction": "none"}),
+        (al.nll_loss_backward, (1.0, a["x"], a["labels"]), {}),
+        (al.cross_entropy, (a["x"], a["labels"]), {"label_smoothing": 0.1}),
+        (al.cross_entropy_and_grad, (a["x"], a["labels"]), {}),
+    ]
+    for function, args, kwargs in cases:
+        got = function(*args, **kwargs)
+        want = _generic(function, *args, **kwargs)
+        for g, w in zip(_flat(got), _flat(want), strict=True):
+            assert (g is None) == (w is None)
+            if g is not None:
+                assert isinstance(g, torch.Tensor)
+                torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-15)
+    assert len(stand_in.calls) == len(cases)
+    # Every call ran on the tensors' device (index 0 for a CPU device) and PyTorch's stream.
+    assert stand_in.streams == [(0, 0xBEEF)] * len(cases)
+
+
+def _flat(value: Any) -> list[Any]:
+    if isinstance(value, tuple):
+        return [item for part in value for item in _flat(part)]
+    return [value]
+
+
+def test_views_are_zero_copy_both_ways(stand_in: StandIn) -> None:
+    a = _tensors(1)
+    strided = a["x"].t().contiguous().t()  # a transposed layout: DLPack carries the strides
+    al.cross_entropy(strided, a["labels"])
+    call = stand_in.calls[-1]
+    assert isinstance(call.input, np.ndarray)
+    assert np.shares_memory(call.input, strided.numpy())
+    assert call.input.strides == tuple(s * strided.element_size() for s in strided.stride())
+    assert call.xp is array_namespace(np.empty(0))
+    # out=input: the kernel writes through the view into the tensor, which comes back itself.
+    logits = a["x"].clone()
+    want = _generic(al.cross_entropy_backward, 1.0, logits, a["labels"])
+    _, grad = al.cross_entropy_and_grad(logits, a["labels"], out=logits)
+    assert grad is logits
+    torch.testing.assert_close(logits, want, rtol=1e-12, atol=1e-15)
+
+
+def test_autograd_goes_through_the_bridge(stand_in: StandIn) -> None:
+    a = _tensors(2)
+    x = a["x"].clone().requires_grad_()
+    v = a["v"].clone().requires_grad_()
+    al.gaussian_nll_loss(x, a["t"], v).backward()
+    reference_x = a["x"].clone().requires_grad_()
+    reference_v = a["v"].clone().requires_grad_()
+    torch.nn.functional.gaussian_nll_loss(reference_x, a["t"], reference_v).backward()
+    torch.testing.assert_close(x.grad, reference_x.grad)
+    torch.testing.assert_close(v.grad, reference_v.grad)
+    logits = a["x"].clone().requires_grad_()
+    al.cross_entropy(logits, a["labels"], label_smoothing=0.2).backward()
+    reference = a["x"].clone().requires_grad_()
+    torch.nn.functional.cross_entropy(reference, a["labels"], label_smoothing=0.2).backward()
+    torch.testing.assert_close(logits.grad, reference.grad)
+    assert len(stand_in.calls) == 4  # two forwards and two backwards, all on the "device"
+
+
+def test_cpu_tensors_never_touch_the_device_library() -> None:
+    def refuse(tensor: Any) -> Any:
+        raise AssertionError("a CPU tensor was converted")
+
+    device = _torch_cuda.Device(refuse, lambda: None, lambda loss: None,  # type: ignore
+                                contextlib.nullcontext, lambda device: 0)
+    bridge = _torch_cuda.Bridge("nll", device)
+    a = _tensors(3)
+    from arrayloss._class_calls import nll_call
+
+    call = nll_call(a["x"], a["labels"], None, ignore_index=-100, reduction="mean",
+                    validate=True)
+    torch.testing.assert_close(bridge.forward(call), _generic(al.nll_loss, a["x"], a["labels"]))
+
+
+def _cuda_and_cupy() -> bool:
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import cupy
+
+        return int((cupy.arange(2) + 1).sum().get()) == 3
+    except Exception:
+        return False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_and_cupy(), reason="needs a CUDA device with CuPy and torch")
+def test_cuda_tensors_run_the_fused_kernels_on_torchs_stream() -> None:
+    rng = np.random.default_rng(4)
+    logits = torch.tensor(rng.normal(size=(512, 1000)), dtype=torch.float32)
+    labels = torch.tensor(rng.integers(0, 1000, 512))
+    want_loss, want_grad = al.cross_entropy_and_grad(logits, labels)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        device_logits, device_labels = logits.cuda(), labels.cuda()
+        loss, grad = al.cross_entropy_and_grad(device_logits, device_labels)
+        # Queued on `stream` after the copies above, without any synchronisation.
+        gaussian = al.gaussian_nll_loss(device_logits, device_logits * 0.5,
+                                        torch.ones_like(device_logits))
+    stream.synchronize()
+    assert grad.is_cuda and grad.data_ptr() != device_logits.data_ptr()
+    torch.testing.assert_close(loss.cpu(), want_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad.cpu(), want_grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(gaussian.cpu(), al.gaussian_nll_loss(
+        logits, logits * 0.5, torch.ones_like(logits)), rtol=1e-5, atol=1e-6)
+    x = logits.cuda().requires_grad_()
+    al.cross_entropy(x, labels.cuda()).backward()
+    torch.testing.assert_close(x.grad.cpu(), want_grad, rtol=1e-5, atol=1e-7)
