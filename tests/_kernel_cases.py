@@ -284,6 +284,18 @@ def case_gaussian_broadcast_target_0d_upstream(device: Device) -> None:
 NLL_SHAPES = [(500, 10), (30, 100), (8, 5, 17, 9), (4, 3, 2, 5, 6), (37,)]
 
 
+def case_gaussian_long_broadcast_var(device: Device, var_shape: tuple[int, int]) -> None:
+    """A variance broadcast over many rows: its gradient is summed in two stages (groups of
+    rows, then the groups), including a last group of fewer rows."""
+    rng = np.random.default_rng(12)
+    rows = 2 * 4096 + 1234
+    x = device.put(rng.normal(size=(rows, 3)), "float32")
+    t = device.put(rng.normal(size=(rows, 3)), "float32")
+    v = device.put(rng.uniform(0.5, 2, var_shape), "float32")
+    for reduction in ("mean", "sum"):
+        check_gaussian(device, "float32", x, t, v, reduction=reduction)
+
+
 def case_nll(device: Device, dtype: str, shape: tuple[int, ...], reduction: str) -> None:
     rng = np.random.default_rng(2)
     n_classes = shape[0] if len(shape) == 1 else shape[1]
@@ -502,6 +514,9 @@ def gpu_and_host_cases() -> list[Any]:
                                    id=f"gaussian-{dtype}-{var_kind}-log_var={log_var}-beta={beta}"))
     params.append(pytest.param(case_gaussian_broadcast_target_0d_upstream, (),
                                id="gaussian-broadcast-target"))
+    for var_shape in ((1, 3), (1, 1)):
+        params.append(pytest.param(case_gaussian_long_broadcast_var, (var_shape,),
+                                   id=f"gaussian-long-broadcast-var-{var_shape}"))
     for dtype, shape, reduction in itertools.product(DTYPES, NLL_SHAPES, REDUCTIONS):
         params.append(pytest.param(case_nll, (dtype, shape, reduction),
                                    id=f"nll-{dtype}-{shape}-{reduction}"))

@@ -104,12 +104,15 @@ def test_every_kernel_factory_runs() -> None:
     for reduction in kc.REDUCTIONS:
         kc.case_nll(DEVICE, "float32", (30, 100), reduction)
         kce.case_cross_entropy(DEVICE, "float32", (30, 10), reduction)
+    # Beyond FOLD_ABOVE partials: the fold runs before the second pass.
+    many = hostcuda.asarray(np.linspace(-1, 1, 300_001).astype(np.float32))
+    al.gaussian_nll_loss(many, many, 1.0)
     factories = {name for name, value in vars(_kernels).items()
                  if callable(getattr(value, "cache_clear", None)) and name != "header"}
     names = {"gaussian_forward", "gaussian_forward_partials", "gaussian_backward",
              "gaussian_loss_and_grad", "nll_forward", "nll_forward_partials", "nll_backward",
-             "finish_module", "finish_function", "ce_row_stats", "ce_rows", "ce_rows_partials",
-             "ce_grad"}
+             "finish_module", "finish_function", "fold_function", "ce_row_stats", "ce_rows",
+             "ce_rows_partials", "ce_grad"}
     assert factories == names, "a new kernel factory needs a case here"
     launched = set(hostcuda.COUNTERS.launches)
     for kernel in ("arrayloss_gaussian_nll_forward", "arrayloss_gaussian_nll_forward_scalar_var",
@@ -119,10 +122,33 @@ def test_every_kernel_factory_runs() -> None:
                    "arrayloss_gaussian_nll_loss_and_grad",
                    "arrayloss_gaussian_nll_loss_and_grad_scalar_var", "arrayloss_nll_forward",
                    "arrayloss_nll_forward_partials", "arrayloss_nll_backward",
+                   "arrayloss_fold<float>",
                    "arrayloss_cross_entropy_row_stats", "arrayloss_cross_entropy_rows",
                    "arrayloss_cross_entropy_rows_partials", "arrayloss_cross_entropy_grad",
                    "arrayloss_finish<float>"):
         assert kernel in launched, f"{kernel} never ran"
+
+
+def test_nll_reads_a_strided_input_without_copying_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cupy
+
+    copied: list[int] = []
+    original = cupy.ascontiguousarray
+
+    def recording(value: Any, dtype: Any = None) -> Any:
+        copied.append(value.size)
+        return original(value, dtype)
+
+    monkeypatch.setattr(cupy, "ascontiguousarray", recording)
+    rng = np.random.default_rng(10)
+    logits = hostcuda.asarray(rng.normal(size=(7, 40)).astype(np.float32)).T  # (40, 7)
+    labels = hostcuda.asarray(rng.integers(0, 7, 40))
+    for reduction in kc.REDUCTIONS:
+        loss = al.nll_loss(logits, labels, reduction=reduction)
+        want = al.nll_loss(hostcuda.asnumpy(logits), hostcuda.asnumpy(labels),
+                           reduction=reduction)
+        np.testing.assert_allclose(hostcuda.asnumpy(loss), want, rtol=1e-6)
+    assert logits.size not in copied, "the whole input was copied"
 
 
 def test_arrays_on_a_second_device_stay_there() -> None:

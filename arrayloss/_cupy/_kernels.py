@@ -222,19 +222,35 @@ def nll_backward() -> cupy.ElementwiseKernel:
     """The dense gradient, each entry written once: the coefficient at the target, else 0.
 
     ``upstream_mode`` 0 reads the Python number ``g_scalar``, 1 the 0-d array ``g[0]``, 2 the
-    per-element array ``g[n * S + s]``.  ``total_weight[0]`` is read for ``'mean'`` only, so
-    other reductions may pass any initialised array there.
+    per-element array ``g[n * S + s]``.  ``narrow`` says the gradient has fewer than 2^32
+    entries, so that the (N, C) case finds its row and column with 32-bit arithmetic.
+    ``total_weight[0]`` is read for ``'mean'`` only, so other reductions may pass any
+    initialised array there.
     """
     return cupy.ElementwiseKernel(
         "raw I t, raw W w, raw G g, raw T total_weight, float64 g_scalar, int64 n_classes, "
         "int64 spatial, int64 ignore_index, int32 ignore_matches, int32 has_weight, "
-        "int32 check, int32 upstream_mode, int32 reduction",
+        "int32 check, int32 upstream_mode, int32 reduction, int32 narrow",
         "R grad, raw uint64 invalid",
         """
-const long long position = static_cast<long long>(i);
-const long long offset = position % spatial;
-const long long column = (position / spatial) % n_classes;
-const long long element = (position / spatial / n_classes) * spatial + offset;
+long long column;
+long long element;
+if (spatial == 1 && narrow) {
+    // (N, C) below 2^32 entries: one 32-bit division instead of four 64-bit ones.
+    const unsigned int position = static_cast<unsigned int>(i);
+    const unsigned int classes = static_cast<unsigned int>(n_classes);
+    element = position / classes;
+    column = position - static_cast<unsigned int>(element) * classes;
+} else if (spatial == 1) {
+    const long long position = static_cast<long long>(i);
+    element = position / n_classes;
+    column = position - element * n_classes;
+} else {
+    const long long position = static_cast<long long>(i);
+    const long long offset = position % spatial;
+    column = (position / spatial) % n_classes;
+    element = (position / spatial / n_classes) * spatial + offset;
+}
 const long long cls = al::nll_class(static_cast<long long>(t[element]), n_classes,
                                     ignore_index, ignore_matches);
 if (check && column == 0 && cls == al::NLL_OUT_OF_RANGE) {
@@ -448,6 +464,28 @@ for (long long c = begin + threadIdx.x; c < end; c += blockDim.x) {
 # ------------------------------------------------------------------ the second pass
 
 _FINISH_SOURCE = r"""
+// Folds `count` partials into one sum per block, each over a contiguous segment of `segment`
+// partials in a fixed order: many blocks share the work that one block would do in sequence.
+template <typename A>
+__global__ void arrayloss_fold(const A* loss_partials, const A* weight_partials,
+                               long long count, long long segment, int has_weight,
+                               A* loss_out, A* weight_out) {
+    const long long begin = static_cast<long long>(blockIdx.x) * segment;
+    const long long end = begin + segment < count ? begin + segment : count;
+    A loss = 0;
+    A weight = 0;
+    for (long long k = begin + threadIdx.x; k < end; k += blockDim.x) {
+        loss += loss_partials[k];
+        if (has_weight) weight += weight_partials[k];
+    }
+    loss = al::block_sum(loss);
+    weight = al::block_sum(weight);
+    if (threadIdx.x == 0) {
+        loss_out[blockIdx.x] = loss;
+        weight_out[blockIdx.x] = weight;
+    }
+}
+
 // Adds the per-block partials in a fixed order (one block) and finishes the reduction:
 // mode 0 sum, 1 mean over `divisor` elements, 2 weighted mean (NLL).  out[0] is the loss,
 // out[1] the total weight.  With no partials the sum is 0 and a mean is 0/0 = NaN.
@@ -471,7 +509,14 @@ __global__ void arrayloss_finish(const A* loss_partials, const A* weight_partial
 """
 
 FINISH_NAMES = {"float32": "arrayloss_finish<float>", "float64": "arrayloss_finish<double>"}
+FOLD_NAMES = {"float32": "arrayloss_fold<float>", "float64": "arrayloss_fold<double>"}
 FINISH_THREADS = 1024
+#: More partials than this are folded first (``arrayloss_fold``), by up to ``FOLD_BLOCKS``
+#: blocks of ``FOLD_THREADS``: one block adding 262,144 partials (2^26 elements) one after
+#: another is latency-bound.
+FOLD_ABOVE = FINISH_THREADS
+FOLD_BLOCKS = 256
+FOLD_THREADS = 256
 
 
 def finish_source() -> str:
@@ -482,10 +527,17 @@ def finish_source() -> str:
 @functools.cache
 def finish_module() -> cupy.RawModule:
     """The second pass, compiled on first use for float and double."""
-    return cupy.RawModule(code=finish_source(), name_expressions=tuple(FINISH_NAMES.values()))
+    return cupy.RawModule(code=finish_source(),
+                          name_expressions=(*FINISH_NAMES.values(), *FOLD_NAMES.values()))
 
 
 @functools.cache
 def finish_function(dtype_name: str) -> cupy.RawKernel:
     """The second pass for ``'float32'`` or ``'float64'`` partials, looked up once."""
     return finish_module().get_function(FINISH_NAMES[dtype_name])
+
+
+@functools.cache
+def fold_function(dtype_name: str) -> cupy.RawKernel:
+    """The fold of many partials into a few (before the second pass), looked up once."""
+    return finish_module().get_function(FOLD_NAMES[dtype_name])

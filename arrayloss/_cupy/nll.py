@@ -5,7 +5,8 @@
   one trip), then a one-block second pass divides on the device: no host synchronisation.
 * Backward: one pass over the dense gradient, each entry written once (the coefficient at the
   target column, 0 elsewhere): no zero-fill followed by a scatter.
-* Targets of any integer dtype are read in place.  Validation is a flag written by the kernel;
+* The input and the targets, of any integer dtype, are read in place, whatever their
+  strides.  Validation is a flag written by the kernel;
   a checked call reads it once.  An out-of-range target is never used as an index.
 """
 
@@ -30,9 +31,11 @@ _REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}  # kernels.cuh: REDUCE_NONE,
 
 @dataclass(frozen=True)
 class _Layout:
-    """The call's arrays as the kernels read them: batched, C-contiguous where read raw."""
+    """The call's arrays as the kernels read them: batched, in place (any strides)."""
 
-    input: cupy.ndarray  # (N, C, *spatial), C-contiguous
+    #: (N, C, *spatial), as given: a raw CuPy array indexed by its logical (row-major) position
+    #: reads through its strides, so the N*S gathered entries never need a copy of the N*C*S.
+    input: cupy.ndarray
     target: cupy.ndarray  # (N, *spatial)
     weight: cupy.ndarray  # (C,), or the input as a never-read stand-in
     spatial: int  # S = prod(spatial)
@@ -50,7 +53,7 @@ def _layout(call: NLLCall) -> _Layout:
         input, target = input.reshape(1, call.n_classes), target.reshape(1)
     limits = np.iinfo(target.dtype)
     return _Layout(
-        input=cupy.ascontiguousarray(input),
+        input=input,
         target=target,
         weight=input if call.weight is None else cupy.ascontiguousarray(call.weight),
         spatial=math.prod(input.shape[2:]),
@@ -101,7 +104,7 @@ def _grad_input(call: NLLCall, layout: _Layout, grad_output: Array | float,
         cupy.ascontiguousarray(layout.target).reshape(-1), layout.weight, upstream,
         total_weight, upstream_scalar, call.n_classes, layout.spatial, call.ignore_index,
         layout.ignore_matches, int(call.weight is not None), int(check), upstream_mode,
-        _REDUCTION_CODES[call.reduction], grad, flag)
+        _REDUCTION_CODES[call.reduction], int(grad.size < 2**32), grad, flag)
     return grad.reshape(call.input.shape)
 
 

@@ -2,7 +2,8 @@
 
 A reduction kernel writes one partial sum per thread block (``_kernels.REDUCE_BLOCK``
 threads, so the whole GPU takes part); :func:`finish` then adds the partials in a fixed order
-in a single small block and applies the mean.  The same inputs therefore give the same bits
+(many partials first folded by up to 256 blocks, each over a contiguous segment) in a single
+small block and applies the mean.  The same inputs therefore give the same bits
 on every run, and nothing leaves the device.
 """
 
@@ -42,16 +43,36 @@ def finish(
     :data:`MODE_WEIGHTED_MEAN` (divide by the summed weights).
     """
     dtype = loss_partials.dtype
+    count = partial_count(size)
+    weights = loss_partials if weight_partials is None else weight_partials
+    has_weight = np.int32(weight_partials is not None)
+    if count > _kernels.FOLD_ABOVE:
+        loss_partials, weights, count = _fold(loss_partials, weights, count, has_weight)
     out = cupy.empty(2, dtype=dtype)
     kernel = _kernels.finish_function(dtype.name)
-    weights = loss_partials if weight_partials is None else weight_partials
     kernel(
         (1,),
         (_kernels.FINISH_THREADS,),
-        (loss_partials, weights, np.int64(partial_count(size)), np.float64(divisor),
-         np.int32(mode), np.int32(weight_partials is not None), out),
+        (loss_partials, weights, np.int64(count), np.float64(divisor), np.int32(mode),
+         has_weight, out),
     )
     return out
+
+
+def _fold(loss_partials: cupy.ndarray, weights: cupy.ndarray, count: int,
+          has_weight: np.int32) -> tuple[cupy.ndarray, cupy.ndarray, int]:
+    """``count`` partials folded into at most ``FOLD_BLOCKS``, each the sum of a contiguous
+    segment in a fixed order (so the result stays bitwise repeatable)."""
+    blocks = min(_kernels.FOLD_BLOCKS, -(-count // _kernels.FOLD_THREADS))
+    segment = -(-count // blocks)
+    blocks = -(-count // segment)
+    folded_loss = cupy.empty(blocks, dtype=loss_partials.dtype)
+    folded_weight = cupy.empty(blocks, dtype=loss_partials.dtype)
+    _kernels.fold_function(loss_partials.dtype.name)(
+        (blocks,), (_kernels.FOLD_THREADS,),
+        (loss_partials, weights, np.int64(count), np.int64(segment), has_weight, folded_loss,
+         folded_weight))
+    return folded_loss, folded_weight, blocks
 
 
 def as_result(totals: cupy.ndarray, dtype: np.dtype) -> cupy.ndarray:

@@ -76,6 +76,7 @@ def activated() -> Iterator[None]:
         (cupy, "ascontiguousarray", _arrays.ascontiguousarray),
         (cupy, "asnumpy", _arrays.asnumpy),
         (cupy, "may_share_memory", _arrays.may_share_memory),
+        (cupy, "concatenate", _arrays.concatenate),
         (cupy, "RawModule", _launch.HostRawModule),
         (cupy, "ElementwiseKernel", _launch.HostElementwiseKernel),
         (cupy_namespace, "expand_dims", _arrays.expand_dims),

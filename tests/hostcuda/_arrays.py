@@ -257,6 +257,12 @@ def asnumpy(value: Any) -> np.ndarray:
     return value.get() if isinstance(value, HostArray) else np.asarray(value)
 
 
+def concatenate(arrays: Any, axis: int = 0) -> HostArray:
+    """``cupy.concatenate`` of host arrays (a device copy there, a host one here)."""
+    parts = [a._array for a in arrays]
+    return HostArray.allocate(np.concatenate(parts, axis=axis), written=True)
+
+
 def may_share_memory(a: HostArray, b: HostArray, max_work: Any = None) -> bool:
     """``cupy.may_share_memory``: whether the memory bounds of two arrays overlap."""
     return bool(np.may_share_memory(a._array, b._array))
