@@ -80,6 +80,8 @@ def target_out_of_range_error(
 
 def broadcast_shapes(*shapes: tuple[int, ...]) -> tuple[int, ...] | None:
     """The broadcast of ``shapes`` under the array API rules, or None if they do not broadcast."""
+    if shapes and all(s == shapes[0] for s in shapes):
+        return tuple(shapes[0])  # the common case, without the loop below
     ndim = max((len(s) for s in shapes), default=0)
     result = []
     for axis in range(-ndim, 0):
@@ -269,6 +271,8 @@ def _require_floating(xp: ModuleType, name: str, x: Array) -> None:
 
 
 def _shape(x: Array) -> tuple[int, ...]:
+    if type(x) is np.ndarray:
+        return x.shape  # a tuple of ints already
     shape = tuple(x.shape)
     if any(size is None for size in shape):
         raise ValueError("arrays with unknown (lazy) dimensions are not supported")
