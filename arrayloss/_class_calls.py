@@ -90,6 +90,22 @@ def check_class_weight(weight: Array, n_classes: int, input: Array) -> None:
         )
 
 
+def _common_arguments(input: Array, target: Array, weight: Array | None, *,
+                      reduction: object, validate: object,
+                      ignore_index: object) -> tuple[ModuleType, str, bool, int]:
+    """The checks every loss over classes starts with: the options, one array library for
+    the arrays, a floating input.  Returns ``(xp, reduction, validate, ignore_index)``."""
+    reduction = check_reduction(reduction)
+    validate = check_flag("validate", validate)
+    ignore_index = check_ignore_index(ignore_index)
+    arrays = {"input": input, "target": target}
+    if weight is not None:
+        arrays["weight"] = weight
+    xp = _namespace(arrays)
+    _require_floating(xp, "input", input)
+    return xp, reduction, _value_checks(validate, arrays), ignore_index
+
+
 # --------------------------------------------------------------------------- NLL
 
 
@@ -119,17 +135,8 @@ def nll_call(
     validate: object,
 ) -> NLLCall:
     """Check every argument of an NLL function and return the validated call."""
-    reduction = check_reduction(reduction)
-    validate = check_flag("validate", validate)
-    ignore_index = check_ignore_index(ignore_index)
-
-    arrays = {"input": input, "target": target}
-    if weight is not None:
-        arrays["weight"] = weight
-    xp = _namespace(arrays)
-    validate = _value_checks(validate, arrays)
-
-    _require_floating(xp, "input", input)
+    xp, reduction, validate, ignore_index = _common_arguments(
+        input, target, weight, reduction=reduction, validate=validate, ignore_index=ignore_index)
     if not _is_integer(xp, target.dtype):
         raise TypeError(f"target must have an integer dtype (class indices), got {target.dtype}")
 
@@ -198,17 +205,9 @@ def cross_entropy_call(
     An integer ``target`` holds class indices (NLL's layouts); a floating one holds class
     probabilities and must have the input's shape.
     """
-    reduction = check_reduction(reduction)
-    validate = check_flag("validate", validate)
-    ignore_index = check_ignore_index(ignore_index)
     label_smoothing = check_label_smoothing(label_smoothing)
-
-    arrays = {"input": input, "target": target}
-    if weight is not None:
-        arrays["weight"] = weight
-    xp = _namespace(arrays)
-    validate = _value_checks(validate, arrays)
-    _require_floating(xp, "input", input)
+    xp, reduction, validate, ignore_index = _common_arguments(
+        input, target, weight, reduction=reduction, validate=validate, ignore_index=ignore_index)
 
     probabilities = _is_floating(xp, target.dtype)
     dtype = input.dtype

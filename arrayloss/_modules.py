@@ -118,6 +118,17 @@ class GaussianNLLLoss:
                 f"log_var={self.log_var}, beta={self.beta})")
 
 
+def _set_class_options(loss: Any, weight: Array | None, ignore_index: object,
+                       reduction: object, validate: object) -> None:
+    """The options every loss object over classes holds, checked once."""
+    if weight is not None and not is_array_api_obj(weight):
+        raise TypeError(f"weight must be an array or None, got {type(weight).__name__}")
+    loss.weight = weight
+    loss.ignore_index = _validation.check_ignore_index(ignore_index)
+    loss.reduction = _validation.check_reduction(reduction)
+    loss.validate = _validation.check_flag("validate", validate)
+
+
 class NLLLoss:
     """Negative log-likelihood with its options held by the object.
 
@@ -147,6 +158,11 @@ class NLLLoss:
     0.4228
     """
 
+    weight: Array | None
+    ignore_index: int
+    reduction: str
+    validate: bool
+
     def __init__(
         self,
         weight: Array | None = None,
@@ -155,12 +171,7 @@ class NLLLoss:
         reduction: str = "mean",
         validate: bool = True,
     ) -> None:
-        if weight is not None and not is_array_api_obj(weight):
-            raise TypeError(f"weight must be an array or None, got {type(weight).__name__}")
-        self.weight: Array | None = weight
-        self.ignore_index = _validation.check_ignore_index(ignore_index)
-        self.reduction = _validation.check_reduction(reduction)
-        self.validate = _validation.check_flag("validate", validate)
+        _set_class_options(self, weight, ignore_index, reduction, validate)
 
     def _options(self) -> dict[str, Any]:
         return {"ignore_index": self.ignore_index, "reduction": self.reduction,
@@ -216,6 +227,11 @@ class CrossEntropyLoss:
     0.3431
     """
 
+    weight: Array | None
+    ignore_index: int
+    reduction: str
+    validate: bool
+
     def __init__(
         self,
         weight: Array | None = None,
@@ -225,13 +241,8 @@ class CrossEntropyLoss:
         label_smoothing: float = 0.0,
         validate: bool = True,
     ) -> None:
-        if weight is not None and not is_array_api_obj(weight):
-            raise TypeError(f"weight must be an array or None, got {type(weight).__name__}")
-        self.weight: Array | None = weight
-        self.ignore_index = _validation.check_ignore_index(ignore_index)
-        self.reduction = _validation.check_reduction(reduction)
+        _set_class_options(self, weight, ignore_index, reduction, validate)
         self.label_smoothing = _validation.check_label_smoothing(label_smoothing)
-        self.validate = _validation.check_flag("validate", validate)
 
     def _options(self) -> dict[str, Any]:
         return {"ignore_index": self.ignore_index, "reduction": self.reduction,

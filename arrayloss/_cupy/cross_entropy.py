@@ -25,9 +25,8 @@ import numpy as np
 
 from .._agnostic import cross_entropy as generic
 from .._class_calls import CrossEntropyCall
-from .._validation import target_out_of_range_error
-from . import _kernels, reduce
-from ._common import compute_dtype, first_invalid, invalid_flag
+from . import _kernels, nll, reduce
+from ._common import compute_dtype, invalid_flag
 
 Array = Any
 
@@ -185,12 +184,7 @@ def _checked(call: CrossEntropyCall) -> bool:
 
 
 def _raise_if_invalid(call: CrossEntropyCall, flag: cupy.ndarray, checked: bool) -> None:
-    if not checked:
-        return
-    index = first_invalid(flag)
-    if index is not None:
-        value = int(call.target.reshape(-1)[index].get())
-        raise target_out_of_range_error(value, call.n_classes, call.ignore_index)
+    nll.raise_if_invalid(call.nll, flag, checked)  # the target rules are NLL's
 
 
 def forward(call: CrossEntropyCall) -> Array:

@@ -61,7 +61,7 @@ def _layout(call: NLLCall) -> _Layout:
     )
 
 
-def _raise_if_invalid(call: NLLCall, flag: cupy.ndarray, checked: bool) -> None:
+def raise_if_invalid(call: NLLCall, flag: cupy.ndarray, checked: bool) -> None:
     if not checked:
         return
     index = first_invalid(flag)
@@ -120,7 +120,7 @@ def forward(call: NLLCall) -> Array:
             loss = loss.reshape(call.loss_shape)
         else:
             loss = reduce.as_result(_totals(call, layout, call.validate, flag), call.dtype)
-        _raise_if_invalid(call, flag, call.validate)
+        raise_if_invalid(call, flag, call.validate)
     return loss
 
 
@@ -135,7 +135,7 @@ def backward(call: NLLCall, grad_output: Array | float) -> Array:
             total_weight = _totals(call, layout, call.validate, flag)[1:]
             check_in_gradient = False  # the pass above checked every target
         grad = _grad_input(call, layout, grad_output, total_weight, check_in_gradient, flag)
-        _raise_if_invalid(call, flag, call.validate)
+        raise_if_invalid(call, flag, call.validate)
     return grad
 
 
@@ -146,5 +146,5 @@ def loss_and_grad(call: NLLCall) -> tuple[Array, Array]:
         layout = _layout(call)
         totals = _totals(call, layout, call.validate, flag)
         grad = _grad_input(call, layout, 1.0, totals[1:], False, flag)
-        _raise_if_invalid(call, flag, call.validate)
+        raise_if_invalid(call, flag, call.validate)
     return reduce.as_result(totals, call.dtype), grad
