@@ -122,6 +122,20 @@ def _grad_input(
     total_weight: Array | None,
     dtype: Any,
 ) -> Array:
+    coef = _coefficients(call, gathered, grad_output, total_weight, dtype)
+    grad = _place_on_targets(call, gathered.index, coef, dtype)
+    return call.xp.astype(call.xp.reshape(grad, tuple(call.input.shape)), call.input.dtype,
+                          copy=False)
+
+
+def _coefficients(
+    call: NLLCall,
+    gathered: _Gathered,
+    grad_output: Array | float,
+    total_weight: Array | None,
+    dtype: Any,
+) -> Array:
+    """The gradient at each target position (0 where the target is not active)."""
     xp = call.xp
     upstream = grad_output
     if not isinstance(upstream, float):
@@ -136,10 +150,7 @@ def _grad_input(
     else:
         assert total_weight is not None
         coef = gathered.weight * (-(upstream / total_weight))
-    coef = xp.where(gathered.active, coef, xp.zeros_like(gathered.weight))
-
-    grad = _place_on_targets(call, gathered.index, coef, dtype)
-    return xp.astype(xp.reshape(grad, tuple(call.input.shape)), call.input.dtype, copy=False)
+    return xp.where(gathered.active, coef, xp.zeros_like(gathered.weight))
 
 
 def _place_on_targets(call: NLLCall, index: Array, coef: Array, dtype: Any) -> Array:
@@ -166,18 +177,19 @@ def _place_on_targets(call: NLLCall, index: Array, coef: Array, dtype: Any) -> A
 # ------------------------------------------------------------------ NumPy: blocks of samples
 
 
-def _sample_blocks(call: NLLCall, dense: bool) -> list[slice] | None:
-    """NumPy: blocks of samples, so that the per-target temporaries (indices, masks, weights;
-    the dense gradient too when ``dense``) stay cache-sized; None to run unblocked."""
+def _sample_blocks(call: NLLCall) -> list[slice] | None:
+    """NumPy: blocks of samples, so that the per-target temporaries (indices, masks, weights,
+    positions) stay cache-sized; None to run unblocked.  A gradient pass scatters each block
+    into one zeroed gradient, so only the targets count here, not the classes."""
     if not is_numpy_namespace(call.xp) or call.input.ndim == 1 or not call.loss_shape[0]:
         return None
     samples = call.loss_shape[0]
-    per_sample = math.prod(call.loss_shape[1:]) * (call.n_classes if dense else 1)
+    per_sample = math.prod(call.loss_shape[1:])
     if samples * per_sample < MIN_ELEMENTS or per_sample == 0:
         return None
     # A target costs about 40 bytes of temporaries (indices, masks, weights, positions): a
     # quarter of the elementwise block keeps a forward pass near 1 MiB per thread.
-    step = max(1, (BLOCK_ELEMENTS if dense else BLOCK_ELEMENTS // 4) // per_sample)
+    step = max(1, (BLOCK_ELEMENTS // 4) // per_sample)
     if samples < 2 * step:
         return None
     return [slice(start, min(start + step, samples)) for start in range(0, samples, step)]
@@ -220,7 +232,10 @@ def _blocked_forward(call: NLLCall, blocks: list[slice], dtype: Any) -> Array:
 
 def _blocked_gradient(call: NLLCall, blocks: list[slice], grad_output: Array | float,
                       total_weight: Array | None, dtype: Any) -> Array:
-    grad = np.empty(call.input.shape, dtype=call.input.dtype)
+    """One calloc'd gradient, each block scattering its coefficients into it: the zeros come
+    from the kernel's zeroed pages, and only the per-target temporaries are blocked."""
+    grad = np.zeros(math.prod(call.input.shape), dtype=call.input.dtype)
+    per_sample = math.prod(call.input.shape[1:])
 
     def write(rows: slice) -> None:
         block = _block_call(call, rows)
@@ -228,10 +243,13 @@ def _blocked_gradient(call: NLLCall, blocks: list[slice], grad_output: Array | f
         if call.reduction == "none" and not isinstance(grad_output, float):
             upstream = grad_output[rows]
         with quiet_floating_point():
-            grad[rows] = _grad_input(block, _gather(block, dtype), upstream, total_weight, dtype)
+            gathered = _gather(block, dtype)
+            coef = _coefficients(block, gathered, upstream, total_weight, dtype)
+            positions = _flat_positions(block, gathered.index) + rows.start * per_sample
+            grad[positions] = np.reshape(coef, (-1,))
 
     run_blocks(write, blocks)
-    return grad
+    return np.reshape(grad, call.input.shape)
 
 
 # ------------------------------------------------------------------ the backend interface
@@ -280,7 +298,7 @@ def forward(call: NLLCall) -> Array:
                                    else dtype)
     if fast is not None:
         return fast
-    blocks = _sample_blocks(call, dense=False)
+    blocks = _sample_blocks(call)
     with quiet_floating_point():
         if blocks is not None:
             return _blocked_forward(call, blocks, dtype)
@@ -291,7 +309,7 @@ def forward(call: NLLCall) -> Array:
 def backward(call: NLLCall, grad_output: Array | float) -> Array:
     """The gradient with respect to ``input``."""
     dtype = compute_dtype(call.xp, call.dtype)
-    blocks = _sample_blocks(call, dense=True)
+    blocks = _sample_blocks(call)
     with quiet_floating_point():
         if blocks is not None:
             total_weight = (_blocked_totals(call, blocks, dtype)[1]
@@ -304,7 +322,7 @@ def backward(call: NLLCall, grad_output: Array | float) -> Array:
 def loss_and_grad(call: NLLCall) -> tuple[Array, Array]:
     """The reduced loss and its gradient with respect to ``input``, sharing the gather."""
     dtype = compute_dtype(call.xp, call.dtype)
-    blocks = _sample_blocks(call, dense=True)
+    blocks = _sample_blocks(call)
     with quiet_floating_point():
         if blocks is not None:
             total, total_weight = _blocked_totals(call, blocks, dtype)
