@@ -39,7 +39,37 @@ def test_quick_cpu_run_writes_json_markdown_and_plots(tmp_path: Path) -> None:
         assert (out / f"{loss}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = (out / "results.md").read_text()
     assert markdown.startswith("# arrayloss benchmarks") and "## Targets" in markdown
-    assert {target["status"] for target in data["targets"]} <= {"met", "missed", "not measured"}
+    assert {target["status"] for target in data["targets"]} <= {
+        "met", "missed", "inconclusive", "not measured"}
+    # CPU providers are timed in interleaved rounds: each row keeps its per-round times, and
+    # every speedup carries the range of its per-round ratios.
+    for row in rows:
+        assert len(row["round_s"]) >= 7
+        if "speedup_vs_baseline" in row:
+            low, high = row["speedup_spread"]
+            assert low <= row["speedup_vs_baseline"] <= high
+
+
+def test_verdicts_read_the_spread_of_the_round_ratios() -> None:
+    from benchmarks.report import add_derived, verdict
+
+    assert verdict(1.3, [1.1, 1.5], 1.0) == "met"
+    assert verdict(0.7, [0.6, 0.8], 1.0) == "missed"
+    assert verdict(1.05, [0.9, 1.2], 1.0) == "inconclusive"
+    assert verdict(None, None, 1.0) == "not measured"
+    assert verdict(1.2, None, 1.0) == "met"  # a single measurement (the GPU's events)
+    case = {"loss": "nll", "op": "forward", "reduction": "mean", "variant": "plain",
+            "dtype": "float32", "shape": [8, 3], "elements": 24}
+    rows = [{"case_key": "k", "case": case, "provider": "torch cpu", "model_bytes": 100,
+             "median_s": 2.0, "round_s": [2.0, 2.0, 4.0, 2.0, 2.0]},
+            {"case_key": "k", "case": case, "provider": "arrayloss numpy", "model_bytes": 100,
+             "median_s": 1.0, "round_s": [1.0, 1.0, 1.0, 1.0, 4.0]}]
+    add_derived(rows, "cpu")
+    ours = rows[1]
+    # Per-round ratios 2, 2, 4, 2, 0.5: the median ratio, not the ratio of the medians.
+    assert ours["speedup_vs_baseline"] == 2.0
+    # Sorted ratios 0.5, 2, 2, 2, 4: 20th and 80th percentiles by linear interpolation.
+    assert ours["speedup_spread"] == pytest.approx([1.7, 2.4])
 
 
 def test_model_bytes_follow_the_byte_models() -> None:
