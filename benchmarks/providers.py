@@ -46,7 +46,7 @@ class Provider:
 
 FUSED = Provider("arrayloss fused", "gpu", "cupy")
 #: arrayloss called with torch CUDA tensors: the fused kernels through DLPack, as a PyTorch
-#: user gets them (Liger-Kernel's use case).
+#: user gets them (Liger-Kernel's use case): forward, and forward plus ``backward()``.
 VIA_TORCH = Provider("arrayloss via torch", "gpu", "torch")
 GENERIC = Provider("arrayloss generic", "gpu", "cupy")
 TORCH_CUDA = Provider("torch eager", "gpu", "torch")
@@ -107,6 +107,46 @@ def _arrayloss_cross_entropy(case: Case, arrays: dict[str, Any], args: tuple[Any
         logits = arrays["input"]
         return lambda: al.cross_entropy_and_grad(logits, *args[1:], out=logits, **options)
     return lambda: al.cross_entropy_and_grad(*args, **options)
+
+
+def _arrayloss_autograd_call(case: Case, arrays: dict[str, Any]) -> Call:
+    """arrayloss on torch tensors as a PyTorch user calls it: the loss, then ``backward()``
+    (the backward and loss-and-gradient cases), through arrayloss's autograd bridge."""
+    import arrayloss as al
+
+    if case.op == "forward":
+        return _arrayloss_call(case, arrays)
+    upstream = arrays.get("grad_output")
+    if case.loss == "gaussian_nll":
+        x = arrays["input"].detach().requires_grad_()
+        var = arrays["var"]
+        if not isinstance(var, float):
+            var = var.detach().requires_grad_()
+        options: dict[str, Any] = {"reduction": case.reduction, "validate": False,
+                                   "log_var": case.variant == "log_var",
+                                   "beta": BETA if case.variant == "beta" else 0.0}
+        leaves = [x] if isinstance(var, float) else [x, var]
+
+        def loss() -> Any:
+            return al.gaussian_nll_loss(x, arrays["target"], var, **options)
+    else:
+        logits = arrays["input"].detach().requires_grad_()
+        leaves = [logits]
+        function = al.cross_entropy if case.loss == "cross_entropy" else al.nll_loss
+        class_options = {"reduction": case.reduction, "ignore_index": arrays["ignore_index"],
+                         "validate": False}
+
+        def loss() -> Any:
+            return function(logits, arrays["target"], arrays["weight"], **class_options)
+
+    def forward_backward() -> Any:
+        value = loss()
+        value.backward(upstream if case.reduction == "none" else None)
+        for leaf in leaves:
+            leaf.grad = None
+        return value
+
+    return forward_backward
 
 
 def _torch_call(case: Case, arrays: dict[str, Any]) -> Call:
@@ -200,7 +240,7 @@ def make_call(provider: Provider, case: Case, arrays: dict[str, Any]) -> Call:
         destination = cupy.empty_like(source)
         return lambda: destination.__setitem__(Ellipsis, source)
     if provider is VIA_TORCH:
-        return _arrayloss_call(case, arrays)
+        return _arrayloss_autograd_call(case, arrays)
     if provider.library == "torch":
         return _torch_call(case, arrays)
     if provider is GENERIC:

@@ -119,6 +119,10 @@ def evaluate_targets(rows: list[dict[str, Any]], device: str) -> list[dict[str, 
         check("NLL 1024 rows: within 1.5x of PyTorch",
               _find(rows, ours, loss="nll", op="forward", variant="plain", shape=(1024, 10),
                     **small), "speedup_vs_baseline", 1 / 1.5)
+        via_torch = _find(rows, "arrayloss via torch", loss="gaussian_nll", op="loss_and_grad",
+                          reduction="mean", variant="full", dtype="float32", shape=big)
+        check("GNLL fwd+backward() on torch CUDA tensors fp32 2^26: >= 3x PyTorch", via_torch,
+              "speedup_vs_baseline", 3)
         for shape in ((4096, 32000), (8192, 128256)):
             check(f"CE forward {shape}: >= 85% of read bandwidth",
                   _find(rows, ours, loss="cross_entropy", op="forward", variant="plain",

@@ -102,3 +102,18 @@ def test_default_run_never_touches_the_committed_results(monkeypatch: pytest.Mon
           "--ops", "forward", "--reductions", "mean"])
     written = [path.relative_to(tmp_path) for path in tmp_path.rglob("results.json")]
     assert written and all(path.parts[:2] == ("results", "_scratch") for path in written)
+
+
+def test_arrayloss_through_torch_autograd_provider() -> None:
+    """The GPU provider "arrayloss via torch" times the loss plus ``backward()``; on CPU
+    tensors (the generic path) its gradients are PyTorch's and are cleared between calls."""
+    torch = pytest.importorskip("torch")
+    from benchmarks.cases import make_inputs
+    from benchmarks.providers import TORCH_CPU, _arrayloss_autograd_call, convert
+
+    case = Case("cross_entropy", "loss_and_grad", "mean", "plain", "float32", (64, 10))
+    arrays = convert(TORCH_CPU, case, make_inputs(case))
+    loss = _arrayloss_autograd_call(case, arrays)()
+    want = torch.nn.functional.cross_entropy(arrays["input"], arrays["target"])
+    torch.testing.assert_close(loss.detach(), want)
+    assert arrays["input"].grad is None  # the timed call leaves no gradient behind
