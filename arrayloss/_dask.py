@@ -214,7 +214,7 @@ class _GaussianNLL:
             grad = sum_to_shape(_dask_namespace(), grad, tuple(original.shape))
             if name == "var" and call.var_shape is not None:
                 grad = grad.reshape(call.var_shape)
-            grads.append(grad.rechunk(_chunks_of(call, name, original)))
+            grads.append(grad.rechunk(_chunks_of(call, name)))
         return loss, grads
 
     @staticmethod
@@ -234,7 +234,7 @@ class _GaussianNLL:
         return loss, tuple(grads)  # type: ignore[return-value]
 
 
-def _chunks_of(call: GaussianNLLCall, name: str, original: Any) -> Any:
+def _chunks_of(call: GaussianNLLCall, name: str) -> Any:
     """The chunks a gradient is returned with: its argument's own."""
     source = {"input": call.input, "target": call.target}.get(name)
     if source is None:

@@ -187,6 +187,17 @@ def _raise_if_invalid(call: CrossEntropyCall, flag: cupy.ndarray, checked: bool)
     nll.raise_if_invalid(call.nll, flag, checked)  # the target rules are NLL's
 
 
+def _checked_rows(call: CrossEntropyCall) -> tuple[_Layout, cupy.ndarray, cupy.ndarray]:
+    """The row passes every entry point starts with, and the target check: a bad target
+    raises here, before any gradient is written (``out=input`` keeps its logits)."""
+    checked = _checked(call)
+    flag = invalid_flag(checked)
+    layout = _layout(call)
+    result, row_info = _rows(call, layout, checked, flag)
+    _raise_if_invalid(call, flag, checked)
+    return layout, result, row_info
+
+
 def forward(call: CrossEntropyCall) -> Array:
     """The loss, reduced as ``call.reduction`` says."""
     if _degenerate(call):
@@ -194,11 +205,7 @@ def forward(call: CrossEntropyCall) -> Array:
     if call.dtype != call.input.dtype:  # a probability target of a wider dtype: not fused
         return generic.forward(call)
     with call.input.device:  # everything, the flag too, on the inputs' device
-        checked = _checked(call)
-        flag = invalid_flag(checked)
-        layout = _layout(call)
-        result, _ = _rows(call, layout, checked, flag)
-        _raise_if_invalid(call, flag, checked)
+        _, result, _ = _checked_rows(call)
     if call.reduction == "none":
         return result.reshape(call.loss_shape)
     return reduce.as_result(result, call.dtype)
@@ -211,11 +218,7 @@ def backward(call: CrossEntropyCall, grad_output: Array | float) -> Array:
     if call.dtype != call.input.dtype:
         return generic.backward(call, grad_output)
     with call.input.device:
-        checked = _checked(call)
-        flag = invalid_flag(checked)
-        layout = _layout(call)
-        totals, row_info = _rows(call, layout, checked, flag)
-        _raise_if_invalid(call, flag, checked)  # before the gradient pass: no work wasted
+        layout, totals, row_info = _checked_rows(call)
         return _grad(call, layout, row_info, grad_output,
                      totals if call.reduction == "mean" else None, None)
 
@@ -227,10 +230,6 @@ def loss_and_grad(call: CrossEntropyCall, out: Array | None = None) -> tuple[Arr
     if call.dtype != call.input.dtype:
         return generic.loss_and_grad(call, out)
     with call.input.device:
-        checked = _checked(call)
-        flag = invalid_flag(checked)
-        layout = _layout(call)
-        totals, row_info = _rows(call, layout, checked, flag)
-        _raise_if_invalid(call, flag, checked)
+        layout, totals, row_info = _checked_rows(call)
         grad = _grad(call, layout, row_info, 1.0, totals, out)
     return reduce.as_result(totals, call.dtype), grad
