@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
 from array_api_compat import is_numpy_namespace
 
 Array = Any
@@ -107,13 +108,40 @@ def part_of(array: Array, block: Block, ndim: int) -> Array:
     return array[block.span] if block.axis == 0 else array[..., block.span]
 
 
+_local = threading.local()
+
+
+def scratch(shape: tuple[int, ...], dtype: Any, slot: int = 0) -> Any:
+    """A per-thread NumPy buffer of ``shape``, reused across calls (``slot`` tells apart the
+    buffers one block needs at once).
+
+    Reuse keeps the blocks' pages mapped: a fresh buffer per block could be returned to the
+    OS by the allocator and fault in again on the next call, which made the same call several
+    times slower in a process whose allocator gives memory back eagerly.
+    """
+    buffers = getattr(_local, "buffers", None)
+    if buffers is None:
+        buffers = _local.buffers = {}
+    size = 1
+    for extent in shape:
+        size *= extent
+    key = (np.dtype(dtype).str, slot)
+    buffer = buffers.get(key)
+    if buffer is None or buffer.size < size:
+        buffer = buffers[key] = np.empty(max(size, 1), dtype=dtype)
+    return buffer[:size].reshape(shape)
+
+
 def run_blocks(work: Callable[[Any], Result], blocks: Sequence[Any]) -> list[Result]:
     """``work`` on every block, in parallel threads; the results in block order.
 
-    Where no thread can start (an ``atexit`` handler, after the interpreter has shut the pool
-    down), the blocks run one after another in the calling thread: same results, no threads.
+    One block runs in the calling thread (a hand-off would only add latency).  Where no
+    thread can start (an ``atexit`` handler, after the interpreter has shut the pool down),
+    the blocks run one after another in the calling thread: same results, no threads.
     """
     global _pool
+    if len(blocks) == 1:
+        return [work(blocks[0])]
     with _pool_lock:
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=worker_count(),

@@ -10,12 +10,11 @@ libraries.
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._blocked import run_blocks, worker_count
+from ._blocked import run_blocks, scratch, worker_count
 from ._helpers import quiet_floating_point
 
 if TYPE_CHECKING:
@@ -31,9 +30,6 @@ SMALLEST_BLOCK, LARGEST_BLOCK = 1 << 16, 1 << 19
 #: From this many elements the blocks run in worker threads.
 THREADED_ELEMENTS = 1 << 18
 
-_local = threading.local()
-
-
 def view_3d(x: np.ndarray, n: int, n_classes: int, s: int) -> np.ndarray | None:
     """``x`` as ``(N, C, S)`` without a copy, or None where its layout does not allow it."""
     view = x.view()
@@ -42,25 +38,6 @@ def view_3d(x: np.ndarray, n: int, n_classes: int, s: int) -> np.ndarray | None:
     except AttributeError:
         return None
     return view
-
-
-def _scratch(shape: tuple[int, ...], dtype: np.dtype, slot: int = 0) -> np.ndarray:
-    """A per-thread buffer of ``shape``, reused across calls.
-
-    Reuse keeps the blocks' pages mapped: a fresh buffer per block could be returned to the
-    OS by the allocator and fault in again on the next call.
-    """
-    buffers = getattr(_local, "buffers", None)
-    if buffers is None:
-        buffers = _local.buffers = {}
-    size = 1
-    for extent in shape:
-        size *= extent
-    key = (np.dtype(dtype).str, slot)
-    buffer = buffers.get(key)
-    if buffer is None or buffer.size < size:
-        buffer = buffers[key] = np.empty(max(size, 1), dtype=dtype)
-    return buffer[:size].reshape(shape)
 
 
 def plan(n: int, n_classes: int, s: int) -> list[Block]:
@@ -102,7 +79,7 @@ def _block(call: CrossEntropyCall, prep: _Prepared, rows: slice, cols: slice,
     # The math runs in a C-contiguous buffer, so the sums' order (and the bits) never depend
     # on the layout of `out`; the gradient's own slot is that buffer when it can be.
     direct = slot is not None and slot.dtype == dtype and slot.flags.c_contiguous
-    work: Any = slot if direct else _scratch(z.shape, dtype)
+    work: Any = slot if direct else scratch(z.shape, dtype)
     row_max = z.max(axis=1, keepdims=True).astype(dtype, copy=False)
     np.subtract(z, row_max, out=work)  # z may be `work` itself (out=input): read first
     weight = prep.class_weight3
@@ -112,7 +89,7 @@ def _block(call: CrossEntropyCall, prep: _Prepared, rows: slice, cols: slice,
     picked: Any = None
     if call.probabilities:
         q = prep.target3[rows, :, cols]
-        weighted_q = _scratch(z.shape, dtype, slot=1)
+        weighted_q = scratch(z.shape, dtype, slot=1)
         np.multiply(q, 1 - eps, out=weighted_q)
         if eps:
             weighted_q += eps / n_classes

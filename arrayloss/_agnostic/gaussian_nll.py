@@ -26,6 +26,7 @@ from array_api_compat import device
 
 from .._calls import GAUSSIAN_GRADIENTS, GaussianNLLCall
 from .._validation import negative_var_error
+from . import _gaussian_numpy
 from ._blocked import Block, part_of, row_blocks, run_blocks, spans
 from ._helpers import as_0d, as_compute, compute_dtype, quiet_floating_point, sum_to_shape
 
@@ -321,6 +322,8 @@ def _gradients_blocked(
 def forward(call: GaussianNLLCall) -> Array:
     """The loss, reduced as ``call.reduction`` says."""
     _check_values(call)
+    if _gaussian_numpy.applies(call):
+        return _gaussian_numpy.run(call, frozenset())[0]
     dtype = compute_dtype(call.xp, call.dtype)
     blocks = row_blocks(call.xp, call.loss_shape)
     with quiet_floating_point():
@@ -332,6 +335,9 @@ def forward(call: GaussianNLLCall) -> Array:
 def backward(call: GaussianNLLCall, grad_output: Array | float, wrt: frozenset[str]) -> Gradients:
     """The gradients named in ``wrt`` (the others are ``None``)."""
     _check_values(call)
+    if (isinstance(grad_output, float) and call.reduction != "none"
+            and _gaussian_numpy.applies(call)):
+        return _gaussian_numpy.run(call, wrt, want_loss=False, grad_output=grad_output)[1]
     dtype = compute_dtype(call.xp, call.dtype)
     blocks = row_blocks(call.xp, call.loss_shape)
     with quiet_floating_point():
@@ -345,6 +351,9 @@ def backward(call: GaussianNLLCall, grad_output: Array | float, wrt: frozenset[s
 def loss_and_grad(call: GaussianNLLCall, wrt: frozenset[str]) -> tuple[Array, Gradients]:
     """The reduced loss and its gradients, sharing the intermediates."""
     _check_values(call)
+    if _gaussian_numpy.applies(call):
+        loss, grads = _gaussian_numpy.run(call, wrt)
+        return loss, grads
     dtype = compute_dtype(call.xp, call.dtype)
     blocks = row_blocks(call.xp, call.loss_shape)
     with quiet_floating_point():

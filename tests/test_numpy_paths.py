@@ -1,0 +1,131 @@
+"""NumPy's fast paths against the generic array-API code they stand in for.
+
+The parity suite checks every path against PyTorch within its tolerances; here the fast
+paths must give the generic code's elementwise results *bitwise* (losses with
+``reduction='none'``, gradients of arguments that are not broadcast), and its reductions
+to rounding, over the shapes and options that select blocks, threads and broadcasts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import pytest
+
+import arrayloss as al
+from arrayloss._agnostic import _gaussian_numpy
+
+SHAPES = [  # (input shape, var shape or None for a number)
+    ((100,), (100,)),
+    ((1000, 100), (1000, 100)),  # 1e5 elements: blocks in threads
+    ((3000, 70), (3000, 1)),  # one variance per row
+    ((3000, 70), (1, 70)),  # one per column: broadcast along the row blocks
+    ((2, 200000), (2, 1)),  # a few very wide rows: blocks along the last axis
+    ((2, 200000), (1, 200000)),
+    ((40, 50, 60), (40, 1, 60)),
+    ((7,), None),
+]
+OPTIONS = [{}, {"full": True}, {"log_var": True}, {"beta": 0.5},
+           {"log_var": True, "beta": 0.7, "full": True}, {"eps": 0.05}]
+
+
+@contextmanager
+def _generic() -> Iterator[None]:
+    saved = _gaussian_numpy.applies
+    _gaussian_numpy.applies = lambda call: False  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        _gaussian_numpy.applies = saved  # type: ignore[assignment]
+
+
+def _both(function: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    fast = function(*args, **kwargs)
+    with _generic():
+        return fast, function(*args, **kwargs)
+
+
+def _assert_same(fast: Any, generic: Any, bitwise: bool) -> None:
+    assert type(fast) is type(generic)
+    assert fast.shape == generic.shape and fast.dtype == generic.dtype
+    if bitwise:
+        np.testing.assert_array_equal(fast, generic)
+    else:
+        np.testing.assert_allclose(fast, generic, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda options: "-".join(options) or "plain")
+@pytest.mark.parametrize(("shape", "var_shape"), SHAPES, ids=str)
+def test_gaussian_fast_path_matches_the_generic_code(
+        shape: tuple[int, ...], var_shape: tuple[int, ...] | None, options: dict[str, Any],
+        dtype: str) -> None:
+    rng = np.random.default_rng(len(shape) * 31 + shape[0])
+    x = rng.standard_normal(shape).astype(dtype)
+    t = rng.standard_normal(shape).astype(dtype)
+    var: Any = 0.3
+    wrt: tuple[str, ...] = ("input", "target")
+    if var_shape is not None:
+        var = rng.uniform(-1.0 if options.get("log_var") else 0.0, 2.0, var_shape).astype(dtype)
+        var.reshape(-1)[::17] = 0.0  # zero variances: clamped (or log(0) = -inf with eps 0)
+        wrt = ("input", "target", "var")
+    x.reshape(-1)[::29] = np.inf  # inf and NaN land where the generic code puts them
+    x.reshape(-1)[::31] = np.nan
+    with np.errstate(all="ignore"):
+        _assert_same(*_both(al.gaussian_nll_loss, x, t, var, reduction="none", **options),
+                     bitwise=True)
+    for reduction in ("mean", "sum"):
+        fast, generic = _both(al.gaussian_nll_loss, x, t, var, reduction=reduction, **options)
+        _assert_same(fast, generic, bitwise=False)
+        (loss, grads), (loss_generic, grads_generic) = _both(
+            al.gaussian_nll_loss_and_grad, x, t, var, reduction=reduction, wrt=wrt, **options)
+        _assert_same(loss, loss_generic, bitwise=False)
+        backward, backward_generic = _both(al.gaussian_nll_loss_backward, 0.75, x, t, var,
+                                           reduction=reduction, wrt=wrt, **options)
+        for fast_grad, generic_grad in [*zip(grads, grads_generic, strict=True),
+                                        *zip(backward, backward_generic, strict=True)]:
+            if generic_grad is None:
+                assert fast_grad is None
+                continue
+            # A gradient summed over a broadcast is a reduction: equal to rounding.
+            _assert_same(fast_grad, generic_grad, bitwise=fast_grad.shape == shape)
+
+
+def test_gaussian_fast_path_takes_what_it_should() -> None:
+    """The fast path runs for same-dtype NumPy arrays that need no summed input gradient, and
+    leaves the rest (casts, a broadcast input or target) to the generic code."""
+    from arrayloss._calls import gaussian_nll_call
+
+    def call(x: Any, t: Any, var: Any) -> Any:
+        return gaussian_nll_call(x, t, var, full=False, eps=1e-6, reduction="mean",
+                                 validate=True)
+
+    x = np.ones((4, 3), dtype=np.float32)
+    assert _gaussian_numpy.applies(call(x, x, x))
+    assert _gaussian_numpy.applies(call(x, x, 1.0))
+    assert _gaussian_numpy.applies(call(x, x, np.ones((4, 1), dtype=np.float32)))
+    assert not _gaussian_numpy.applies(call(x, x, np.ones((4, 3))))  # float64 var: a cast
+    assert not _gaussian_numpy.applies(call(x, x[:1], x))  # target broadcast
+    assert not _gaussian_numpy.applies(call(x.astype(np.float16), x.astype(np.float16), 1.0))
+    assert not _gaussian_numpy.applies(call(x[:0], x[:0], 1.0))  # empty
+
+
+def test_gaussian_fast_path_leaves_inputs_alone_and_reuses_its_buffers() -> None:
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    x, t = rng.standard_normal((2, 2, 1 << 20), dtype=np.float32)
+    var = rng.uniform(0.5, 1.5, (2, 1 << 20)).astype(np.float32)
+    copies = [a.copy() for a in (x, t, var)]
+    al.gaussian_nll_loss_and_grad(x, t, var, wrt=("input", "var"))  # warm the scratch
+    tracemalloc.start()
+    al.gaussian_nll_loss_and_grad(x, t, var, wrt=("input", "var"))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    for array, copy in zip((x, t, var), copies, strict=True):
+        np.testing.assert_array_equal(array, copy)
+    # The two gradients (16 MiB) and nothing input-sized besides.
+    assert peak < 16 * 2**20 + 2**20
