@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .cases import BETA, Case, model_bytes
+from .cases import BETA, Case, is_overhead_case, model_bytes
 
 Call = Callable[[], Any]
 
@@ -52,9 +52,15 @@ GENERIC = Provider("arrayloss generic", "gpu", "cupy")
 TORCH_CUDA = Provider("torch eager", "gpu", "torch")
 COPY = Provider("d2d copy", "gpu", "cupy")
 NUMPY = Provider("arrayloss numpy", "cpu", "numpy")
+#: The same with ``validate=True`` (the default): the overhead cases only.
+VALIDATED = Provider("arrayloss numpy validated", "cpu", "numpy")
+#: The bare NumPy expression a user would write, the floor of issue 16's overhead target:
+#: ``-x[arange(N), t].mean()`` for NLL and clamp-log-divide-mean for GNLL (overhead cases).
+BARE = Provider("numpy bare", "cpu", "numpy")
 TORCH_CPU = Provider("torch cpu", "cpu", "torch")
 
-PROVIDERS = {"gpu": [FUSED, VIA_TORCH, GENERIC, TORCH_CUDA, COPY], "cpu": [NUMPY, TORCH_CPU]}
+PROVIDERS = {"gpu": [FUSED, VIA_TORCH, GENERIC, TORCH_CUDA, COPY],
+             "cpu": [NUMPY, VALIDATED, BARE, TORCH_CPU]}
 
 
 def _ml_bfloat16() -> Any:
@@ -63,12 +69,27 @@ def _ml_bfloat16() -> Any:
     return ml_dtypes.bfloat16
 
 
-def _arrayloss_call(case: Case, arrays: dict[str, Any]) -> Call:
+def _bare_numpy_call(case: Case, arrays: dict[str, Any]) -> Call:
+    """The expression a NumPy user writes for the case's forward mean, without arrayloss."""
+    x, t = arrays["input"], arrays["target"]
+    if case.loss == "gaussian_nll":
+        var = arrays["var"]
+
+        def gaussian() -> Any:
+            clamped = np.maximum(var, 1e-6)
+            return (0.5 * (np.log(clamped) + (x - t) ** 2 / clamped)).mean()
+
+        return gaussian
+    rows = np.arange(x.shape[0])
+    return lambda: -x[rows, t].mean()
+
+
+def _arrayloss_call(case: Case, arrays: dict[str, Any], validate: bool = False) -> Call:
     import arrayloss as al
 
     if case.loss == "gaussian_nll":
         args = (arrays["input"], arrays["target"], arrays["var"])
-        options: dict[str, Any] = {"reduction": case.reduction, "validate": False,
+        options: dict[str, Any] = {"reduction": case.reduction, "validate": validate,
                                    "log_var": case.variant == "log_var",
                                    "beta": BETA if case.variant == "beta" else 0.0}
         if case.op == "forward":
@@ -80,7 +101,7 @@ def _arrayloss_call(case: Case, arrays: dict[str, Any]) -> Call:
         return lambda: al.gaussian_nll_loss_and_grad(*args, wrt=("input", "var"), **options)
     args = (arrays["input"], arrays["target"], arrays["weight"])
     options = {"reduction": case.reduction, "ignore_index": arrays["ignore_index"],
-               "validate": False}
+               "validate": validate}
     if case.loss == "cross_entropy":
         return _arrayloss_cross_entropy(case, arrays, args, options)
     if case.op == "forward":
@@ -241,6 +262,10 @@ def make_call(provider: Provider, case: Case, arrays: dict[str, Any]) -> Call:
         return lambda: destination.__setitem__(Ellipsis, source)
     if provider is VIA_TORCH:
         return _arrayloss_autograd_call(case, arrays)
+    if provider is BARE:
+        return _bare_numpy_call(case, arrays)
+    if provider is VALIDATED:
+        return _arrayloss_call(case, arrays, validate=True)
     if provider.library == "torch":
         return _torch_call(case, arrays)
     if provider is GENERIC:
@@ -257,7 +282,10 @@ def make_call(provider: Provider, case: Case, arrays: dict[str, Any]) -> Call:
 
 
 def supports(provider: Provider, case: Case) -> bool:
-    """Whether ``provider`` can run ``case`` (bfloat16 needs ml_dtypes outside PyTorch)."""
+    """Whether ``provider`` can run ``case`` (bfloat16 needs ml_dtypes outside PyTorch; the
+    bare expression and the validated call only where issue 16 measures the overhead)."""
+    if provider in (BARE, VALIDATED):
+        return is_overhead_case(case)
     if case.dtype != "bfloat16" or provider.library == "torch" or provider is COPY:
         return True
     try:

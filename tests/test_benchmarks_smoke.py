@@ -48,6 +48,18 @@ def test_quick_cpu_run_writes_json_markdown_and_plots(tmp_path: Path) -> None:
         if "speedup_vs_baseline" in row:
             low, high = row["speedup_spread"]
             assert low <= row["speedup_vs_baseline"] <= high
+    # Issue 16's overhead targets: arrayloss (validated or not) against the bare expression,
+    # from the per-round differences, for NLL 32x10 and GNLL 100 at least.
+    overhead = [target for target in data["targets"] if target["metric"] == "overhead_us"]
+    assert len(overhead) == 8
+    measured = [target for target in overhead if target["value"] is not None]
+    for shape in ("(32, 10)", "(1, 100)"):
+        assert sum(shape in target["target"] for target in measured) == 2  # both validations
+    for target in measured:
+        low, high = target["spread"]
+        assert low <= target["value"] <= high and math.isfinite(target["value"])
+    memory = [target for target in data["targets"] if target["metric"] == "cases_over"]
+    assert memory and all(target["cases"] > 0 for target in memory)
 
 
 def test_verdicts_read_the_spread_of_the_round_ratios() -> None:
@@ -58,6 +70,10 @@ def test_verdicts_read_the_spread_of_the_round_ratios() -> None:
     assert verdict(1.05, [0.9, 1.2], 1.0) == "inconclusive"
     assert verdict(None, None, 1.0) == "not measured"
     assert verdict(1.2, None, 1.0) == "met"  # a single measurement (the GPU's events)
+    # A ceiling (microseconds above the bare expression): lower is better.
+    assert verdict(3.0, [2.0, 4.0], 5.0, higher_is_better=False) == "met"
+    assert verdict(6.5, [5.5, 7.0], 5.0, higher_is_better=False) == "missed"
+    assert verdict(5.0, [4.0, 6.0], 5.0, higher_is_better=False) == "inconclusive"
     case = {"loss": "nll", "op": "forward", "reduction": "mean", "variant": "plain",
             "dtype": "float32", "shape": [8, 3], "elements": 24}
     rows = [{"case_key": "k", "case": case, "provider": "torch cpu", "model_bytes": 100,
