@@ -8,6 +8,7 @@ to rounding, over the shapes and options that select blocks, threads and broadca
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -54,7 +55,7 @@ def _assert_same(fast: Any, generic: Any, bitwise: bool) -> None:
     if bitwise:
         np.testing.assert_array_equal(fast, generic)
     else:
-        np.testing.assert_allclose(fast, generic, rtol=2e-5, atol=1e-6)
+        np.testing.assert_allclose(fast, generic, rtol=2e-5, atol=1e-9)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -129,3 +130,51 @@ def test_gaussian_fast_path_leaves_inputs_alone_and_reuses_its_buffers() -> None
         np.testing.assert_array_equal(array, copy)
     # The two gradients (16 MiB) and nothing input-sized besides.
     assert peak < 16 * 2**20 + 2**20
+
+
+@contextmanager
+def _generic_nll() -> Iterator[None]:
+    from arrayloss._agnostic import _nll_numpy
+
+    saved = _nll_numpy.applies
+    _nll_numpy.applies = lambda call: False  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        _nll_numpy.applies = saved  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize("layout", ["C", "F"])
+@pytest.mark.parametrize("target_dtype", ["int64", "int32", "uint8", "uint64"])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("shape", [(1, 1), (32, 10), (300, 200), (70000, 3), (3, 5, 7, 11),
+                                   (4, 3, 200, 100), (2, 40, 300)], ids=str)
+def test_nll_fast_path_matches_the_generic_code(shape: tuple[int, ...], dtype: str,
+                                                target_dtype: str, layout: str) -> None:
+    """Batches with every target a class, (N, C) and spatial, blocked and threaded."""
+    rng = np.random.default_rng(math.prod(shape))
+    n_classes = shape[1]
+    x = np.asarray(rng.standard_normal(shape).astype(dtype), order=layout)
+    x.reshape(-1)[::7] = np.inf  # picked infinities stay where the generic code puts them
+    target = rng.integers(0, n_classes, (shape[0], *shape[2:])).astype(target_dtype)
+    for weight in (None, rng.uniform(0.5, 2.0, n_classes).astype(dtype)):
+        for reduction in ("none", "mean", "sum"):
+            fast = al.nll_loss(x, target, weight, reduction=reduction)
+            with _generic_nll():
+                generic = al.nll_loss(x, target, weight, reduction=reduction)
+            _assert_same(fast, generic, bitwise=reduction == "none")
+            if reduction == "none":
+                continue
+            loss, grad = al.nll_loss_and_grad(x, target, weight, reduction=reduction)
+            with _generic_nll():
+                loss_generic, grad_generic = al.nll_loss_and_grad(x, target, weight,
+                                                                  reduction=reduction)
+            _assert_same(loss, loss_generic, bitwise=False)
+            # A weighted mean's gradient divides by the total weight, a sum (to rounding).
+            exact = reduction == "sum" or weight is None
+            _assert_same(grad, grad_generic, bitwise=exact)
+            backward = al.nll_loss_backward(0.75, x, target, weight, reduction=reduction)
+            with _generic_nll():
+                backward_generic = al.nll_loss_backward(0.75, x, target, weight,
+                                                        reduction=reduction)
+            _assert_same(backward, backward_generic, bitwise=exact)

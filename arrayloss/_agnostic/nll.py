@@ -21,6 +21,7 @@ import numpy as np
 from array_api_compat import device, is_numpy_namespace
 
 from .._class_calls import NLLCall
+from . import _nll_numpy
 from ._blocked import BLOCK_ELEMENTS, MIN_ELEMENTS, run_blocks
 from ._helpers import as_0d, as_compute, compute_dtype, quiet_floating_point
 from ._targets import class_targets
@@ -255,49 +256,11 @@ def _blocked_gradient(call: NLLCall, blocks: list[slice], grad_output: Array | f
 # ------------------------------------------------------------------ the backend interface
 
 
-def _numpy_rows_forward(call: NLLCall, dtype: Any) -> Array | None:
-    """NumPy, ``(N, C)`` input, every target a class: the loss in a few NumPy calls.
-
-    The common case of a classifier's batch, where the general path's masks and index
-    arithmetic cost several times the arithmetic itself.  None where it does not apply (the
-    general path then runs); the parity suite covers both.
-    """
-    x, target = call.input, call.target
-    if not is_numpy_namespace(call.xp) or x.ndim != 2 or target.size == 0:
-        return None
-    lowest, highest = int(target.min()), int(target.max())
-    if lowest < 0 or highest >= call.n_classes or lowest <= call.ignore_index <= highest:
-        return None
-    picked = x[np.arange(target.shape[0]), target]
-    if picked.dtype != dtype:
-        picked = picked.astype(dtype)
-    if call.weight is None:
-        if call.reduction == "none":
-            return np.negative(picked).astype(call.dtype, copy=False)
-        total = -np.sum(picked)
-        if call.reduction == "mean":
-            total = total / dtype.type(target.shape[0])
-        return np.asarray(total, dtype=call.dtype)
-    weight = call.weight[target]
-    if weight.dtype != dtype:
-        weight = weight.astype(dtype)
-    losses = -(picked * weight)
-    if call.reduction == "none":
-        return losses.astype(call.dtype, copy=False)
-    total = np.sum(losses)
-    if call.reduction == "mean":
-        total = total / np.sum(weight)
-    return np.asarray(total, dtype=call.dtype)
-
-
 def forward(call: NLLCall) -> Array:
     """The loss, reduced as ``call.reduction`` says."""
     dtype = compute_dtype(call.xp, call.dtype)
-    with quiet_floating_point():
-        fast = _numpy_rows_forward(call, np.dtype(dtype) if is_numpy_namespace(call.xp)
-                                   else dtype)
-    if fast is not None:
-        return fast
+    if is_numpy_namespace(call.xp) and _nll_numpy.applies(call):
+        return _nll_numpy.forward(call, np.dtype(dtype))
     blocks = _sample_blocks(call)
     with quiet_floating_point():
         if blocks is not None:
@@ -309,6 +272,9 @@ def forward(call: NLLCall) -> Array:
 def backward(call: NLLCall, grad_output: Array | float) -> Array:
     """The gradient with respect to ``input``."""
     dtype = compute_dtype(call.xp, call.dtype)
+    if (isinstance(grad_output, float) and call.reduction != "none"
+            and is_numpy_namespace(call.xp) and _nll_numpy.applies(call)):
+        return _nll_numpy.loss_and_grad(call, np.dtype(dtype), grad_output)[1]
     blocks = _sample_blocks(call)
     with quiet_floating_point():
         if blocks is not None:
@@ -322,6 +288,8 @@ def backward(call: NLLCall, grad_output: Array | float) -> Array:
 def loss_and_grad(call: NLLCall) -> tuple[Array, Array]:
     """The reduced loss and its gradient with respect to ``input``, sharing the gather."""
     dtype = compute_dtype(call.xp, call.dtype)
+    if is_numpy_namespace(call.xp) and _nll_numpy.applies(call):
+        return _nll_numpy.loss_and_grad(call, np.dtype(dtype))
     blocks = _sample_blocks(call)
     with quiet_floating_point():
         if blocks is not None:

@@ -1,0 +1,159 @@
+"""NumPy only: NLL where every target is a class, in blocks of samples with scratch buffers.
+
+The common case of a classifier's or a segmentation model's batch: no target is ignored and
+none is out of range (checked with one ``min`` and one ``max`` over the targets).  Each block
+computes the flat positions ``(n C + t) S + s`` of its targets into a per-thread int64
+buffer, gathers them with one ``take`` into another (several times faster than a fancy index,
+which builds an index per axis), and sums or scatters from there.  The buffers are reused
+from call to call, so a call allocates nothing but its outputs: the gradient, calloc'd (its
+untouched pages cost nothing until read) and written once per target.
+
+Elementwise results (``reduction='none'`` losses, gradients) are bitwise the generic
+code's; sums are added per block in double precision.  Everything else (ignored or
+out-of-range targets, strided inputs, other libraries) takes the generic path.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._blocked import run_blocks, scratch
+
+if TYPE_CHECKING:
+    from .._class_calls import NLLCall
+
+Array = Any
+
+#: Targets per block: the positions (int64) and the gathered values of a block stay within a
+#: core's L2 cache.
+BLOCK_TARGETS = 1 << 15
+#: From this many targets the blocks run in worker threads.
+THREADED_TARGETS = 1 << 16
+
+
+def applies(call: NLLCall) -> bool:
+    """Whether this path computes ``call``: a C-contiguous NumPy input with a batch axis and
+    every target a class (not ``ignore_index``, inside ``[0, C)``)."""
+    x, target = call.input, call.target
+    if not isinstance(x, np.ndarray) or x.ndim < 2 or target.size == 0:
+        return False
+    if not x.flags.c_contiguous:
+        return False
+    lowest, highest = int(target.min()), int(target.max())
+    return not (lowest < 0 or highest >= call.n_classes
+                or lowest <= call.ignore_index <= highest)
+
+
+def _plan(n: int, spatial: int) -> list[slice]:
+    step = max(1, BLOCK_TARGETS // max(spatial, 1))
+    return [slice(start, min(start + step, n)) for start in range(0, n, step)]
+
+
+def _run(call: NLLCall, work: Any) -> list[Any]:
+    blocks = _plan(call.loss_shape[0], math.prod(call.loss_shape[1:]))
+    if len(blocks) > 1 and math.prod(call.loss_shape) >= THREADED_TARGETS:
+        return run_blocks(work, blocks)
+    return [work(rows) for rows in blocks]
+
+
+def _positions(call: NLLCall, rows: slice) -> tuple[Array, Array]:
+    """The block's targets, ``(b, S)``, and their flat positions in the input."""
+    n_classes = call.n_classes
+    spatial = math.prod(call.loss_shape[1:])
+    target = call.target[rows].reshape(-1, spatial)
+    count = target.shape[0]
+    positions = scratch(target.shape, np.int64, slot=0)
+    start = rows.start * n_classes * spatial
+    row_starts = np.arange(start, start + count * n_classes * spatial, n_classes * spatial,
+                           dtype=np.int64)
+    if spatial == 1:
+        np.add(row_starts[:, None], target, out=positions, dtype=np.int64, casting="unsafe")
+    else:
+        # In int64 whatever the target's integer dtype (uint8 * S must not wrap around).
+        np.multiply(target, spatial, out=positions, dtype=np.int64, casting="unsafe")
+        positions += np.arange(spatial, dtype=np.int64)
+        positions += row_starts[:, None]
+    return target, positions
+
+
+def _block_losses(call: NLLCall, rows: slice, dtype: Any) -> tuple[Array, Array, Array | None]:
+    """The block's targets, positions and losses ``-w[t] x[n, t, s]`` (compute dtype), and
+    its target weights (None without class weights)."""
+    target, positions = _positions(call, rows)
+    picked = np.take(call.input.reshape(-1), positions, mode="clip",
+                     out=scratch(positions.shape, call.input.dtype, slot=1))
+    losses = scratch(positions.shape, dtype, slot=2)
+    weight = None
+    if call.weight is None:
+        np.negative(picked, out=losses, dtype=dtype)
+    else:
+        weight = np.take(call.weight, target, mode="clip",
+                         out=scratch(positions.shape, call.weight.dtype, slot=3))
+        if weight.dtype != dtype:
+            weight = weight.astype(dtype)
+        np.multiply(picked, weight, out=losses, dtype=dtype)
+        np.negative(losses, out=losses)
+    return positions, losses, weight
+
+
+def _sums(call: NLLCall, dtype: Any) -> tuple[Array, Array]:
+    """(sum of the losses, sum of the target weights), per block in block order, in the
+    compute dtype."""
+    def work(rows: slice) -> tuple[float, float]:
+        with np.errstate(all="ignore"):
+            _, losses, weight = _block_losses(call, rows, dtype)
+            total = float(np.add.reduce(losses, axis=None))
+            if weight is None:
+                return total, float(losses.size)
+            return total, float(np.add.reduce(weight, axis=None))
+
+    sums = _run(call, work)
+    with np.errstate(all="ignore"):
+        return (np.asarray(math.fsum(total for total, _ in sums), dtype=dtype),
+                np.asarray(math.fsum(weight for _, weight in sums), dtype=dtype))
+
+
+def forward(call: NLLCall, dtype: Any) -> Array:
+    """The loss, reduced as ``call.reduction`` says."""
+    if call.reduction == "none":
+        out = np.empty(call.loss_shape, dtype=call.dtype)
+        flat_out = out.reshape(call.loss_shape[0], -1)
+
+        def write(rows: slice) -> None:
+            with np.errstate(all="ignore"):
+                flat_out[rows] = _block_losses(call, rows, dtype)[1]
+
+        _run(call, write)
+        return out
+    total, total_weight = _sums(call, dtype)
+    with np.errstate(all="ignore"):
+        loss = total / total_weight if call.reduction == "mean" else total
+        return np.asarray(loss).astype(call.dtype)
+
+
+def loss_and_grad(call: NLLCall, dtype: Any, grad_output: float = 1.0
+                  ) -> tuple[Array, Array]:
+    """The reduced loss and its gradient with respect to ``input`` for the upstream gradient
+    ``grad_output``."""
+    total, total_weight = _sums(call, dtype)
+    with np.errstate(all="ignore"):
+        loss = np.asarray(total / total_weight if call.reduction == "mean" else total)
+        # PyTorch's operation order: w[t] * (-(G / total_weight)), or w[t] * (-G) for 'sum'.
+        scale = -grad_output if call.reduction == "sum" else -(grad_output / total_weight)
+    grad = np.zeros(call.input.size, dtype=call.input.dtype)
+
+    def scatter(rows: slice) -> None:
+        with np.errstate(all="ignore"):
+            target, positions = _positions(call, rows)
+            if call.weight is None:
+                coef: Any = scale
+            else:
+                weight = np.take(call.weight, target, mode="clip")
+                coef = (weight if weight.dtype == dtype else weight.astype(dtype)) * scale
+            np.put(grad, positions, coef, mode="clip")
+
+    _run(call, scatter)
+    return loss.astype(call.dtype), grad.reshape(call.input.shape)
