@@ -13,7 +13,11 @@ from typing import Any
 from array_api_compat import is_cupy_namespace, is_dask_namespace, is_torch_namespace
 
 from . import _torch_cuda
-from ._validation import check_flag
+from ._agnostic import cross_entropy, gaussian_nll, nll
+from ._validation import _numpy_namespace, check_flag
+
+#: The generic implementations (NumPy's backend), by loss.
+_GENERIC = {"gaussian_nll": gaussian_nll, "nll": nll, "cross_entropy": cross_entropy}
 
 _use_fused: ContextVar[bool] = ContextVar("arrayloss_use_fused", default=True)
 
@@ -65,6 +69,8 @@ def _bridge(loss: str) -> _torch_cuda.Bridge:
 def backend(xp: ModuleType, loss: str) -> Any:
     """The module implementing ``loss`` (``"gaussian_nll"``, ``"nll"``, ``"cross_entropy"``)
     for namespace ``xp``."""
+    if xp is _numpy_namespace():  # the common case, decided at once
+        return _GENERIC[loss]
     if is_dask_namespace(xp):
         # Lazily, chunk by chunk, each chunk through arrayloss again (NumPy or CuPy).
         from . import _dask

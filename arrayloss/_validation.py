@@ -80,8 +80,9 @@ def target_out_of_range_error(
 
 def broadcast_shapes(*shapes: tuple[int, ...]) -> tuple[int, ...] | None:
     """The broadcast of ``shapes`` under the array API rules, or None if they do not broadcast."""
-    if shapes and all(s == shapes[0] for s in shapes):
-        return tuple(shapes[0])  # the common case, without the loop below
+    first = shapes[0] if shapes else ()
+    if (len(shapes) == 2 and first == shapes[1]) or all(s == first for s in shapes):
+        return tuple(first)  # the common case, without the loop below
     ndim = max((len(s) for s in shapes), default=0)
     result = []
     for axis in range(-ndim, 0):
@@ -106,6 +107,8 @@ def type_name(value: object) -> str:
 
 
 def check_flag(name: str, value: object) -> bool:
+    if value is True or value is False:
+        return value
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool (True or False), got {type_name(value)}")
     return bool(value)
@@ -122,6 +125,11 @@ def as_float(name: str, value: Any) -> float:
 
 def _is_real_scalar(value: object) -> bool:
     """A Python or NumPy real number (bool excluded), as accepted for ``var``."""
+    kind = type(value)
+    if kind is float or kind is int:
+        return True
+    if kind is np.ndarray:
+        return False
     if isinstance(value, (bool, np.bool_)):
         return False
     if isinstance(value, np.generic):
@@ -129,7 +137,14 @@ def _is_real_scalar(value: object) -> bool:
     return isinstance(value, numbers.Real)
 
 
+def _plain_nonnegative(value: object) -> bool:
+    """A Python float, finite and >= 0: the common case of eps and beta, decided at once."""
+    return type(value) is float and 0.0 <= value < math.inf  # False for NaN
+
+
 def check_eps(eps: object) -> float:
+    if _plain_nonnegative(eps):
+        return eps  # type: ignore[return-value]
     if not _is_real_scalar(eps):
         raise TypeError(f"eps must be a real number, got {type_name(eps)}")
     value = as_float("eps", eps)
@@ -139,6 +154,8 @@ def check_eps(eps: object) -> float:
 
 
 def check_beta(beta: object) -> float:
+    if _plain_nonnegative(beta):
+        return beta  # type: ignore[return-value]
     if not _is_real_scalar(beta):
         raise TypeError(f"beta must be a real number, got {type_name(beta)}")
     value = as_float("beta", beta)
@@ -159,6 +176,8 @@ def check_label_smoothing(label_smoothing: object) -> float:
 
 
 def check_ignore_index(ignore_index: object) -> int:
+    if type(ignore_index) is int and _INT64_MIN <= ignore_index <= _INT64_MAX:
+        return ignore_index  # the common case, decided at once
     if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(
         ignore_index, (numbers.Integral, np.integer)
     ):

@@ -10,6 +10,7 @@ not depend on thread timing.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -31,8 +32,10 @@ MIN_ELEMENTS = 1 << 20
 _pool: ThreadPoolExecutor | None = None
 
 
+@functools.cache
 def worker_count() -> int:
-    """The threads :func:`run_blocks` runs blocks in."""
+    """The threads :func:`run_blocks` runs blocks in (``os.cpu_count`` reads the system
+    each time: once is enough)."""
     return min(os.cpu_count() or 1, 8)
 
 _pool_lock = threading.Lock()
@@ -119,13 +122,14 @@ def scratch(shape: tuple[int, ...], dtype: Any, slot: int = 0) -> Any:
     OS by the allocator and fault in again on the next call, which made the same call several
     times slower in a process whose allocator gives memory back eagerly.
     """
-    buffers = getattr(_local, "buffers", None)
-    if buffers is None:
+    try:
+        buffers = _local.buffers
+    except AttributeError:
         buffers = _local.buffers = {}
     size = 1
     for extent in shape:
         size *= extent
-    key = (np.dtype(dtype).str, slot)
+    key = (dtype, slot)
     buffer = buffers.get(key)
     if buffer is None or buffer.size < size:
         buffer = buffers[key] = np.empty(max(size, 1), dtype=dtype)

@@ -17,7 +17,6 @@ takes the generic path; the parity suite runs both.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -75,34 +74,35 @@ def plan(shape: tuple[int, ...]) -> list[Block]:
             for start in range(0, columns, step)]
 
 
-@dataclass(frozen=True)
-class _Variance:
-    """What a block derives from its variance: ``term`` (max(var, eps), or the log-variance
-    itself), ``precision`` exp(-s) for log-variances, ``weight`` the beta-NLL weight."""
-
-    term: Array | float
-    precision: Array | float | None
-    weight: Array | float | None
+#: Below this many elements a block's temporaries come from NumPy's small-array cache:
+#: looking up the scratch buffers would cost more than allocating.
+SCRATCH_ELEMENTS = 1 << 12
 
 
-def _variance(call: GaussianNLLCall, var: Array | float, scalar_term: float | None) -> _Variance:
-    """The generic ``_terms`` for one block's variance (small: a row's or a block's share)."""
-    term: Any
+def _buffer(shape: tuple[int, ...], dtype: Any, slot: int, reuse: bool) -> Array | None:
+    """A scratch buffer for an ``out=`` argument, or None (NumPy allocates) on small calls."""
+    return scratch(shape, dtype, slot) if reuse else None
+
+
+def _variance(call: GaussianNLLCall, var: Any, scalar_term: float | None, reuse: bool
+              ) -> tuple[Any, Any, Any]:
+    """The generic ``_terms`` for one block's variance (small: a row's or a block's share):
+    ``term`` (max(var, eps), or the log-variance itself), ``precision`` exp(-s) for
+    log-variances (else None) and the beta-NLL weight (None for beta = 0)."""
     if scalar_term is not None:
-        term = scalar_term
+        term: Any = scalar_term
     elif call.log_var:
         term = var
     else:
-        assert not isinstance(var, float)
-        term = np.maximum(var, call.eps, out=scratch(var.shape, call.dtype, slot=3))
+        term = np.maximum(var, call.eps, out=_buffer(var.shape, call.dtype, 3, reuse))
     precision: Any = None
     if call.log_var:
         if isinstance(term, float):
             precision = float(np.exp(-term))
         else:
-            precision = np.negative(term, out=scratch(term.shape, call.dtype, slot=3))
+            precision = np.negative(term, out=_buffer(term.shape, call.dtype, 3, reuse))
             np.exp(precision, out=precision)
-    weight: Array | float | None = None
+    weight: Any = None
     if call.beta != 0:
         if call.log_var:
             weight = (float(np.exp(call.beta * term)) if isinstance(term, float)
@@ -110,87 +110,92 @@ def _variance(call: GaussianNLLCall, var: Array | float, scalar_term: float | No
         else:
             weight = (float(np.power(term, call.beta)) if isinstance(term, float)
                       else term**call.beta)
-    return _Variance(term=term, precision=precision, weight=weight)
+    return term, precision, weight
 
 
-def _log(term: Array | float) -> Array | float:
+def _log(term: Any, reuse: bool) -> Any:
     if isinstance(term, float):  # math.log raises for 0, where log(0) is -inf
         return -math.inf if term == 0 else math.log(term)
-    return np.log(term, out=scratch(term.shape, term.dtype, slot=4))
+    return np.log(term, out=_buffer(term.shape, term.dtype, 4, reuse))
 
 
-def _block(call: GaussianNLLCall, part: Block, scalar_term: float | None, upstream: float,
-           wrt: frozenset[str], want_loss: bool, losses: Array | None,
-           grads: tuple[Array | None, Array | None, Array | None]) -> tuple[float, Array | None]:
-    """One block: its loss sum (or its losses into ``losses``; neither without
-    ``want_loss``) and its gradients into ``grads`` (input, target, var); returns the loss
-    sum and, for a var broadcast along the blocks' axis, this block's share of ``d var``."""
+def _block(call: GaussianNLLCall, part: Block | None, scalar_term: float | None,
+           upstream: float, wrt: frozenset[str], want_loss: bool, losses: Array | None,
+           grads: tuple[Array | None, Array | None, Array | None], reuse: bool
+           ) -> tuple[float, Array | None]:
+    """One block (``part``; None for all of the loss at once): its loss sum (or its losses
+    into ``losses``; neither without ``want_loss``) and its gradients into ``grads`` (input,
+    target, var); returns the loss sum and, for a var broadcast along the blocks' axis, this
+    block's share of ``d var``."""
     ndim = len(call.loss_shape)
-    x, t = part_of(call.input, part, ndim), part_of(call.target, part, ndim)
-    var = call.var if isinstance(call.var, float) else part_of(call.var, part, ndim)
-    shape, dtype = x.shape, call.dtype
-    v = _variance(call, var, scalar_term)
-
-    diff = np.subtract(x, t, out=scratch(shape, dtype, slot=0))
-    # q = d**2 / v (d**2 exp(-s) for log-variances): the loss's first term, and d var's.
-    q = np.multiply(diff, diff, out=scratch(shape, dtype, slot=1))
-    if v.precision is not None:
-        q *= v.precision
+    var: Any = call.var
+    index: Any
+    if part is None:
+        x, t, index = call.input, call.target, ...
     else:
-        q /= v.term
+        x, t, index = part_of(call.input, part, ndim), part_of(call.target, part, ndim), \
+            part.index()
+        if not isinstance(var, float):
+            var = part_of(var, part, ndim)
+    shape, dtype = x.shape, call.dtype
+    term, precision, weight = _variance(call, var, scalar_term, reuse)
+
+    diff = np.subtract(x, t, out=_buffer(shape, dtype, 0, reuse))
+    # q = d**2 / v (d**2 exp(-s) for log-variances): the loss's first term, and d var's.
+    q = np.multiply(diff, diff, out=_buffer(shape, dtype, 1, reuse))
+    if precision is not None:
+        q *= precision
+    else:
+        q /= term
     total = 0.0
     if want_loss:
-        loss = scratch(shape, dtype, slot=2) if losses is None else losses[part.index()]
-        np.add(q, v.term if v.precision is not None else _log(v.term), out=loss)
+        loss = np.add(q, term if precision is not None else _log(term, reuse),
+                      out=_buffer(shape, dtype, 2, reuse) if losses is None else losses[index])
         loss *= 0.5
         if call.full:
             loss += HALF_LOG_2PI
-        if v.weight is not None:
-            loss *= v.weight
+        if weight is not None:
+            loss *= weight
         if losses is None:
             total = float(np.add.reduce(loss, axis=None))
     if not wrt:
         return total, None
 
     grad_input, grad_target, grad_var = grads
-    g: Array | float = upstream if v.weight is None else upstream * v.weight
-    if v.precision is not None:
-        half_over_var: Array | float = 0.0  # unused: the log-variance gradients below
-    elif isinstance(v.term, float):
-        half_over_var = float(np.divide(0.5 * g, v.term))
-    else:
-        half_over_var = np.divide(0.5 * g, v.term, out=scratch(v.term.shape, dtype, slot=4))
-    if wrt & {"input", "target"}:
-        slot = (grad_input[part.index()] if grad_input is not None
-                else scratch(shape, dtype, slot=2))
-        if v.precision is not None:  # d input = G d exp(-s)
-            np.multiply(diff, v.precision, out=slot)
+    g: Any = upstream if weight is None else upstream * weight
+    half_over_var: Any = None  # the log-variance gradients below do without it
+    if precision is None:
+        half_over_var = (float(np.divide(0.5 * g, term)) if isinstance(term, float)
+                         else np.divide(0.5 * g, term, out=_buffer(term.shape, dtype, 4, reuse)))
+    if grad_input is not None or grad_target is not None:
+        slot = grad_input[index] if grad_input is not None else _buffer(shape, dtype, 2, reuse)
+        if precision is not None:  # d input = G d exp(-s)
+            slot = np.multiply(diff, precision, out=slot)
             slot *= g
         else:  # d input = ((0.5 G) / v) (2 d)
-            np.multiply(diff, 2.0, out=slot)
+            slot = np.multiply(diff, 2.0, out=slot)
             slot *= half_over_var
         if grad_target is not None:
-            np.negative(slot, out=grad_target[part.index()])
+            np.negative(slot, out=grad_target[index])
     if grad_var is None:
         return total, None
     # d var = (0.5 G) / v - (0.5 G) ((d^2 / v) / v);  d s = 0.5 G (1 - d^2 exp(-s)).
-    if v.precision is not None:
+    if precision is not None:
         q *= -1.0
         q += 1.0
         q *= 0.5 * g
     else:
-        q /= v.term
+        q /= term
         q *= -(0.5 * g)
         q += half_over_var
-    assert not isinstance(var, float)
-    covered = spans(call.var, part, ndim)
-    if covered and var.shape == shape:
-        grad_var[part.index()] = q
+    covered = part is not None and spans(call.var, part, ndim)
+    if var.shape == shape and (part is None or covered):
+        grad_var[index] = q
         return total, None
     axes = tuple(axis for axis in range(ndim) if var.shape[axis] == 1 and shape[axis] != 1)
     summed = np.sum(q, axis=axes, keepdims=True)
     if covered:
-        grad_var[part.index()] = summed
+        grad_var[index] = summed
         return total, None
     return total, summed
 
@@ -221,27 +226,33 @@ def run(call: GaussianNLLCall, wrt: frozenset[str], want_loss: bool = True,
         assert not isinstance(call.var, float)
         grad_var = np.empty(call.var.shape, dtype=dtype)
     grads = (grad_input, grad_target, grad_var)
-    with quiet_floating_point():
+    reuse = call.numel >= SCRATCH_ELEMENTS
+    with quiet_floating_point():  # this thread's blocks; workers enter it on their own
         scalar_term = _scalar_term(call)
+        if call.numel <= SMALLEST_BLOCK:  # one block: everything, here
+            results = [_block(call, None, scalar_term, upstream, wrt, want_loss, losses, grads,
+                              reuse)]
+        else:
+            def work(part: Block) -> tuple[float, Array | None]:
+                with quiet_floating_point():
+                    return _block(call, part, scalar_term, upstream, wrt, want_loss, losses,
+                                  grads, reuse)
 
-    def work(part: Block) -> tuple[float, Array | None]:
-        with quiet_floating_point():
-            return _block(call, part, scalar_term, upstream, wrt, want_loss, losses, grads)
-
-    blocks = plan(shape)
-    if len(blocks) > 1 and call.numel >= THREADED_ELEMENTS:
-        results = run_blocks(work, blocks)
-    else:
-        results = [work(part) for part in blocks]
+            blocks = plan(shape)
+            if len(blocks) > 1 and call.numel >= THREADED_ELEMENTS:
+                results = run_blocks(work, blocks)
+            else:
+                results = [work(part) for part in blocks]
+        loss = None
+        if want_loss:
+            loss = (losses if losses is not None
+                    else _reduced(call, [total for total, _ in results]))
     if grad_var is not None and results[0][1] is not None:
         # var is broadcast along the blocks' axis: its gradient is summed in block order.
         total_grad = results[0][1]
         for _, share in results[1:]:
             total_grad = total_grad + share
         grad_var[...] = total_grad
-    loss = None
-    if want_loss:
-        loss = losses if losses is not None else _reduced(call, [total for total, _ in results])
     if grad_var is not None:
         assert call.var_shape is not None
         grad_var = np.reshape(grad_var, call.var_shape)
@@ -253,5 +264,4 @@ def _reduced(call: GaussianNLLCall, partials: list[float]) -> Array:
     total = math.fsum(partials) if len(partials) > 1 else partials[0]
     if call.reduction == "mean":
         total = total / call.numel
-    with quiet_floating_point():
-        return np.asarray(total, dtype=call.dtype)
+    return np.asarray(total, dtype=call.dtype)  # a float16 overflow is inf, as in PyTorch

@@ -15,6 +15,7 @@ out-of-range targets, strided inputs, other libraries) takes the generic path.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -34,17 +35,92 @@ BLOCK_TARGETS = 1 << 15
 THREADED_TARGETS = 1 << 16
 
 
-def applies(call: NLLCall) -> bool:
-    """Whether this path computes ``call``: a C-contiguous NumPy input with a batch axis and
-    every target a class (not ``ignore_index``, inside ``[0, C)``)."""
+#: (N, C) inputs with at most this many rows take one bounds-checked fancy index instead of
+#: blocks: at a few microseconds per NumPy call, every call saved counts.
+SMALL_ROWS = 1 << 12
+
+
+def route(call: NLLCall) -> str | None:
+    """How this module computes ``call``: ``"rows"`` (a small ``(N, C)`` batch, one fancy
+    index), ``"blocks"`` (a C-contiguous input, any layout), or None where some target is not
+    a class (ignored, out of range) or the input is neither: the generic path then runs."""
     x, target = call.input, call.target
-    if not isinstance(x, np.ndarray) or x.ndim < 2 or target.size == 0:
-        return False
+    if type(x) is not np.ndarray or x.ndim < 2 or target.size == 0:
+        return None
+    lowest = int(target.min())
+    if lowest < 0:  # ignore_index's default -100, or a bad target: the general path
+        return None
+    ignore = call.ignore_index
+    if x.ndim == 2 and target.shape[0] <= SMALL_ROWS:
+        # The fancy index checks the upper bound itself (IndexError: see _picked_rows); an
+        # ignore_index inside [0, C) needs a look.
+        if lowest <= ignore < call.n_classes and bool((target == ignore).any()):
+            return None
+        return "rows"
     if not x.flags.c_contiguous:
-        return False
-    lowest, highest = int(target.min()), int(target.max())
-    return not (lowest < 0 or highest >= call.n_classes
-                or lowest <= call.ignore_index <= highest)
+        return None
+    highest = int(target.max())
+    if highest >= call.n_classes or lowest <= ignore <= highest:
+        return None
+    return "blocks"
+
+
+@functools.lru_cache(maxsize=8)
+def _arange(n: int) -> Array:
+    rows = np.arange(n)
+    rows.flags.writeable = False  # shared between calls
+    return rows
+
+
+def _picked_rows(call: NLLCall, dtype: Any) -> tuple[Array, Array | None] | None:
+    """``input[n, t_n]`` and ``w[t_n]`` (compute dtype) of a small ``(N, C)`` batch, or None
+    for a target past the last class (the general path reports it)."""
+    try:
+        picked = call.input[_arange(call.target.shape[0]), call.target]
+    except IndexError:
+        return None
+    if picked.dtype != dtype:
+        picked = picked.astype(dtype)
+    weight = None
+    if call.weight is not None:
+        weight = call.weight[call.target]
+        if weight.dtype != dtype:
+            weight = weight.astype(dtype)
+    return picked, weight
+
+
+def _rows_forward(call: NLLCall, dtype: Any) -> Array | None:
+    picked_rows = _picked_rows(call, dtype)
+    if picked_rows is None:
+        return None
+    picked, weight = picked_rows
+    losses = None if weight is None and call.reduction != "none" else (
+        -picked if weight is None else -(picked * weight))
+    if call.reduction == "none":
+        assert losses is not None
+        return losses.astype(call.dtype, copy=False)
+    total = -picked.sum() if losses is None else losses.sum()
+    if call.reduction == "mean":
+        total = total / (dtype.type(picked.shape[0]) if weight is None else weight.sum())
+    return np.asarray(total, dtype=call.dtype)
+
+
+def _rows_loss_and_grad(call: NLLCall, dtype: Any, grad_output: float
+                        ) -> tuple[Array, Array] | None:
+    picked_rows = _picked_rows(call, dtype)
+    if picked_rows is None:
+        return None
+    picked, weight = picked_rows
+    if weight is None:
+        total, total_weight = -picked.sum(), dtype.type(picked.shape[0])
+    else:
+        total, total_weight = (-(picked * weight)).sum(), weight.sum()
+    # PyTorch's operation order: w[t] * (-(G / total_weight)), or w[t] * (-G) for 'sum'.
+    scale = -grad_output if call.reduction == "sum" else -(grad_output / total_weight)
+    loss = total / total_weight if call.reduction == "mean" else total
+    grad = np.zeros(call.input.shape, dtype=call.input.dtype)
+    grad[_arange(picked.shape[0]), call.target] = scale if weight is None else weight * scale
+    return np.asarray(loss, dtype=call.dtype), grad
 
 
 def _plan(n: int, spatial: int) -> list[slice]:
@@ -116,8 +192,12 @@ def _sums(call: NLLCall, dtype: Any) -> tuple[Array, Array]:
                 np.asarray(math.fsum(weight for _, weight in sums), dtype=dtype))
 
 
-def forward(call: NLLCall, dtype: Any) -> Array:
-    """The loss, reduced as ``call.reduction`` says."""
+def forward(call: NLLCall, dtype: Any, how: str) -> Array | None:
+    """The loss, reduced as ``call.reduction`` says, along the :func:`route` ``how``; None
+    where the general path must run after all."""
+    if how == "rows":
+        with np.errstate(all="ignore"):
+            return _rows_forward(call, dtype)
     if call.reduction == "none":
         out = np.empty(call.loss_shape, dtype=call.dtype)
         flat_out = out.reshape(call.loss_shape[0], -1)
@@ -134,10 +214,14 @@ def forward(call: NLLCall, dtype: Any) -> Array:
         return np.asarray(loss).astype(call.dtype)
 
 
-def loss_and_grad(call: NLLCall, dtype: Any, grad_output: float = 1.0
-                  ) -> tuple[Array, Array]:
+def loss_and_grad(call: NLLCall, dtype: Any, how: str, grad_output: float = 1.0
+                  ) -> tuple[Array, Array] | None:
     """The reduced loss and its gradient with respect to ``input`` for the upstream gradient
-    ``grad_output``."""
+    ``grad_output``, along the :func:`route` ``how``; None where the general path must run
+    after all."""
+    if how == "rows":
+        with np.errstate(all="ignore"):
+            return _rows_loss_and_grad(call, dtype, grad_output)
     total, total_weight = _sums(call, dtype)
     with np.errstate(all="ignore"):
         loss = np.asarray(total / total_weight if call.reduction == "mean" else total)

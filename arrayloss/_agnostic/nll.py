@@ -259,8 +259,11 @@ def _blocked_gradient(call: NLLCall, blocks: list[slice], grad_output: Array | f
 def forward(call: NLLCall) -> Array:
     """The loss, reduced as ``call.reduction`` says."""
     dtype = compute_dtype(call.xp, call.dtype)
-    if is_numpy_namespace(call.xp) and _nll_numpy.applies(call):
-        return _nll_numpy.forward(call, np.dtype(dtype))
+    how = _nll_numpy.route(call)
+    if how is not None:
+        loss = _nll_numpy.forward(call, np.dtype(dtype), how)
+        if loss is not None:
+            return loss
     blocks = _sample_blocks(call)
     with quiet_floating_point():
         if blocks is not None:
@@ -272,9 +275,11 @@ def forward(call: NLLCall) -> Array:
 def backward(call: NLLCall, grad_output: Array | float) -> Array:
     """The gradient with respect to ``input``."""
     dtype = compute_dtype(call.xp, call.dtype)
-    if (isinstance(grad_output, float) and call.reduction != "none"
-            and is_numpy_namespace(call.xp) and _nll_numpy.applies(call)):
-        return _nll_numpy.loss_and_grad(call, np.dtype(dtype), grad_output)[1]
+    how = _nll_numpy.route(call) if isinstance(grad_output, float) else None
+    if how is not None and call.reduction != "none":
+        result = _nll_numpy.loss_and_grad(call, np.dtype(dtype), how, grad_output)
+        if result is not None:
+            return result[1]
     blocks = _sample_blocks(call)
     with quiet_floating_point():
         if blocks is not None:
@@ -288,8 +293,11 @@ def backward(call: NLLCall, grad_output: Array | float) -> Array:
 def loss_and_grad(call: NLLCall) -> tuple[Array, Array]:
     """The reduced loss and its gradient with respect to ``input``, sharing the gather."""
     dtype = compute_dtype(call.xp, call.dtype)
-    if is_numpy_namespace(call.xp) and _nll_numpy.applies(call):
-        return _nll_numpy.loss_and_grad(call, np.dtype(dtype))
+    how = _nll_numpy.route(call)
+    if how is not None:
+        result = _nll_numpy.loss_and_grad(call, np.dtype(dtype), how)
+        if result is not None:
+            return result
     blocks = _sample_blocks(call)
     with quiet_floating_point():
         if blocks is not None:
