@@ -178,6 +178,10 @@ def _cpu_targets(rows: list[dict[str, Any]], targets: list[dict[str, Any]], chec
         check(f"CPU NLL forward {shape}: {label} PyTorch",
               _find(rows, ours, loss="nll", op="forward", variant="plain", shape=shape,
                     **mean), "speedup_vs_baseline", threshold)
+    for shape in ((65536, 10), (1000, 1000), (4096, 32000)):  # issue 13's CPU target
+        check(f"CPU cross-entropy loss+grad {shape}: no slower than PyTorch",
+              _find(rows, ours, loss="cross_entropy", op="loss_and_grad", variant="plain",
+                    shape=shape, **mean), "speedup_vs_baseline", 1.0)
     for loss in ("gaussian_nll", "nll", "cross_entropy"):
         over, measured = _memory_over(rows, ours, loss)
         if not measured:
@@ -335,8 +339,8 @@ def plots(rows: list[dict[str, Any]], device: str, out: Path) -> list[Path]:
                         row["case"]["reduction"] == "mean" and row["case"]["dtype"] == "float32"
                         and len(row["case"]["shape"]) == 2]
             for provider in sorted({row["provider"] for row in selected}):
-                points = sorted((row["case"]["elements"], row) for row in selected
-                                if row["provider"] == provider)
+                points = sorted(((row["case"]["elements"], row) for row in selected
+                                 if row["provider"] == provider), key=lambda point: point[0])
                 sizes = [size for size, _ in points]
                 axes[0][column].plot(sizes, [row["gbps"] for _, row in points], marker="o",
                                      label=provider)

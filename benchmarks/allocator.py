@@ -1,0 +1,125 @@
+"""``python -m benchmarks.allocator``: the same NumPy calls with and without PyTorch imported.
+
+Importing torch changes how the process allocates memory, and a NumPy call that allocates
+large temporaries can run several times slower in a process that has not imported it (freed
+buffers go back to the OS and every call page-faults them in again).  This runs each case in
+two fresh processes, one that imports torch first and one that does not, timed in a plain
+loop (the median of many calls, nothing interleaved), and reports the ratio: issue 16 asks
+for the same speed in both.
+
+Results go to ``benchmarks/results/_scratch/<device>/allocator.md`` (git-ignored), or to the
+committed record with ``--save``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from .__main__ import ROOT, _device_description, _slug
+
+#: (name, setup, call): NumPy cases whose temporaries are large enough for the allocator to
+#: return them to the OS between calls.
+CASES = [
+    ("GNLL backward, 65,536 elements",
+     "x, t = rng.standard_normal((2, 1024, 64), dtype=np.float32); "
+     "v = rng.uniform(0.5, 2, (1024, 64)).astype(np.float32)",
+     "al.gaussian_nll_loss_backward(1.0, x, t, v, wrt=('input', 'var'))"),
+    ("GNLL loss+grad, 1e6 elements",
+     "x, t = rng.standard_normal((2, 10000, 100), dtype=np.float32); "
+     "v = rng.uniform(0.5, 2, (10000, 100)).astype(np.float32)",
+     "al.gaussian_nll_loss_and_grad(x, t, v, wrt=('input', 'var'))"),
+    ("NLL loss+grad, 10000 x 1000",
+     "x = rng.standard_normal((10000, 1000), dtype=np.float32); "
+     "t = rng.integers(0, 1000, 10000)",
+     "al.nll_loss_and_grad(x, t)"),
+    ("NLL forward, 8 x 21 x 128 x 128",
+     "x = rng.standard_normal((8, 21, 128, 128), dtype=np.float32); "
+     "t = rng.integers(0, 21, (8, 128, 128))",
+     "al.nll_loss(x, t)"),
+    ("cross-entropy loss+grad, 1000 x 1000",
+     "x = rng.standard_normal((1000, 1000), dtype=np.float32); "
+     "t = rng.integers(0, 1000, 1000)",
+     "al.cross_entropy_and_grad(x, t)"),
+]
+
+_CHILD = """
+import json, sys, time
+if {with_torch}:
+    import torch
+import numpy as np
+import arrayloss as al
+rng = np.random.default_rng(0)
+{setup}
+for _ in range(5):
+    {call}
+times = []
+deadline = time.perf_counter() + {budget}
+while len(times) < 20 or time.perf_counter() < deadline:
+    start = time.perf_counter()
+    {call}
+    times.append(time.perf_counter() - start)
+times.sort()
+print(json.dumps({{"median_s": times[len(times) // 2], "calls": len(times),
+                   "torch": "torch" in sys.modules}}))
+"""
+
+
+def measure(setup: str, call: str, with_torch: bool, budget: float) -> dict[str, float]:
+    """The median time of ``call`` in a fresh interpreter (with torch imported or not)."""
+    code = _CHILD.format(with_torch=with_torch, setup=setup, call=call, budget=budget)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    measured: dict[str, float] = json.loads(result.stdout.strip().splitlines()[-1])
+    assert measured["torch"] == with_torch
+    return measured
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.allocator",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", type=float, default=2.0, help="seconds per process")
+    parser.add_argument("--save", action="store_true",
+                        help="write the committed record benchmarks/results/<device>/")
+    args = parser.parse_args(argv)
+    if not args.budget > 0:
+        parser.error(f"--budget must be positive, got {args.budget}")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        parser.error("PyTorch is not installed: nothing to compare")
+    name = _device_description("cpu")["device_name"]
+    out = ROOT / "results" / (_slug(f"cpu-{name}") if args.save else
+                              f"_scratch/{_slug(f'cpu-{name}')}")
+    rows = []
+    for label, setup, call in CASES:
+        without = measure(setup, call, False, args.budget)
+        with_torch = measure(setup, call, True, args.budget)
+        ratio = without["median_s"] / with_torch["median_s"]
+        rows.append((label, without["median_s"], with_torch["median_s"], ratio))
+        print(f"{label}: {without['median_s'] * 1e3:.3f} ms without torch, "
+              f"{with_torch['median_s'] * 1e3:.3f} ms with ({ratio:.2f}x)", flush=True)
+    lines = [f"# NumPy calls with and without torch imported: {name}", "",
+             "Each case in two fresh processes, timed in a plain loop (median of at least 20 "
+             f"calls over {args.budget:g} s, after 5 warm-up calls); `python -m "
+             "benchmarks.allocator`.  Issue 16's target: the same speed in both (the ratio "
+             "within 0.8-1.25).", "",
+             "| case | without torch | with torch imported | ratio | status |",
+             "|---|---|---|---|---|"]
+    for label, without_s, with_s, ratio in rows:
+        status = "met" if 0.8 <= ratio <= 1.25 else "missed"
+        lines.append(f"| {label} | {without_s * 1e3:,.3f} ms | {with_s * 1e3:,.3f} ms | "
+                     f"{ratio:.2f}x | {status} |")
+    out.mkdir(parents=True, exist_ok=True)
+    path = Path(out) / "allocator.md"
+    path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
