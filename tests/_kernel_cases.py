@@ -385,6 +385,58 @@ def case_float16_beyond_65504_elements(device: Device) -> None:
                    reduction="mean")
 
 
+#: Block sizes of the block reductions: one thread, partial warps, whole warps, the largest.
+BLOCK_THREADS = (1, 7, 32, 33, 100, 256, 1000, 1024)
+
+
+def _warp_order_sum(values: np.ndarray) -> np.float32:
+    """al::block_sum's order in float32: a shuffle tree in each warp (lane i adds lane
+    i + 16, 8, 4, 2, 1 of the step before), then the warp totals in warp order."""
+    totals = []
+    for first in range(0, len(values), 32):
+        lanes = [np.float32(value) for value in values[first:first + 32]]
+        for offset in (16, 8, 4, 2, 1):
+            lanes = [np.float32(lanes[lane] + lanes[lane + offset])
+                     if lane + offset < len(lanes) else lanes[lane] for lane in range(len(lanes))]
+        totals.append(lanes[0])
+    total = totals[0]
+    for value in totals[1:]:
+        total = np.float32(total + value)
+    return total
+
+
+def case_block_reductions(device: Device, threads: int) -> None:
+    """al::block_sum and al::block_max on their own: every block's sum is bitwise the fixed
+    order above (values spanning many magnitudes, so that the order shows), every maximum
+    exact, for whole and partial warps."""
+    import cupy
+
+    from arrayloss._cupy import _kernels
+
+    kernel = cupy.ElementwiseKernel(
+        "raw float32 x", "raw float32 sums, raw float32 maxima", "",
+        name="arrayloss_test_block_reductions", preamble=_kernels.header(),
+        after_loop="""
+        const float value = x[blockIdx.x * blockDim.x + threadIdx.x];
+        const float total = al::block_sum(value);
+        const float top = al::block_max(value);
+        if (threadIdx.x == 0) { sums[blockIdx.x] = total; maxima[blockIdx.x] = top; }
+        """)
+    blocks = 3
+    rng = np.random.default_rng(threads)
+    values = (rng.normal(size=(blocks, threads)) * 10.0 ** rng.integers(-6, 7, (blocks, threads))
+              ).astype(np.float32)
+    sums = device.put(np.zeros(blocks, np.float32))
+    maxima = device.put(np.zeros(blocks, np.float32))
+    kernel(device.put(values.reshape(-1)), sums, maxima, size=blocks * threads,
+           block_size=threads)
+    got_sums, got_maxima = device.asnumpy(sums), device.asnumpy(maxima)
+    for block in range(blocks):
+        assert got_sums[block] == _warp_order_sum(values[block]), (threads, block)
+        assert got_maxima[block] == values[block].max(), (threads, block)
+    Checks.count += 1
+
+
 def case_bitwise_repeatable(device: Device) -> None:
     rng = np.random.default_rng(6)
     x, t, v = (device.put(values, "float32") for values in (
@@ -529,6 +581,9 @@ def gpu_and_host_cases() -> list[Any]:
     for size in SIZES:
         params.append(pytest.param(case_size, (size,), id=f"size-{size}"))
     params.append(pytest.param(case_float16_beyond_65504_elements, (), id="float16-300000"))
+    for threads in BLOCK_THREADS:
+        params.append(pytest.param(case_block_reductions, (threads,),
+                                   id=f"block-reductions-{threads}"))
     params.append(pytest.param(case_bitwise_repeatable, (), id="bitwise-repeatable"))
     params.append(pytest.param(case_no_host_sync, (), id="no-host-sync"))
     params.append(pytest.param(case_bad_targets, (), id="bad-targets"))

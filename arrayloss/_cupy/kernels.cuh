@@ -339,44 +339,75 @@ AL_HD A ce_grad_element(A x, A top, A log_sum, A scale, A target_part, A spread)
 // ------------------------------------------------------------------ device-only helpers
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 
-// The sum of `value` over the thread block, returned to every thread.  A tree over shared
-// memory in a fixed order, so a given launch shape always gives the same bits; blockDim.x may
-// be any size up to 1024 (CuPy shrinks the block for small inputs).
-template <typename A>
-__device__ __forceinline__ A block_sum(A value) {
-    __shared__ A shared[1024];
-    const unsigned int tid = threadIdx.x;
-    const unsigned int count = blockDim.x;
-    __syncthreads();  // a previous call's readers of shared[0] are done
-    shared[tid] = value;
-    __syncthreads();
-    unsigned int stride = 1;
-    while (stride < count) stride <<= 1;
-    for (stride >>= 1; stride > 0; stride >>= 1) {
-        if (tid < stride && tid + stride < count) shared[tid] += shared[tid + stride];
-        __syncthreads();
-    }
-    return shared[0];
+// The bits of this thread's warp that are threads of the block (the last warp of a block
+// may be partial).
+__device__ __forceinline__ unsigned int warp_lanes() {
+    const unsigned int first = threadIdx.x & ~31u;
+    const unsigned int lanes = blockDim.x - first < 32u ? blockDim.x - first : 32u;
+    return lanes == 32u ? 0xffffffffu : (1u << lanes) - 1u;
 }
 
-// The maximum of `value` over the thread block (NaN-free inputs), returned to every thread.
+// The sum of `value` over this warp's threads, in lane 0 (the other lanes hold partial
+// sums): lane i adds lane i + offset for offsets 16, 8, 4, 2, 1, a fixed order.  Every
+// thread of the warp must call it.
+template <typename A>
+__device__ __forceinline__ A warp_sum(A value) {
+    const unsigned int lane = threadIdx.x & 31u;
+    const unsigned int present = warp_lanes();
+    const unsigned int count = __popc(present);
+    for (unsigned int offset = 16; offset > 0; offset >>= 1) {
+        const A other = __shfl_down_sync(present, value, offset);
+        if (lane + offset < count) value += other;
+    }
+    return value;
+}
+
+// The maximum of `value` (NaN-free) over this warp's threads, in lane 0, as warp_sum.
+template <typename A>
+__device__ __forceinline__ A warp_max(A value) {
+    const unsigned int lane = threadIdx.x & 31u;
+    const unsigned int present = warp_lanes();
+    const unsigned int count = __popc(present);
+    for (unsigned int offset = 16; offset > 0; offset >>= 1) {
+        const A other = __shfl_down_sync(present, value, offset);
+        if (lane + offset < count && other > value) value = other;
+    }
+    return value;
+}
+
+// The sum of `value` over the thread block, returned to every thread.  Warp shuffles add
+// within each warp; after one barrier every thread adds the (at most 32) warp totals in
+// warp order, so every thread holds the same bits and a given launch shape always gives the
+// same result.  blockDim.x may be any size up to 1024 (CuPy shrinks the block for small
+// inputs); every thread of the block must call it.
+template <typename A>
+__device__ __forceinline__ A block_sum(A value) {
+    __shared__ A warp_totals[32];
+    const unsigned int warps = (blockDim.x + 31u) >> 5;
+    value = warp_sum(value);
+    __syncthreads();  // a previous call's readers of warp_totals are done
+    if ((threadIdx.x & 31u) == 0) warp_totals[threadIdx.x >> 5] = value;
+    __syncthreads();
+    A total = warp_totals[0];
+    for (unsigned int warp = 1; warp < warps; ++warp) total += warp_totals[warp];
+    return total;
+}
+
+// The maximum of `value` (NaN-free inputs) over the thread block, returned to every thread,
+// as block_sum.
 template <typename A>
 __device__ __forceinline__ A block_max(A value) {
-    __shared__ A shared_max[1024];
-    const unsigned int tid = threadIdx.x;
-    const unsigned int count = blockDim.x;
+    __shared__ A warp_maxima[32];
+    const unsigned int warps = (blockDim.x + 31u) >> 5;
+    value = warp_max(value);
     __syncthreads();
-    shared_max[tid] = value;
+    if ((threadIdx.x & 31u) == 0) warp_maxima[threadIdx.x >> 5] = value;
     __syncthreads();
-    unsigned int stride = 1;
-    while (stride < count) stride <<= 1;
-    for (stride >>= 1; stride > 0; stride >>= 1) {
-        if (tid < stride && tid + stride < count && shared_max[tid + stride] > shared_max[tid]) {
-            shared_max[tid] = shared_max[tid + stride];
-        }
-        __syncthreads();
+    A top = warp_maxima[0];
+    for (unsigned int warp = 1; warp < warps; ++warp) {
+        if (warp_maxima[warp] > top) top = warp_maxima[warp];
     }
-    return shared_max[0];
+    return top;
 }
 
 // Record the smallest flat index of an invalid element (validation flags, not loss sums:

@@ -171,6 +171,30 @@ long long parameter_size(void (*)(P...), int index) {
 inline void __syncthreads() { ::hostcuda::syncthreads(); }
 
 inline unsigned int __popc(unsigned int x) { return __builtin_popcount(x); }
+
+// Warp shuffles, for code that calls them in every thread of the block at the same point (as
+// al::block_sum and al::block_max do): each thread posts its value, a block barrier, each
+// reads its source lane's, a barrier before the slots are reused.  A source lane outside the
+// warp (lane + delta >= 32) or the block gives the thread's own value, as in CUDA; the mask
+// is not checked.
+namespace hostcuda {
+template <typename T>
+inline T shuffle_from(T value, unsigned int source_lane) {
+    static thread_local T slots[1024];
+    const unsigned int tid = ::hostcuda::thread_index.x;
+    const unsigned int source = (tid & ~31u) + source_lane;
+    slots[tid] = value;
+    ::hostcuda::syncthreads();
+    const T result = source_lane < 32u && source < ::hostcuda::block_dim.x ? slots[source] : value;
+    ::hostcuda::syncthreads();
+    return result;
+}
+}  // namespace hostcuda
+
+template <typename T>
+inline T __shfl_down_sync(unsigned int /*mask*/, T value, unsigned int delta) {
+    return ::hostcuda::shuffle_from(value, (::hostcuda::thread_index.x & 31u) + delta);
+}
 inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
 
 template <typename T>
