@@ -54,8 +54,10 @@ def _benchmark_section(folder: Path) -> str:
     lines += [".. list-table:: Targets", "   :header-rows: 1", "",
               "   * - target", "     - measured", "     - status"]
     for target in data["targets"]:
-        unit = "%" if target["metric"] == "pct_of_copy" else "x"
+        unit = {"pct_of_copy": "%", "overhead_us": " us"}.get(target["metric"], "x")
         value = "-" if target["value"] is None else f"{target['value']:.2f}{unit}"
+        if target["metric"] == "cases_over" and target["value"] is not None:
+            value = f"{int(target['value'])} of {target['cases']} cases over"
         lines += [f"   * - {target['target']}", f"     - {value}", f"     - {target['status']}"]
     lines.append("")
     static = Path(__file__).parent / "_static" / "benchmarks" / folder.name

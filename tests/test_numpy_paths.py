@@ -78,6 +78,15 @@ def test_gaussian_fast_path_matches_the_generic_code(
     with np.errstate(all="ignore"):
         _assert_same(*_both(al.gaussian_nll_loss, x, t, var, reduction="none", **options),
                      bitwise=True)
+    upstream = rng.uniform(0.5, 1.5, shape).astype(dtype)
+    upstream.reshape(-1)[::13] = 0.0
+    backward, backward_generic = _both(al.gaussian_nll_loss_backward, upstream, x, t, var,
+                                       reduction="none", wrt=wrt, **options)
+    for fast_grad, generic_grad in zip(backward, backward_generic, strict=True):
+        if generic_grad is None:
+            assert fast_grad is None
+            continue
+        _assert_same(fast_grad, generic_grad, bitwise=fast_grad.shape == shape)
     for reduction in ("mean", "sum"):
         fast, generic = _both(al.gaussian_nll_loss, x, t, var, reduction=reduction, **options)
         _assert_same(fast, generic, bitwise=False)

@@ -121,7 +121,7 @@ def _log(term: Any, reuse: bool) -> Any:
 
 
 def _block(call: GaussianNLLCall, part: Block | None, scalar_term: float | None,
-           upstream: float, wrt: frozenset[str], want_loss: bool, losses: Array | None,
+           upstream: Array | float, wrt: frozenset[str], want_loss: bool, losses: Array | None,
            grads: tuple[Array | None, Array | None, Array | None], reuse: bool
            ) -> tuple[float, Array | None]:
     """One block (``part``; None for all of the loss at once): its loss sum (or its losses
@@ -163,11 +163,18 @@ def _block(call: GaussianNLLCall, part: Block | None, scalar_term: float | None,
         return total, None
 
     grad_input, grad_target, grad_var = grads
+    if isinstance(upstream, np.ndarray) and part is not None:  # 'none': G per element
+        upstream = part_of(upstream, part, ndim)
     g: Any = upstream if weight is None else upstream * weight
+    half_g: Any = (np.multiply(g, 0.5, out=_buffer(g.shape, dtype, 5, reuse))
+                   if isinstance(g, np.ndarray) else 0.5 * g)
     half_over_var: Any = None  # the log-variance gradients below do without it
     if precision is None:
-        half_over_var = (float(np.divide(0.5 * g, term)) if isinstance(term, float)
-                         else np.divide(0.5 * g, term, out=_buffer(term.shape, dtype, 4, reuse)))
+        if isinstance(half_g, float) and isinstance(term, float):
+            half_over_var = float(np.divide(half_g, term))
+        else:
+            half_over_var = np.divide(half_g, term, out=_buffer(
+                np.broadcast_shapes(np.shape(half_g), np.shape(term)), dtype, 4, reuse))
     if grad_input is not None or grad_target is not None:
         slot = grad_input[index] if grad_input is not None else _buffer(shape, dtype, 2, reuse)
         if precision is not None:  # d input = G d exp(-s)
@@ -184,10 +191,14 @@ def _block(call: GaussianNLLCall, part: Block | None, scalar_term: float | None,
     if precision is not None:
         q *= -1.0
         q += 1.0
-        q *= 0.5 * g
+        q *= half_g
     else:
         q /= term
-        q *= -(0.5 * g)
+        if isinstance(half_g, float):
+            q *= -half_g
+        else:  # q * (-h) is -(q * h), bit for bit, without a negated copy of h
+            q *= half_g
+            np.negative(q, out=q)
         q += half_over_var
     covered = part is not None and spans(call.var, part, ndim)
     if var.shape == shape and (part is None or covered):
@@ -211,14 +222,23 @@ def _scalar_term(call: GaussianNLLCall) -> float | None:
     return value if call.log_var or not value < eps else eps
 
 
+def takes_upstream(call: GaussianNLLCall, grad_output: Array | float) -> bool:
+    """Whether :func:`run` takes this upstream gradient: a number for a reduced loss, or for
+    ``'none'`` a NumPy array of the loss's shape and dtype."""
+    if call.reduction != "none":
+        return isinstance(grad_output, float)
+    return (type(grad_output) is np.ndarray and grad_output.dtype == call.dtype
+            and grad_output.shape == call.loss_shape)
+
+
 def run(call: GaussianNLLCall, wrt: frozenset[str], want_loss: bool = True,
-        grad_output: float = 1.0
+        grad_output: Array | float = 1.0
         ) -> tuple[Array | None, tuple[Array | None, Array | None, Array | None]]:
-    """The loss (reduced as ``call.reduction`` says; None unless ``want_loss``) and, for a
-    reduced loss, the gradients named in ``wrt`` for the upstream gradient ``grad_output``,
-    in the callers' shapes."""
+    """The loss (reduced as ``call.reduction`` says; None unless ``want_loss``) and the
+    gradients named in ``wrt`` for the upstream gradient ``grad_output`` (see
+    :func:`takes_upstream`), in the callers' shapes."""
     dtype, shape = call.dtype, call.loss_shape
-    losses = np.empty(shape, dtype=dtype) if call.reduction == "none" else None
+    losses = np.empty(shape, dtype=dtype) if want_loss and call.reduction == "none" else None
     upstream = grad_output / call.numel if call.reduction == "mean" else grad_output
     grad_input = np.empty(shape, dtype=dtype) if "input" in wrt else None
     grad_target = np.empty(shape, dtype=dtype) if "target" in wrt else None

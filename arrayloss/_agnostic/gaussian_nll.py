@@ -337,8 +337,7 @@ def forward(call: GaussianNLLCall) -> Array:
 def backward(call: GaussianNLLCall, grad_output: Array | float, wrt: frozenset[str]) -> Gradients:
     """The gradients named in ``wrt`` (the others are ``None``)."""
     _check_values(call)
-    if (isinstance(grad_output, float) and call.reduction != "none"
-            and _gaussian_numpy.applies(call)):
+    if _gaussian_numpy.applies(call) and _gaussian_numpy.takes_upstream(call, grad_output):
         return _gaussian_numpy.run(call, wrt, want_loss=False, grad_output=grad_output)[1]
     dtype = compute_dtype(call.xp, call.dtype)
     blocks = row_blocks(call.xp, call.loss_shape)
