@@ -160,8 +160,10 @@ def gaussian_nll_call(
     floating = {name: x.dtype for name, x in arrays.items() if _is_floating(xp, x.dtype)}
     dtypes = list(floating.values())
     try:
-        # One dtype for all (the common case) needs no promotion table.
-        dtype = dtypes[0] if dtypes.count(dtypes[0]) == len(dtypes) else xp.result_type(*dtypes)
+        # One dtype object for all (the common case) needs no promotion table.  Identity, not
+        # ==: ml_dtypes' bfloat16 compares equal to float16, which do not promote.
+        first = dtypes[0]
+        dtype = first if all(d is first for d in dtypes) else xp.result_type(*dtypes)
     except TypeError:  # NumPy's DTypePromotionError, e.g. bfloat16 with float16
         listed = ", ".join(f"{name} {dtype}" for name, dtype in floating.items())
         raise TypeError(f"the floating dtypes of {listed} have no common type; cast them to "
