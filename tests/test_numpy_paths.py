@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import arrayloss as al
-from arrayloss._agnostic import _gaussian_numpy
+from arrayloss._agnostic import _gaussian_numpy, _nll_numpy
 
 SHAPES = [  # (input shape, var shape or None for a number)
     ((100,), (100,)),
@@ -34,13 +34,18 @@ OPTIONS = [{}, {"full": True}, {"log_var": True}, {"beta": 0.5},
 
 
 @contextmanager
-def _generic() -> Iterator[None]:
-    saved = _gaussian_numpy.applies
-    _gaussian_numpy.applies = lambda call: False  # type: ignore[assignment]
+def _switched_off(module: Any, gate: str, answer: Any) -> Iterator[None]:
+    """The fast path of ``module`` refused: its ``gate`` function answers ``answer``."""
+    saved = getattr(module, gate)
+    setattr(module, gate, lambda call: answer)
     try:
         yield
     finally:
-        _gaussian_numpy.applies = saved  # type: ignore[assignment]
+        setattr(module, gate, saved)
+
+
+def _generic() -> Any:
+    return _switched_off(_gaussian_numpy, "applies", False)
 
 
 def _both(function: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Any]:
@@ -141,16 +146,8 @@ def test_gaussian_fast_path_leaves_inputs_alone_and_reuses_its_buffers() -> None
     assert peak < 16 * 2**20 + 2**20
 
 
-@contextmanager
-def _generic_nll() -> Iterator[None]:
-    from arrayloss._agnostic import _nll_numpy
-
-    saved = _nll_numpy.route
-    _nll_numpy.route = lambda call: None  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        _nll_numpy.route = saved  # type: ignore[assignment]
+def _generic_nll() -> Any:
+    return _switched_off(_nll_numpy, "route", None)
 
 
 @pytest.mark.parametrize("layout", ["C", "F"])
