@@ -163,7 +163,14 @@ def gaussian_nll_call(
         # One dtype object for all (the common case) needs no promotion table.  Identity, not
         # ==: ml_dtypes' bfloat16 compares equal to float16, which do not promote.
         first = dtypes[0]
-        dtype = first if all(d is first for d in dtypes) else xp.result_type(*dtypes)
+        if all(d is first for d in dtypes):
+            dtype = first
+        elif isinstance(first, np.dtype) and any(np.dtype(d).name == "bfloat16" for d in dtypes):
+            # ml_dtypes' bfloat16 promotes with nothing on NumPy; decided here, not by NumPy's
+            # promotion state, which other libraries in the process can change.
+            raise TypeError
+        else:
+            dtype = xp.result_type(*dtypes)
     except TypeError:  # NumPy's DTypePromotionError, e.g. bfloat16 with float16
         listed = ", ".join(f"{name} {dtype}" for name, dtype in floating.items())
         raise TypeError(f"the floating dtypes of {listed} have no common type; cast them to "
