@@ -26,6 +26,7 @@ from ._validation import (
     _is_floating,
     _is_integer,
     _namespace,
+    _numpy_namespace,
     _reject_masked,
     _require_floating,
     _shape,
@@ -90,20 +91,46 @@ def check_class_weight(weight: Array, n_classes: int, input: Array) -> None:
         )
 
 
-def _common_arguments(input: Array, target: Array, weight: Array | None, *,
-                      reduction: object, validate: object,
-                      ignore_index: object) -> tuple[ModuleType, str, bool, int]:
-    """The checks every loss over classes starts with: the options, one array library for
-    the arrays, a floating input.  Returns ``(xp, reduction, validate, ignore_index)``."""
-    reduction = check_reduction(reduction)
-    validate = check_flag("validate", validate)
-    ignore_index = check_ignore_index(ignore_index)
+def _class_options(reduction: object, validate: object, ignore_index: object
+                   ) -> tuple[str, bool, int]:
+    """The options every loss over classes has: ``(reduction, validate, ignore_index)``."""
+    return (check_reduction(reduction), check_flag("validate", validate),
+            check_ignore_index(ignore_index))
+
+
+def _common_arguments(input: Array, target: Array, weight: Array | None, validate: bool
+                      ) -> tuple[ModuleType, bool]:
+    """The array checks every loss over classes starts with: one array library for the
+    arrays, a floating input.  Returns ``(xp, validate)``, the value checks off where the
+    arrays have no values to check (see :func:`._validation._value_checks`)."""
     arrays = {"input": input, "target": target}
     if weight is not None:
         arrays["weight"] = weight
     xp = _namespace(arrays)
     _require_floating(xp, "input", input)
-    return xp, reduction, _value_checks(validate, arrays), ignore_index
+    return xp, _value_checks(validate, arrays)
+
+
+def _plain_numpy_layout(input: Array, target: Array, weight: Array | None
+                        ) -> tuple[int, tuple[int, ...]] | None:
+    """``(C, the loss's shape)`` at once for the plainest arguments of a loss over class
+    indices: NumPy arrays (not subclasses), a floating ``(N, C, d1, ..., dK)`` input, an
+    integer ``(N, d1, ..., dK)`` target, no weight or a ``(C,)`` one of input's dtype object.
+
+    Such arguments pass every array rule here, which would give the same layout after a few
+    microseconds of looking for a rule that fails; anything else (None) goes through them.
+    """
+    if type(input) is not np.ndarray or type(target) is not np.ndarray:
+        return None
+    shape = input.shape
+    if (len(shape) < 2 or input.dtype.kind != "f" or target.dtype.kind not in "iu"
+            or target.shape != (shape[0], *shape[2:])):
+        return None
+    n_classes = shape[1]
+    if weight is not None and (type(weight) is not np.ndarray or weight.dtype is not input.dtype
+                               or weight.shape != (n_classes,)):
+        return None
+    return n_classes, target.shape
 
 
 # --------------------------------------------------------------------------- NLL
@@ -136,14 +163,19 @@ def nll_call(
     validate: object,
 ) -> NLLCall:
     """Check every argument of an NLL function and return the validated call."""
-    xp, reduction, validate, ignore_index = _common_arguments(
-        input, target, weight, reduction=reduction, validate=validate, ignore_index=ignore_index)
-    if not _is_integer(xp, target.dtype):
-        raise TypeError(f"target must have an integer dtype (class indices), got {target.dtype}")
-
-    n_classes, loss_shape = class_layout(input, target)
-    if weight is not None:
-        check_class_weight(weight, n_classes, input)
+    reduction, validate, ignore_index = _class_options(reduction, validate, ignore_index)
+    layout = _plain_numpy_layout(input, target, weight)
+    if layout is not None:
+        xp = _numpy_namespace()
+    else:
+        xp, validate = _common_arguments(input, target, weight, validate)
+        if not _is_integer(xp, target.dtype):
+            raise TypeError(
+                f"target must have an integer dtype (class indices), got {target.dtype}")
+        layout = class_layout(input, target)
+        if weight is not None:
+            check_class_weight(weight, layout[0], input)
+    n_classes, loss_shape = layout
 
     return NLLCall(
         xp=xp,
@@ -192,25 +224,10 @@ class CrossEntropyCall:
                        loss_shape=self.loss_shape, dtype=self.input.dtype)
 
 
-def cross_entropy_call(
-    input: Array,
-    target: Array,
-    weight: Array | None,
-    *,
-    ignore_index: object,
-    reduction: object,
-    label_smoothing: object,
-    validate: object,
-) -> CrossEntropyCall:
-    """Check every argument of a cross-entropy function and return the validated call.
-
-    An integer ``target`` holds class indices (NLL's layouts); a floating one holds class
-    probabilities and must have the input's shape.
-    """
-    label_smoothing = check_label_smoothing(label_smoothing)
-    xp, reduction, validate, ignore_index = _common_arguments(
-        input, target, weight, reduction=reduction, validate=validate, ignore_index=ignore_index)
-
+def _cross_entropy_layout(xp: ModuleType, input: Array, target: Array, weight: Array | None,
+                          ignore_index: int) -> tuple[bool, int, tuple[int, ...], Any]:
+    """``(probabilities, C, the loss's shape, the loss's dtype)`` of a cross-entropy call,
+    checked: class indices (NLL's layouts) or class probabilities of input's shape."""
     probabilities = _is_floating(xp, target.dtype)
     dtype = input.dtype
     if probabilities:
@@ -245,6 +262,34 @@ def cross_entropy_call(
                         f"dtype (class probabilities), got {target.dtype}")
     if weight is not None:
         check_class_weight(weight, n_classes, input)
+    return probabilities, n_classes, loss_shape, dtype
+
+
+def cross_entropy_call(
+    input: Array,
+    target: Array,
+    weight: Array | None,
+    *,
+    ignore_index: object,
+    reduction: object,
+    label_smoothing: object,
+    validate: object,
+) -> CrossEntropyCall:
+    """Check every argument of a cross-entropy function and return the validated call.
+
+    An integer ``target`` holds class indices (NLL's layouts); a floating one holds class
+    probabilities and must have the input's shape.
+    """
+    label_smoothing = check_label_smoothing(label_smoothing)
+    reduction, validate, ignore_index = _class_options(reduction, validate, ignore_index)
+    layout = _plain_numpy_layout(input, target, weight)
+    if layout is not None:
+        xp, probabilities, dtype = _numpy_namespace(), False, input.dtype
+        n_classes, loss_shape = layout
+    else:
+        xp, validate = _common_arguments(input, target, weight, validate)
+        probabilities, n_classes, loss_shape, dtype = _cross_entropy_layout(
+            xp, input, target, weight, ignore_index)
 
     return CrossEntropyCall(
         xp=xp,

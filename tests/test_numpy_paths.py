@@ -37,7 +37,7 @@ OPTIONS = [{}, {"full": True}, {"log_var": True}, {"beta": 0.5},
 def _switched_off(module: Any, gate: str, answer: Any) -> Iterator[None]:
     """The fast path of ``module`` refused: its ``gate`` function answers ``answer``."""
     saved = getattr(module, gate)
-    setattr(module, gate, lambda call: answer)
+    setattr(module, gate, lambda *args: answer)
     try:
         yield
     finally:
@@ -184,3 +184,127 @@ def test_nll_fast_path_matches_the_generic_code(shape: tuple[int, ...], dtype: s
                 backward_generic = al.nll_loss_backward(0.75, x, target, weight,
                                                         reduction=reduction)
             _assert_same(backward, backward_generic, bitwise=exact)
+
+
+# ------------------------------------------------- the validated calls of plain NumPy arguments
+
+
+def _fields(call: Any) -> dict[str, Any]:
+    return {name: getattr(call, name) for name in type(call).__slots__}
+
+
+def _same_call(shortcut: Any, ruled: Any) -> None:
+    """Two validated calls with the same fields, the arrays the same objects."""
+    assert type(shortcut) is type(ruled)
+    for name, value in _fields(ruled).items():
+        other = _fields(shortcut)[name]
+        if isinstance(value, np.ndarray):
+            assert other is value, name
+        else:
+            assert type(other) is type(value) and other == value, name
+
+
+PLAIN_GAUSSIAN = [  # (shape, var: "array" or a number, dtype, options)
+    ((100,), "array", "float32", {}),
+    ((4, 5), "array", "float64", {"full": True, "eps": 0.5, "reduction": "sum"}),
+    ((3, 2, 2), 0.25, "float16", {"reduction": "none", "validate": False}),
+    ((), "array", "float64", {"log_var": True, "beta": 0.5}),
+    ((6,), -1.5, "float32", {"log_var": True}),  # a negative log-variance is a value
+    ((0, 3), "array", "float32", {}),
+]
+
+
+@pytest.mark.parametrize(("shape", "var", "dtype", "options"), PLAIN_GAUSSIAN, ids=str)
+def test_plain_gaussian_arguments_give_the_rules_call(shape: tuple[int, ...], var: Any,
+                                                      dtype: str, options: dict[str, Any]
+                                                      ) -> None:
+    from arrayloss import _calls
+
+    rng = np.random.default_rng(0)
+    x, t = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
+    v = rng.uniform(0.5, 2.0, shape).astype(dtype) if var == "array" else var
+    arguments = {"full": False, "eps": 1e-6, "reduction": "mean", "validate": True,
+                 "log_var": False, "beta": 0.0, **options}
+    shortcut = _calls._plain_numpy_call(x, t, v, **arguments)
+    assert shortcut is not None
+    with _switched_off(_calls, "_plain_numpy_call", None):
+        _same_call(shortcut, _calls.gaussian_nll_call(x, t, v, **arguments))
+
+
+def _not_plain_gaussian() -> Iterator[tuple[str, Any, Any, Any]]:
+    x = np.ones((4, 3), dtype=np.float32)
+    yield "subclass", x.view(np.matrix), x, 1.0
+    yield "masked", np.ma.asarray(x), x, 1.0
+    yield "two dtypes", x, x.astype(np.float64), 1.0
+    yield "byte order", x, x.astype(">f4"), 1.0
+    yield "broadcast target", x, x[:1], 1.0
+    yield "var per row", x, x, x[:, 0]
+    yield "var of another dtype", x, x, x.astype(np.float64)
+    yield "numpy scalar var", x, x, np.float32(1.0)
+    yield "negative var", x, x, -1.0
+    yield "integer input", x.astype(np.int64), x, 1.0
+    yield "torch-like", [[1.0]], x, 1.0
+
+
+@pytest.mark.parametrize("case", list(_not_plain_gaussian()), ids=lambda case: case[0])
+def test_other_gaussian_arguments_go_through_the_rules(case: tuple[str, Any, Any, Any]
+                                                       ) -> None:
+    from arrayloss import _calls
+
+    _, x, t, v = case
+    assert _calls._plain_numpy_call(x, t, v, False, 1e-6, "mean", True, False, 0.0) is None
+
+
+PLAIN_CLASSES = [  # (input shape, dtype, target dtype, weighted)
+    ((32, 10), "float32", "int64", False),
+    ((5, 3, 4, 2), "float64", "uint8", True),
+    ((1, 1), "float16", "int32", True),
+    ((0, 4), "float32", "int64", False),
+]
+
+
+@pytest.mark.parametrize("loss", ["nll", "cross_entropy"])
+@pytest.mark.parametrize(("shape", "dtype", "target_dtype", "weighted"), PLAIN_CLASSES, ids=str)
+def test_plain_class_arguments_give_the_rules_call(loss: str, shape: tuple[int, ...],
+                                                   dtype: str, target_dtype: str,
+                                                   weighted: bool) -> None:
+    from arrayloss import _class_calls
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape).astype(dtype)
+    target = rng.integers(0, shape[1], (shape[0], *shape[2:])).astype(target_dtype)
+    weight = rng.uniform(0.5, 2.0, shape[1]).astype(dtype) if weighted else None
+    options: dict[str, Any] = {"ignore_index": 2, "reduction": "sum", "validate": False}
+    if loss == "cross_entropy":
+        options["label_smoothing"] = 0.1
+    make = getattr(_class_calls, f"{loss}_call")
+    assert _class_calls._plain_numpy_layout(x, target, weight) is not None
+    shortcut = make(x, target, weight, **options)
+    with _switched_off(_class_calls, "_plain_numpy_layout", None):
+        _same_call(shortcut, make(x, target, weight, **options))
+
+
+def test_other_class_arguments_go_through_the_rules() -> None:
+    from arrayloss import _class_calls
+
+    x, target = np.zeros((4, 3), dtype=np.float32), np.zeros(4, dtype=np.int64)
+    for args in ((x[0], target[:1], None),  # unbatched (C,) input
+                 (x, target.astype(np.float32), None),  # class probabilities
+                 (x, target[:3], None),
+                 (x, target.astype(bool), None),
+                 (x, target, np.ones(3)),  # a float64 weight for float32 input
+                 (x, target, np.ones(4, dtype=np.float32)),
+                 (x.view(np.matrix), target, None)):
+        assert _class_calls._plain_numpy_layout(*args) is None
+
+
+def test_quiet_floating_point_restores_the_callers_state() -> None:
+    from arrayloss._agnostic._helpers import quiet_floating_point
+
+    with np.errstate(all="raise", under="warn"):
+        before = np.geterr()
+        with pytest.raises(KeyError), quiet_floating_point():
+            assert set(np.geterr().values()) == {"ignore"}
+            np.log(np.zeros(1))  # no FloatingPointError inside
+            raise KeyError
+        assert np.geterr() == before

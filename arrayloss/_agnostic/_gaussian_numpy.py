@@ -222,6 +222,9 @@ def _scalar_term(call: GaussianNLLCall) -> float | None:
     return value if call.log_var or not value < eps else eps
 
 
+_NO_GRADIENTS: tuple[None, None, None] = (None, None, None)
+
+
 def takes_upstream(call: GaussianNLLCall, grad_output: Array | float) -> bool:
     """Whether :func:`run` takes this upstream gradient: a number for a reduced loss, or for
     ``'none'`` a NumPy array of the loss's shape and dtype."""
@@ -237,20 +240,23 @@ def run(call: GaussianNLLCall, wrt: frozenset[str], want_loss: bool = True,
     """The loss (reduced as ``call.reduction`` says; None unless ``want_loss``) and the
     gradients named in ``wrt`` for the upstream gradient ``grad_output`` (see
     :func:`takes_upstream`), in the callers' shapes."""
-    dtype, shape = call.dtype, call.loss_shape
+    dtype, shape, numel = call.dtype, call.loss_shape, call.numel
     losses = np.empty(shape, dtype=dtype) if want_loss and call.reduction == "none" else None
-    upstream = grad_output / call.numel if call.reduction == "mean" else grad_output
-    grad_input = np.empty(shape, dtype=dtype) if "input" in wrt else None
-    grad_target = np.empty(shape, dtype=dtype) if "target" in wrt else None
+    upstream = grad_output / numel if call.reduction == "mean" else grad_output
     grad_var = None
-    if "var" in wrt:
-        assert not isinstance(call.var, float)
-        grad_var = np.empty(call.var.shape, dtype=dtype)
-    grads = (grad_input, grad_target, grad_var)
-    reuse = call.numel >= SCRATCH_ELEMENTS
+    if wrt:
+        grad_input = np.empty(shape, dtype=dtype) if "input" in wrt else None
+        grad_target = np.empty(shape, dtype=dtype) if "target" in wrt else None
+        if "var" in wrt:
+            assert not isinstance(call.var, float)
+            grad_var = np.empty(call.var.shape, dtype=dtype)
+        grads = (grad_input, grad_target, grad_var)
+    else:
+        grads = _NO_GRADIENTS
+    reuse = numel >= SCRATCH_ELEMENTS
     with quiet_floating_point():  # this thread's blocks; workers enter it on their own
         scalar_term = _scalar_term(call)
-        if call.numel <= SMALLEST_BLOCK:  # one block: everything, here
+        if numel <= SMALLEST_BLOCK:  # one block: everything, here
             results = [_block(call, None, scalar_term, upstream, wrt, want_loss, losses, grads,
                               reuse)]
         else:
@@ -267,7 +273,7 @@ def run(call: GaussianNLLCall, wrt: frozenset[str], want_loss: bool = True,
         loss = None
         if want_loss:
             loss = (losses if losses is not None
-                    else _reduced(call, [total for total, _ in results]))
+                    else _reduced(call, [total for total, _ in results], numel))
     if grad_var is not None and results[0][1] is not None:
         # var is broadcast along the blocks' axis: its gradient is summed in block order.
         total_grad = results[0][1]
@@ -277,12 +283,12 @@ def run(call: GaussianNLLCall, wrt: frozenset[str], want_loss: bool = True,
     if grad_var is not None:
         assert call.var_shape is not None
         grad_var = np.reshape(grad_var, call.var_shape)
-    return loss, (grad_input, grad_target, grad_var)
+    return loss, (grads[0], grads[1], grad_var)
 
 
-def _reduced(call: GaussianNLLCall, partials: list[float]) -> Array:
+def _reduced(call: GaussianNLLCall, partials: list[float], numel: int) -> Array:
     """The block sums added in block order in double precision, then divided for 'mean'."""
     total = math.fsum(partials) if len(partials) > 1 else partials[0]
     if call.reduction == "mean":
-        total = total / call.numel
+        total = total / numel
     return np.asarray(total, dtype=call.dtype)  # a float16 overflow is inf, as in PyTorch

@@ -37,16 +37,41 @@ def as_0d(xp: ModuleType, x: Array) -> Array:
     return np.asarray(x) if is_numpy_namespace(xp) else x
 
 
+try:
+    # NumPy >= 2 keeps its floating-point error state in a context variable; setting it to
+    # one prepared "ignore everything" state costs a fifth of entering ``np.errstate``
+    # (0.2 against 1.3 us per call, measured), a large share of a small call's budget.
+    # Private names: where a NumPy lacks them, ``np.errstate`` itself is used.
+    from numpy._core._ufunc_config import _extobj_contextvar, _make_extobj
+
+    _IGNORE_ALL: Any = _make_extobj(all="ignore")
+except (ImportError, AttributeError, TypeError):  # pragma: no cover - another NumPy layout
+    _extobj_contextvar = None
+
+
+class _Quiet:
+    """``np.errstate(all="ignore")`` by its context variable (one use per instance)."""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _extobj_contextvar.set(_IGNORE_ALL)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _extobj_contextvar.reset(self._token)
+
+
 def quiet_floating_point() -> contextlib.AbstractContextManager[Any]:
     """Silence NumPy's floating-point warnings and errors (log(0), 0/0, inf-inf, underflow).
 
     Those values are the documented results (an all-ignored ``'mean'`` is NaN, a zero variance
     with ``eps=0`` is infinite), as in PyTorch, which neither warns nor raises.  So the
     caller's ``np.seterr`` (even ``all='raise'``) cannot break a correct computation; worker
-    threads enter this too, and NumPy's state is restored on exit.  (NumPy's own context
-    manager, returned as is: a generator around it costs a microsecond per call.)
+    threads enter this too, and NumPy's state is restored on exit.
     """
-    return np.errstate(all="ignore")
+    if _extobj_contextvar is None:  # pragma: no cover - another NumPy layout
+        return np.errstate(all="ignore")
+    return _Quiet()
 
 
 def sum_to_shape(xp: ModuleType, x: Array, shape: tuple[int, ...]) -> Array:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._blocked import scratch
+from ._helpers import quiet_floating_point
 
 if TYPE_CHECKING:
     from .._class_calls import NLLCall
@@ -46,7 +47,7 @@ def route(call: NLLCall) -> str | None:
     x, target = call.input, call.target
     if type(x) is not np.ndarray or x.ndim < 2 or target.size == 0:
         return None
-    lowest = int(target.min())
+    lowest = int(np.minimum.reduce(target, None))  # the ufunc: no method wrapper
     if lowest < 0:  # ignore_index's default -100, or a bad target: the general path
         return None
     ignore = call.ignore_index
@@ -58,7 +59,7 @@ def route(call: NLLCall) -> str | None:
         return "rows"
     if not x.flags.c_contiguous:
         return None
-    highest = int(target.max())
+    highest = int(np.maximum.reduce(target, None))
     if highest >= call.n_classes or lowest <= ignore <= highest:
         return None
     return "blocks"
@@ -98,7 +99,7 @@ def _rows_forward(call: NLLCall, dtype: Any) -> Array | None:
     if call.reduction == "none":
         assert losses is not None
         return losses.astype(call.dtype, copy=False)
-    total = -picked.sum() if losses is None else losses.sum()
+    total = -np.add.reduce(picked, None) if losses is None else np.add.reduce(losses, None)
     if call.reduction == "mean":
         total = total / (dtype.type(picked.shape[0]) if weight is None else weight.sum())
     return np.asarray(total, dtype=call.dtype)
@@ -183,7 +184,7 @@ def _sums(call: NLLCall, dtype: Any) -> tuple[Array, Array]:
     """(sum of the losses, sum of the target weights), per block in block order, in the
     compute dtype."""
     def work(rows: slice) -> tuple[float, float]:
-        with np.errstate(all="ignore"):
+        with quiet_floating_point():
             _, losses, weight = _block_losses(call, rows, dtype, negate=False)
             total = float(np.add.reduce(losses, axis=None, dtype=dtype))
             if weight is None:  # the picked values: -sum(x) is sum(-x), bit for bit
@@ -191,7 +192,7 @@ def _sums(call: NLLCall, dtype: Any) -> tuple[Array, Array]:
             return total, float(np.add.reduce(weight, axis=None))
 
     sums = _run(call, work)
-    with np.errstate(all="ignore"):
+    with quiet_floating_point():
         return (np.asarray(math.fsum(total for total, _ in sums), dtype=dtype),
                 np.asarray(math.fsum(weight for _, weight in sums), dtype=dtype))
 
@@ -200,20 +201,20 @@ def forward(call: NLLCall, dtype: Any, how: str) -> Array | None:
     """The loss, reduced as ``call.reduction`` says, along the :func:`route` ``how``; None
     where the general path must run after all."""
     if how == "rows":
-        with np.errstate(all="ignore"):
+        with quiet_floating_point():
             return _rows_forward(call, dtype)
     if call.reduction == "none":
         out = np.empty(call.loss_shape, dtype=call.dtype)
         flat_out = out.reshape(call.loss_shape[0], -1)
 
         def write(rows: slice) -> None:
-            with np.errstate(all="ignore"):
+            with quiet_floating_point():
                 flat_out[rows] = _block_losses(call, rows, dtype)[1]
 
         _run(call, write)
         return out
     total, total_weight = _sums(call, dtype)
-    with np.errstate(all="ignore"):
+    with quiet_floating_point():
         loss = total / total_weight if call.reduction == "mean" else total
         return np.asarray(loss).astype(call.dtype)
 
@@ -224,17 +225,17 @@ def loss_and_grad(call: NLLCall, dtype: Any, how: str, grad_output: float = 1.0
     ``grad_output``, along the :func:`route` ``how``; None where the general path must run
     after all."""
     if how == "rows":
-        with np.errstate(all="ignore"):
+        with quiet_floating_point():
             return _rows_loss_and_grad(call, dtype, grad_output)
     total, total_weight = _sums(call, dtype)
-    with np.errstate(all="ignore"):
+    with quiet_floating_point():
         loss = np.asarray(total / total_weight if call.reduction == "mean" else total)
         # PyTorch's operation order: w[t] * (-(G / total_weight)), or w[t] * (-G) for 'sum'.
         scale = -grad_output if call.reduction == "sum" else -(grad_output / total_weight)
     grad = np.zeros(call.input.size, dtype=call.input.dtype)
 
     def scatter(rows: slice) -> None:
-        with np.errstate(all="ignore"):
+        with quiet_floating_point():
             target, positions = _positions(call, rows)
             if call.weight is None:
                 coef: Any = scale

@@ -32,6 +32,8 @@ from ._helpers import as_0d, as_compute, compute_dtype, quiet_floating_point, su
 
 Array = Any
 Gradients = tuple[Array | None, Array | None, Array | None]
+#: ``wrt`` of a forward pass: no gradient.
+_NO_GRADIENTS: frozenset[str] = frozenset()
 
 #: The constant ``full=True`` adds to every element: ``0.5 * log(2 * pi)``.
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -50,9 +52,13 @@ class _Terms:
 def _check_values(call: GaussianNLLCall) -> None:
     if not call.validate or call.log_var or call.var_shape is None:
         return
-    negative = call.var < 0  # False for NaN, which passes through as in PyTorch
-    # NumPy's own method: the namespace's function wraps it in microseconds of Python.
-    if bool(negative.any() if isinstance(negative, np.ndarray) else call.xp.any(negative)):
+    var = call.var
+    if isinstance(var, np.ndarray):
+        # One pass, no temporary: the smallest entry, NaN skipped (it passes through, as in
+        # PyTorch); fmin.reduce is NaN only where every entry is.
+        if var.size and np.fmin.reduce(var, axis=None) < 0:
+            raise negative_var_error()
+    elif bool(call.xp.any(var < 0)):  # False for NaN
         raise negative_var_error()
 
 
@@ -325,7 +331,7 @@ def forward(call: GaussianNLLCall) -> Array:
     """The loss, reduced as ``call.reduction`` says."""
     _check_values(call)
     if _gaussian_numpy.applies(call):
-        return _gaussian_numpy.run(call, frozenset())[0]
+        return _gaussian_numpy.run(call, _NO_GRADIENTS)[0]
     dtype = compute_dtype(call.xp, call.dtype)
     blocks = row_blocks(call.xp, call.loss_shape)
     with quiet_floating_point():
