@@ -42,7 +42,10 @@ try:
     # one prepared "ignore everything" state costs a fifth of entering ``np.errstate``
     # (0.2 against 1.3 us per call, measured), a large share of a small call's budget.
     # Private names: where a NumPy lacks them, ``np.errstate`` itself is used.
-    from numpy._core._ufunc_config import _extobj_contextvar, _make_extobj
+    from numpy._core._ufunc_config import (  # type: ignore[attr-defined]
+        _extobj_contextvar,
+        _make_extobj,
+    )
 
     _IGNORE_ALL: Any = _make_extobj(all="ignore")
 except (ImportError, AttributeError, TypeError):  # pragma: no cover - another NumPy layout
