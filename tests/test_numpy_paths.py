@@ -164,26 +164,96 @@ def test_nll_fast_path_matches_the_generic_code(shape: tuple[int, ...], dtype: s
     x.reshape(-1)[::7] = np.inf  # picked infinities stay where the generic code puts them
     target = rng.integers(0, n_classes, (shape[0], *shape[2:])).astype(target_dtype)
     for weight in (None, rng.uniform(0.5, 2.0, n_classes).astype(dtype)):
-        for reduction in ("none", "mean", "sum"):
-            fast = al.nll_loss(x, target, weight, reduction=reduction)
-            with _generic_nll():
-                generic = al.nll_loss(x, target, weight, reduction=reduction)
-            _assert_same(fast, generic, bitwise=reduction == "none")
-            if reduction == "none":
-                continue
-            loss, grad = al.nll_loss_and_grad(x, target, weight, reduction=reduction)
-            with _generic_nll():
-                loss_generic, grad_generic = al.nll_loss_and_grad(x, target, weight,
-                                                                  reduction=reduction)
-            _assert_same(loss, loss_generic, bitwise=False)
-            # A weighted mean's gradient divides by the total weight, a sum (to rounding).
-            exact = reduction == "sum" or weight is None
-            _assert_same(grad, grad_generic, bitwise=exact)
-            backward = al.nll_loss_backward(0.75, x, target, weight, reduction=reduction)
-            with _generic_nll():
-                backward_generic = al.nll_loss_backward(0.75, x, target, weight,
-                                                        reduction=reduction)
-            _assert_same(backward, backward_generic, bitwise=exact)
+        _assert_nll_as_generic(x, target, weight)
+
+
+def _assert_nll_as_generic(x: Any, target: Any, weight: Any, **options: Any) -> None:
+    """Forward (every reduction), loss-and-gradient and backward: the fast path against the
+    generic code, bitwise where elementwise."""
+    for reduction in ("none", "mean", "sum"):
+        fast = al.nll_loss(x, target, weight, reduction=reduction, **options)
+        with _generic_nll():
+            generic = al.nll_loss(x, target, weight, reduction=reduction, **options)
+        _assert_same(fast, generic, bitwise=reduction == "none")
+        if reduction == "none":
+            continue
+        loss, grad = al.nll_loss_and_grad(x, target, weight, reduction=reduction, **options)
+        with _generic_nll():
+            loss_generic, grad_generic = al.nll_loss_and_grad(x, target, weight,
+                                                              reduction=reduction, **options)
+        _assert_same(loss, loss_generic, bitwise=False)
+        # A weighted mean's gradient divides by the total weight, a sum (to rounding).
+        exact = reduction == "sum" or weight is None
+        _assert_same(grad, grad_generic, bitwise=exact)
+        backward = al.nll_loss_backward(0.75, x, target, weight, reduction=reduction,
+                                        **options)
+        with _generic_nll():
+            backward_generic = al.nll_loss_backward(0.75, x, target, weight,
+                                                    reduction=reduction, **options)
+        _assert_same(backward, backward_generic, bitwise=exact)
+
+
+@pytest.mark.parametrize("target_dtype", ["int64", "int16", "uint8", "uint64"])
+@pytest.mark.parametrize("ignore_index", [-100, 0, 3])
+@pytest.mark.parametrize("shape", [(32, 10), (300, 7), (70000, 5), (4, 6, 50, 40)], ids=str)
+def test_nll_with_ignored_targets_matches_the_generic_code(shape: tuple[int, ...],
+                                                           ignore_index: int,
+                                                           target_dtype: str) -> None:
+    """The masked blocks: ignored targets among the classes (a uint8 target is never -100),
+    NaN and inf at the inputs an ignored target's safe index reads."""
+    rng = np.random.default_rng(shape[0] + abs(ignore_index))
+    n_classes = shape[1]
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[:, 0] = np.nan  # class 0: where an ignored target reads; it must not leak
+    x[:, 1] = -np.inf
+    target = rng.integers(0, n_classes, (shape[0], *shape[2:]))
+    if np.iinfo(target_dtype).min <= ignore_index:
+        target.reshape(-1)[::3] = ignore_index
+    target = target.astype(target_dtype)
+    assert _nll_numpy.route(_nll_call(x, target, None, ignore_index)) is not None
+    for weight in (None, rng.uniform(0.5, 2.0, n_classes).astype(np.float32)):
+        _assert_nll_as_generic(x, target, weight, ignore_index=ignore_index)
+
+
+def _nll_call(x: Any, target: Any, weight: Any, ignore_index: int, validate: bool = True
+              ) -> Any:
+    from arrayloss._class_calls import nll_call
+
+    return nll_call(x, target, weight, ignore_index=ignore_index, reduction="mean",
+                    validate=validate)
+
+
+@pytest.mark.parametrize("shape", [(50, 4), (70000, 4), (3, 4, 30, 20)], ids=str)
+def test_nll_bad_targets_on_the_masked_path(shape: tuple[int, ...]) -> None:
+    """Validated: the generic path's error, naming the first bad target.  Not validated:
+    inactive, as ignored ones (no loss, no gradient), as in the generic code."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(shape)
+    target = rng.integers(0, shape[1], (shape[0], *shape[2:]))
+    flat = target.reshape(-1)
+    flat[::5], flat[7], flat[-2] = -100, 9, -3
+    with pytest.raises(IndexError, match=r"target contains 9, which is outside"):
+        al.nll_loss(x, target)
+    with pytest.raises(IndexError, match=r"target contains 9, which is outside"):
+        al.nll_loss_and_grad(x, target)
+    for weight in (None, rng.uniform(0.5, 2.0, shape[1])):
+        _assert_nll_as_generic(x, target, weight, validate=False)
+
+
+def test_nll_forward_with_ignored_targets_reuses_its_buffers() -> None:
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 21, 64, 64)).astype(np.float32)
+    target = rng.integers(0, 21, (8, 64, 64))
+    target[:, :8] = -100
+    weight = rng.uniform(0.5, 2.0, 21).astype(np.float32)
+    al.nll_loss(x, target, weight)  # warm the scratch
+    tracemalloc.start()
+    al.nll_loss(x, target, weight)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 64 * 1024  # the generic path's masks: several MiB
 
 
 # ------------------------------------------------- the validated calls of plain NumPy arguments

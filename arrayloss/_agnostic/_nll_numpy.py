@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,28 +42,28 @@ SMALL_ROWS = 1 << 12
 
 
 def route(call: NLLCall) -> str | None:
-    """How this module computes ``call``: ``"rows"`` (a small ``(N, C)`` batch, one fancy
-    index), ``"blocks"`` (a C-contiguous input, any layout), or None where some target is not
-    a class (ignored, out of range) or the input is neither: the generic path then runs."""
+    """How this module computes ``call``: ``"rows"`` (a small ``(N, C)`` batch where every
+    target is a class, one fancy index), ``"blocks"`` (a C-contiguous input, any layout, every
+    target a class), ``"masked"`` (the same with ignored targets, each block's found by a
+    mask), or None where the input is neither: the generic path then runs."""
     x, target = call.input, call.target
     if type(x) is not np.ndarray or x.ndim < 2 or target.size == 0:
         return None
     lowest = int(np.minimum.reduce(target, None))  # the ufunc: no method wrapper
-    if lowest < 0:  # ignore_index's default -100, or a bad target: the general path
-        return None
     ignore = call.ignore_index
-    if x.ndim == 2 and target.shape[0] <= SMALL_ROWS:
+    if lowest >= 0 and x.ndim == 2 and target.shape[0] <= SMALL_ROWS:
         # The fancy index checks the upper bound itself (IndexError: see _picked_rows); an
         # ignore_index inside [0, C) needs a look.
-        if lowest <= ignore < call.n_classes and bool((target == ignore).any()):
-            return None
-        return "rows"
+        if not (lowest <= ignore < call.n_classes and bool((target == ignore).any())):
+            return "rows"
     if not x.flags.c_contiguous:
         return None
-    highest = int(np.maximum.reduce(target, None))
-    if highest >= call.n_classes or lowest <= ignore <= highest:
-        return None
-    return "blocks"
+    if lowest >= 0:
+        highest = int(np.maximum.reduce(target, None))
+        if highest < call.n_classes and not lowest <= ignore <= highest:
+            return "blocks"
+    # ignore_index's default -100 among the targets, or a bad target: see _block_targets.
+    return "masked"
 
 
 @functools.lru_cache(maxsize=8)
@@ -134,67 +135,155 @@ def _run(call: NLLCall, work: Any) -> list[Any]:
     return [work(rows) for rows in _plan(call.loss_shape[0], math.prod(call.loss_shape[1:]))]
 
 
-def _positions(call: NLLCall, rows: slice) -> tuple[Array, Array]:
-    """The block's targets, ``(b, S)``, and their flat positions ``(n C + t) S + s`` in the
+#: Blocks of at most this many (long) rows compute their positions row by row.
+ROW_BY_ROW = 64
+
+
+def _block_targets(call: NLLCall, rows: slice, masked: bool
+                   ) -> tuple[Array, Array | None] | None:
+    """The block's targets as ``(b, S)`` class indices, and the mask of its inactive ones
+    (None where every one is a class): ignored, and with ``validate=False`` out of range.
+
+    ``masked`` (the route ``"masked"``): the targets are copied into an int64 scratch buffer
+    with the inactive ones set to class 0, a safe index whose loss and gradient are then
+    zeroed.  None where a target is neither a class nor ignored and ``validate`` is set:
+    the general path names it in its error.
+    """
+    spatial = math.prod(call.loss_shape[1:])
+    target = call.target[rows].reshape(-1, spatial)
+    if not masked:
+        return target, None
+    safe = scratch(target.shape, np.int64, slot=4)
+    np.copyto(safe, target, casting="unsafe")  # a uint64 past int64 turns negative: invalid
+    inactive = scratch(target.shape, np.bool_, slot=5)
+    limits = np.iinfo(target.dtype)
+    if limits.min <= call.ignore_index <= limits.max:  # uint8 targets are never -100
+        np.equal(target, call.ignore_index, out=inactive)
+    else:
+        inactive.fill(False)
+    np.copyto(safe, 0, where=inactive)
+    if safe.size and (np.minimum.reduce(safe, None) < 0
+                      or np.maximum.reduce(safe, None) >= call.n_classes):
+        if call.validate:
+            return None
+        # Out of range and not validated: inactive, as ignored targets (the generic rule).
+        inactive |= (safe < 0) | (safe >= call.n_classes)
+        np.copyto(safe, 0, where=inactive)
+    return safe, inactive
+
+
+def _positions(call: NLLCall, rows: slice, target: Array) -> Array:
+    """The flat positions ``(n C + t) S + s`` of the block's targets ``(b, S)`` in the
     input, in a scratch buffer (int64, whatever the target's integer dtype: ``uint8 * S``
     must not wrap around)."""
     n_classes = call.n_classes
-    spatial = math.prod(call.loss_shape[1:])
-    target = call.target[rows].reshape(-1, spatial)
+    spatial = target.shape[1]
     count = target.shape[0]
     positions = scratch(target.shape, np.int64, slot=0)
     row_stride = n_classes * spatial
     if spatial == 1:
         np.multiply(_arange(count), row_stride, out=positions[:, 0])
         np.add(positions, target, out=positions, dtype=np.int64, casting="unsafe")
+    elif count <= ROW_BY_ROW:
+        # Row by row: an operand broadcast along rows costs NumPy's iterator a 64 KiB buffer
+        # per call, more than this call's other temporaries together.
+        start = rows.start or 0
+        for row in range(count):
+            np.multiply(target[row], spatial, out=positions[row], dtype=np.int64,
+                        casting="unsafe")
+            positions[row] += _arange(spatial)
+            positions[row] += (start + row) * row_stride
+        return positions
     else:
         np.multiply(target, spatial, out=positions, dtype=np.int64, casting="unsafe")
         positions += _arange(spatial)
         positions += (_arange(count) * row_stride)[:, None]
     if rows.start:
         positions += rows.start * row_stride
-    return target, positions
+    return positions
 
 
-def _block_losses(call: NLLCall, rows: slice, dtype: Any, negate: bool = True
-                  ) -> tuple[Array, Array, Array | None]:
-    """The block's positions, its losses ``-w[t] x[n, t, s]`` (compute dtype; without
-    weights and ``negate=False``, the picked values themselves: the caller negates their
-    sum) and its target weights (None without class weights)."""
-    target, positions = _positions(call, rows)
-    picked = np.take(call.input.reshape(-1), positions, mode="clip",
-                     out=scratch(positions.shape, call.input.dtype, slot=1))
-    weight = None
-    if call.weight is None:
-        if not negate:
-            return positions, picked, None
-        losses = np.negative(picked, out=scratch(positions.shape, dtype, slot=2), dtype=dtype)
-    else:
+@dataclass(slots=True)
+class _Block:
+    """One block's targets: class indices ``(b, S)``, their flat positions, the inactive
+    mask (None where every target is a class), and their weights ``w[t]`` (compute dtype,
+    0 where inactive; None without class weights)."""
+
+    target: Array
+    positions: Array
+    inactive: Array | None
+    weight: Array | None = None
+
+    def active_weight(self) -> float:
+        """The block's share of ``'mean'``'s divisor."""
+        if self.weight is not None:
+            return float(np.add.reduce(self.weight, axis=None))
+        count = self.target.size
+        return float(count if self.inactive is None else count - np.count_nonzero(self.inactive))
+
+
+def _block(call: NLLCall, rows: slice, dtype: Any, masked: bool) -> _Block | None:
+    """The block ``rows``, its weights looked up (None: see :func:`_block_targets`)."""
+    targets = _block_targets(call, rows, masked)
+    if targets is None:
+        return None
+    target, inactive = targets
+    block = _Block(target, _positions(call, rows, target), inactive)
+    if call.weight is not None:
         weight = np.take(call.weight, target, mode="clip",
-                         out=scratch(positions.shape, call.weight.dtype, slot=3))
+                         out=scratch(target.shape, call.weight.dtype, slot=3))
         if weight.dtype != dtype:
             weight = weight.astype(dtype)
+        if inactive is not None:
+            np.copyto(weight, 0, where=inactive)
+        block.weight = weight
+    return block
+
+
+def _block_losses(call: NLLCall, block: _Block, dtype: Any, negate: bool = True) -> Array:
+    """The block's losses ``-w[t] x[n, t, s]``, 0 where inactive (compute dtype; without
+    weights and ``negate=False``, the picked values themselves: the caller negates their
+    sum)."""
+    positions = block.positions
+    picked = np.take(call.input.reshape(-1), positions, mode="clip",
+                     out=scratch(positions.shape, call.input.dtype, slot=1))
+    weight = block.weight
+    if weight is None:
+        if not negate:
+            losses = picked
+        else:
+            losses = np.negative(picked, out=scratch(positions.shape, dtype, slot=2),
+                                 dtype=dtype)
+    else:
         losses = np.multiply(picked, weight, out=scratch(positions.shape, dtype, slot=2),
                              dtype=dtype)
         np.negative(losses, out=losses)
-    return positions, losses, weight
+    if block.inactive is not None:
+        # Written over, not multiplied by a mask: NaN or inf at an ignored target's safe
+        # index must not leak into the loss.
+        np.copyto(losses, 0, where=block.inactive)
+    return losses
 
 
-def _sums(call: NLLCall, dtype: Any) -> tuple[Array, Array]:
+def _sums(call: NLLCall, dtype: Any, masked: bool) -> tuple[Array, Array] | None:
     """(sum of the losses, sum of the target weights), per block in block order, in the
-    compute dtype."""
-    def work(rows: slice) -> tuple[float, float]:
+    compute dtype; None where the general path must run (see :func:`_block_targets`)."""
+    def work(rows: slice) -> tuple[float, float] | None:
         with quiet_floating_point():
-            _, losses, weight = _block_losses(call, rows, dtype, negate=False)
+            block = _block(call, rows, dtype, masked)
+            if block is None:
+                return None
+            losses = _block_losses(call, block, dtype, negate=False)
             total = float(np.add.reduce(losses, axis=None, dtype=dtype))
-            if weight is None:  # the picked values: -sum(x) is sum(-x), bit for bit
-                return -total, float(losses.size)
-            return total, float(np.add.reduce(weight, axis=None))
+            # Without weights, the picked values: -sum(x) is sum(-x), bit for bit.
+            return (-total if call.weight is None else total), block.active_weight()
 
     sums = _run(call, work)
+    if any(share is None for share in sums):
+        return None
     with quiet_floating_point():
-        return (np.asarray(math.fsum(total for total, _ in sums), dtype=dtype),
-                np.asarray(math.fsum(weight for _, weight in sums), dtype=dtype))
+        return (np.asarray(math.fsum(share[0] for share in sums), dtype=dtype),
+                np.asarray(math.fsum(share[1] for share in sums), dtype=dtype))
 
 
 def forward(call: NLLCall, dtype: Any, how: str) -> Array | None:
@@ -203,17 +292,24 @@ def forward(call: NLLCall, dtype: Any, how: str) -> Array | None:
     if how == "rows":
         with quiet_floating_point():
             return _rows_forward(call, dtype)
+    masked = how == "masked"
     if call.reduction == "none":
         out = np.empty(call.loss_shape, dtype=call.dtype)
         flat_out = out.reshape(call.loss_shape[0], -1)
 
-        def write(rows: slice) -> None:
+        def write(rows: slice) -> bool:
             with quiet_floating_point():
-                flat_out[rows] = _block_losses(call, rows, dtype)[1]
+                block = _block(call, rows, dtype, masked)
+                if block is None:
+                    return False
+                flat_out[rows] = _block_losses(call, block, dtype)
+                return True
 
-        _run(call, write)
-        return out
-    total, total_weight = _sums(call, dtype)
+        return out if all(_run(call, write)) else None
+    sums = _sums(call, dtype, masked)
+    if sums is None:
+        return None
+    total, total_weight = sums
     with quiet_floating_point():
         loss = total / total_weight if call.reduction == "mean" else total
         return np.asarray(loss).astype(call.dtype)
@@ -227,7 +323,11 @@ def loss_and_grad(call: NLLCall, dtype: Any, how: str, grad_output: float = 1.0
     if how == "rows":
         with quiet_floating_point():
             return _rows_loss_and_grad(call, dtype, grad_output)
-    total, total_weight = _sums(call, dtype)
+    masked = how == "masked"
+    sums = _sums(call, dtype, masked)
+    if sums is None:
+        return None
+    total, total_weight = sums
     with quiet_floating_point():
         loss = np.asarray(total / total_weight if call.reduction == "mean" else total)
         # PyTorch's operation order: w[t] * (-(G / total_weight)), or w[t] * (-G) for 'sum'.
@@ -236,13 +336,18 @@ def loss_and_grad(call: NLLCall, dtype: Any, how: str, grad_output: float = 1.0
 
     def scatter(rows: slice) -> None:
         with quiet_floating_point():
-            target, positions = _positions(call, rows)
-            if call.weight is None:
-                coef: Any = scale
-            else:
-                weight = np.take(call.weight, target, mode="clip")
-                coef = (weight if weight.dtype == dtype else weight.astype(dtype)) * scale
-            np.put(grad, positions, coef, mode="clip")
+            block = _block(call, rows, dtype, masked)
+            assert block is not None  # the sums saw every target
+            coef: Any = scale
+            if block.weight is not None:
+                coef = np.multiply(block.weight, scale,
+                                   out=scratch(block.target.shape, dtype, slot=2))
+            elif block.inactive is not None:
+                coef = scratch(block.target.shape, dtype, slot=2)
+                coef.fill(scale)
+            if block.inactive is not None:
+                np.copyto(coef, 0, where=block.inactive)  # +0, as the generic `where`
+            np.put(grad, block.positions, coef, mode="clip")
 
     _run(call, scatter)
     return loss.astype(call.dtype), grad.reshape(call.input.shape)
