@@ -324,6 +324,8 @@ def loss_and_grad(call: NLLCall, dtype: Any, how: str, grad_output: float = 1.0
         with quiet_floating_point():
             return _rows_loss_and_grad(call, dtype, grad_output)
     masked = how == "masked"
+    if not masked and call.weight is None:
+        return _unweighted_loss_and_grad(call, dtype, grad_output)
     sums = _sums(call, dtype, masked)
     if sums is None:
         return None
@@ -350,4 +352,30 @@ def loss_and_grad(call: NLLCall, dtype: Any, how: str, grad_output: float = 1.0
             np.put(grad, block.positions, coef, mode="clip")
 
     _run(call, scatter)
+    return loss.astype(call.dtype), grad.reshape(call.input.shape)
+
+
+def _unweighted_loss_and_grad(call: NLLCall, dtype: Any, grad_output: float
+                              ) -> tuple[Array, Array]:
+    """:func:`loss_and_grad` where every target is a class and none is weighted: the total
+    weight is the number of targets, known up front, so each block gathers its values and
+    scatters its gradient in one pass over its positions."""
+    with quiet_floating_point():
+        total_weight = np.asarray(float(call.target.size), dtype=dtype)
+        scale = -grad_output if call.reduction == "sum" else -(grad_output / total_weight)
+    grad = np.zeros(call.input.size, dtype=call.input.dtype)
+
+    def work(rows: slice) -> float:
+        with quiet_floating_point():
+            block = _block(call, rows, dtype, masked=False)
+            assert block is not None  # unmasked: every target is a class
+            picked = _block_losses(call, block, dtype, negate=False)
+            total = float(np.add.reduce(picked, axis=None, dtype=dtype))
+            np.put(grad, block.positions, scale, mode="clip")
+            return -total  # -sum(x) is sum(-x), bit for bit
+
+    sums = _run(call, work)
+    with quiet_floating_point():
+        total = np.asarray(math.fsum(sums), dtype=dtype)
+        loss = np.asarray(total / total_weight if call.reduction == "mean" else total)
     return loss.astype(call.dtype), grad.reshape(call.input.shape)
