@@ -114,10 +114,11 @@ def _variance(call: GaussianNLLCall, var: Any, scalar_term: float | None, reuse:
     return term, precision, weight
 
 
-def _log(term: Any, reuse: bool) -> Any:
+def _log(term: Any, reuse: bool, in_place: bool) -> Any:
+    """log(term); ``in_place`` into term's own buffer (a temporary no longer needed)."""
     if isinstance(term, float):  # math.log raises for 0, where log(0) is -inf
         return -math.inf if term == 0 else math.log(term)
-    return np.log(term, out=_buffer(term.shape, term.dtype, 4, reuse))
+    return np.log(term, out=term if in_place else _buffer(term.shape, term.dtype, 4, reuse))
 
 
 def _block(call: GaussianNLLCall, part: Block | None, scalar_term: float | None,
@@ -150,8 +151,13 @@ def _block(call: GaussianNLLCall, part: Block | None, scalar_term: float | None,
         q /= term
     total = 0.0
     if want_loss:
-        loss = np.add(q, term if precision is not None else _log(term, reuse),
-                      out=_buffer(shape, dtype, 2, reuse) if losses is None else losses[index])
+        # A forward pass needs neither d nor max(var, eps) past here: the log and the losses
+        # reuse their buffers (three temporaries fewer on a small call).
+        forward_only = not wrt
+        log_term = term if precision is not None else _log(term, reuse, in_place=forward_only)
+        out = losses[index] if losses is not None else (
+            diff if forward_only else _buffer(shape, dtype, 2, reuse))
+        loss = np.add(q, log_term, out=out)
         loss *= 0.5
         if call.full:
             loss += HALF_LOG_2PI
