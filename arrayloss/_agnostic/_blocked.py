@@ -11,10 +11,11 @@ not depend on thread timing.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -139,20 +140,49 @@ def scratch(shape: tuple[int, ...], dtype: Any, slot: int = 0) -> Any:
 def run_blocks(work: Callable[[Any], Result], blocks: Sequence[Any]) -> list[Result]:
     """``work`` on every block, in parallel threads; the results in block order.
 
-    One block runs in the calling thread (a hand-off would only add latency).  Where no
-    thread can start (an ``atexit`` handler, after the interpreter has shut the pool down),
-    the blocks run one after another in the calling thread: same results, no threads.
+    The calling thread and up to ``worker_count() - 1`` pool threads each take the next block
+    not yet taken until none is left: as many tasks as threads, not one per block (a future
+    per block cost a few kilobytes and a hand-off each: half a megabyte for 256 blocks), and
+    a thread that finishes early takes more.  Results land in their block's slot, so the
+    outcome does not depend on thread timing.  One block runs in the calling thread alone;
+    where no thread can start (an ``atexit`` handler, after the interpreter has shut the pool
+    down), the calling thread runs them all: same results, no threads.
     """
     global _pool
     if len(blocks) == 1:
         return [work(blocks[0])]
+    results: list[Any] = [None] * len(blocks)
+    taken = itertools.count()  # next() on it is atomic: each index goes to one thread
+    failed = False
+
+    def take_blocks() -> None:
+        nonlocal failed
+        for index in taken:
+            if index >= len(blocks) or failed:
+                return
+            try:
+                results[index] = work(blocks[index])
+            except BaseException:
+                failed = True  # the others stop at their next block
+                raise
+
     with _pool_lock:
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=worker_count(),
                                        thread_name_prefix="arrayloss")
         pool = _pool
+    helpers = []
     try:
-        futures = [pool.submit(work, rows) for rows in blocks]
+        for _ in range(min(worker_count(), len(blocks)) - 1):
+            helpers.append(pool.submit(take_blocks))
     except RuntimeError:  # "cannot schedule new futures after (interpreter) shutdown"
-        return [work(rows) for rows in blocks]
-    return [future.result() for future in futures]
+        pass
+    try:
+        take_blocks()
+    finally:
+        # Also when this thread's block raised: no helper works on the caller's arrays
+        # after the call has returned.
+        wait(helpers)
+    for helper in helpers:
+        helper.result()  # a helper's error
+    return results
