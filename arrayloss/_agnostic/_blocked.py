@@ -112,6 +112,15 @@ def part_of(array: Array, block: Block, ndim: int) -> Array:
     return array[block.span] if block.axis == 0 else array[..., block.span]
 
 
+@functools.lru_cache(maxsize=8)
+def arange(n: int) -> Any:
+    """``np.arange(n)`` (int64), made once for each of the last few sizes and shared
+    between calls (read-only): row indices of blocks cost no allocation."""
+    rows = np.arange(n, dtype=np.int64)
+    rows.flags.writeable = False
+    return rows
+
+
 _local = threading.local()
 
 

@@ -10,11 +10,14 @@ libraries.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
-from ._blocked import run_blocks, scratch, worker_count
+from ._blocked import arange, run_blocks, scratch, worker_count
 from ._helpers import quiet_floating_point
 
 if TYPE_CHECKING:
@@ -40,18 +43,45 @@ def view_3d(x: np.ndarray, n: int, n_classes: int, s: int) -> np.ndarray | None:
     return view
 
 
-def plan(n: int, n_classes: int, s: int) -> list[Block]:
+@dataclass(frozen=True)
+class Plan(Sequence[Block]):
+    """The blocks of a call, computed on demand (a list of 256 blocks' slices was 45 KiB of
+    Python objects): whole samples, ``rows`` at a time, where a sample fits in a block, else
+    ``columns`` spatial positions of one sample at a time."""
+
+    n: int
+    s: int
+    rows: int
+    columns: int
+
+    def __len__(self) -> int:
+        return -(-self.n // self.rows) * -(-self.s // self.columns)
+
+    @overload
+    def __getitem__(self, index: int) -> Block: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Block]: ...
+
+    def __getitem__(self, index: int | slice) -> Block | Sequence[Block]:
+        if isinstance(index, slice):
+            return [self[k] for k in range(*index.indices(len(self)))]
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        row_block, column_block = divmod(index, -(-self.s // self.columns))
+        start, column = row_block * self.rows, column_block * self.columns
+        return (slice(start, min(start + self.rows, self.n)),
+                slice(column, min(column + self.columns, self.s)))
+
+
+def plan(n: int, n_classes: int, s: int) -> Plan:
     """Blocks of about an equal share of the work per worker, within ``SMALLEST_BLOCK`` and
     ``LARGEST_BLOCK``: whole samples where they fit, else parts of one."""
     per_sample = max(1, n_classes * s)
     share = -(-n * per_sample // worker_count())
     block = min(LARGEST_BLOCK, max(SMALLEST_BLOCK, share))
     if per_sample <= block:
-        step = max(1, block // per_sample)
-        return [(slice(i, min(i + step, n)), slice(0, s)) for i in range(0, n, step)]
-    step = max(1, block // max(1, n_classes))
-    return [(slice(i, i + 1), slice(j, min(j + step, s)))
-            for i in range(n) for j in range(0, s, step)]
+        return Plan(n, s, rows=max(1, block // per_sample), columns=max(1, s))
+    return Plan(n, s, rows=1, columns=max(1, block // max(1, n_classes)))
 
 
 def _input_block(call: CrossEntropyCall, prep: _Prepared, rows: slice,
@@ -71,8 +101,9 @@ def _per_row(value: Any, rows: slice, cols: slice) -> Any:
 
 
 def _block(call: CrossEntropyCall, prep: _Prepared, rows: slice, cols: slice,
-           losses: np.ndarray | None, grad3: np.ndarray | None) -> None:
-    """One block: its losses into ``losses[rows, cols]``, its gradient into ``grad3``."""
+           want_loss: bool, losses: np.ndarray | None, grad3: np.ndarray | None) -> float:
+    """One block: its losses into ``losses[rows, cols]`` (or, with ``want_loss`` and no
+    ``losses``, their sum returned), its gradient into ``grad3``."""
     eps, n_classes, dtype = call.label_smoothing, call.n_classes, prep.dtype
     z = _input_block(call, prep, rows, cols)
     slot = None if grad3 is None else grad3[rows, :, cols]
@@ -80,7 +111,9 @@ def _block(call: CrossEntropyCall, prep: _Prepared, rows: slice, cols: slice,
     # on the layout of `out`; the gradient's own slot is that buffer when it can be.
     direct = slot is not None and slot.dtype == dtype and slot.flags.c_contiguous
     work: Any = slot if direct else scratch(z.shape, dtype)
-    row_max = z.max(axis=1, keepdims=True).astype(dtype, copy=False)
+    row_max = np.maximum.reduce(z, axis=1, keepdims=True,
+                                out=scratch((z.shape[0], 1, z.shape[2]), z.dtype, 2))
+    row_max = row_max.astype(dtype, copy=False)
     np.subtract(z, row_max, out=work)  # z may be `work` itself (out=input): read first
     weight = prep.class_weight3
     mass: Any = None
@@ -96,35 +129,43 @@ def _block(call: CrossEntropyCall, prep: _Prepared, rows: slice, cols: slice,
         if weight is not None:
             weighted_q *= weight
         mass = weighted_q.sum(axis=1)
-        linear = np.einsum("bcs,bcs->bs", weighted_q, work) if losses is not None else None
+        linear = np.einsum("bcs,bcs->bs", weighted_q, work) if want_loss else None
     else:
         index = prep.target3[rows, cols]
-        if losses is not None:
-            picked = np.take_along_axis(work, index[:, None, :], axis=1)[:, 0, :]
+        if want_loss:
+            picked = _picked(work, index)
             if eps:
                 linear = (work.sum(axis=1) if weight is None
                           else np.einsum("bcs,c->bs", work, weight[0, :, 0]))
     np.exp(work, out=work)
-    sum_exp = work.sum(axis=1, keepdims=True)
-    log_sum = np.log(sum_exp[:, 0, :])
+    b, _, s = work.shape
+    sum_exp = np.add.reduce(work, axis=1, keepdims=True, out=scratch((b, 1, s), dtype, 3))
+    log_sum = np.log(sum_exp[:, 0, :], out=scratch((b, s), dtype, 4))
 
     active = None if call.probabilities or prep.all_active else prep.active[rows, cols]
-    if losses is not None:
+    total = 0.0
+    if want_loss:
         if call.probabilities:
             assert mass is not None and linear is not None
             loss = mass * log_sum - linear
         else:
             target_weight = prep.target_weight[rows, cols]
-            loss = -(target_weight * (picked - log_sum))
+            loss = np.subtract(picked, log_sum, out=picked)
+            if not _all_ones(target_weight):  # w * x is x where w is 1: skipped
+                np.multiply(target_weight, loss, out=loss)
+            np.negative(loss, out=loss)
             if eps:
                 assert linear is not None
                 loss = (1 - eps) * loss + (eps / n_classes) * (
                     prep.class_weight_sum * log_sum - linear)
             if active is not None:
                 loss = np.where(active, loss, 0)
-        losses[rows, cols] = loss
+        if losses is not None:
+            losses[rows, cols] = loss
+        else:
+            total = float(np.add.reduce(loss, axis=None))
     if slot is None:
-        return
+        return total
 
     upstream = _per_row(prep.upstream, rows, cols)
     if call.probabilities:
@@ -147,12 +188,35 @@ def _block(call: CrossEntropyCall, prep: _Prepared, rows: slice, cols: slice,
             work -= spread if weight is None else spread * weight
     if work is not slot:
         slot[...] = work
+    return total
+
+
+def _picked(work: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``work[n, index[n, s], s]`` of a block, ``(b, s)``, in a scratch buffer where the
+    block is C-contiguous (one ``take`` at flat positions), else by ``take_along_axis``."""
+    b, n_classes, s = work.shape
+    if s != 1 or not work.flags.c_contiguous:
+        return np.take_along_axis(work, index[:, None, :], axis=1)[:, 0, :]
+    positions = scratch((b,), np.int64, 5)
+    np.multiply(arange(b), n_classes, out=positions)
+    np.add(positions, index[:, 0], out=positions, dtype=np.int64, casting="unsafe")
+    picked = np.take(work.reshape(-1), positions, mode="clip",
+                     out=scratch((b,), work.dtype, 6))
+    return picked.reshape(b, 1)
+
+
+def _all_ones(target_weight: np.ndarray) -> bool:
+    """Whether ``target_weight`` is the broadcast 1 of an unweighted call (see _prepare)."""
+    return target_weight.strides == (0, 0) and target_weight.size > 0 and bool(
+        target_weight.flat[0] == 1)
 
 
 def run(call: CrossEntropyCall, prep: _Prepared, want_loss: bool, want_grad: bool,
         out: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Every block into its slot of the per-sample losses and of the gradient."""
-    losses = np.empty((prep.n, prep.s), dtype=prep.dtype) if want_loss else None
+    """Every block into its slot of the per-sample losses and of the gradient; for a
+    reduced loss, the losses' 0-d total instead (each block's sum, added in block order)."""
+    per_sample = want_loss and call.reduction == "none"
+    losses = np.empty((prep.n, prep.s), dtype=prep.dtype) if per_sample else None
     grad = grad3 = None
     if want_grad:
         grad = out if out is not None else np.empty(call.input.shape, dtype=call.input.dtype)
@@ -161,17 +225,20 @@ def run(call: CrossEntropyCall, prep: _Prepared, want_loss: bool, want_grad: boo
             grad = np.empty(call.input.shape, dtype=call.input.dtype)
             grad3 = view_3d(grad, prep.n, call.n_classes, prep.s)
 
-    def work(block: Block) -> None:
+    def work(block: Block) -> float:
         with quiet_floating_point():
-            _block(call, prep, block[0], block[1], losses, grad3)
+            return _block(call, prep, block[0], block[1], want_loss, losses, grad3)
 
     blocks = plan(prep.n, call.n_classes, prep.s)
     if len(blocks) > 1 and prep.n * prep.s * call.n_classes >= THREADED_ELEMENTS:
-        run_blocks(work, blocks)
+        sums = run_blocks(work, blocks)
     else:
-        for block in blocks:
-            work(block)
+        sums = [work(block) for block in blocks]
     if out is not None and grad is not out:
         out[...] = grad
         grad = out
+    if want_loss and losses is None:
+        with quiet_floating_point():
+            losses = np.asarray(math.fsum(sums) if len(sums) > 1 else sums[0],
+                                dtype=prep.dtype)
     return losses, grad

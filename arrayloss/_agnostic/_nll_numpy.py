@@ -15,13 +15,13 @@ out-of-range targets, strided inputs, other libraries) takes the generic path.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._blocked import arange as _arange
 from ._blocked import scratch
 from ._helpers import quiet_floating_point
 
@@ -64,13 +64,6 @@ def route(call: NLLCall) -> str | None:
             return "blocks"
     # ignore_index's default -100 among the targets, or a bad target: see _block_targets.
     return "masked"
-
-
-@functools.lru_cache(maxsize=8)
-def _arange(n: int) -> Array:
-    rows = np.arange(n)
-    rows.flags.writeable = False  # shared between calls
-    return rows
 
 
 def _picked_rows(call: NLLCall, dtype: Any) -> tuple[Array, Array | None] | None:

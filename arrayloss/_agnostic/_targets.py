@@ -90,7 +90,8 @@ def class_targets(call: NLLCall) -> ClassTargets:
     if _all_targets_active(call):
         index = np.reshape(np.asarray(call.target, dtype=np.int64),
                            (1,) if call.input.ndim == 1 else call.loss_shape)
-        return ClassTargets(index=index, active=np.ones(index.shape, dtype=bool),
+        # Every target active: one broadcast True, no mask in memory (read-only).
+        return ClassTargets(index=index, active=np.broadcast_to(np.True_, index.shape),
                             all_active=True)
     targets, ignored, in_range = _target_masks(call)
     if call.validate:

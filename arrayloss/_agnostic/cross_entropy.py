@@ -53,7 +53,9 @@ class _Prepared:
     input3: Array  # input as (N, C, S), or None where that is no view (NumPy only)
     target3: Array  # (N, S) int64 indices, or (N, C, S) probabilities
     active: Array  # (N, S) bool, index targets only (else None)
-    target_weight: Array  # (N, S) w[t_n], 0 where inactive; index targets only (else None)
+    #: (N, S) w[t_n], 0 where inactive (a read-only broadcast 1 on NumPy where every
+    #: target counts and none is weighted); index targets only (else None)
+    target_weight: Array
     all_active: bool
     class_weight3: Array  # (1, C, 1) compute dtype, or None without weights
     class_weight_sum: float | Array  # sum_c w[c] (C without weights)
@@ -109,7 +111,11 @@ def _prepare(call: CrossEntropyCall, grad_output: Array | float | None) -> _Prep
         active = xp.reshape(targets.active, (n, s))
         all_active = targets.all_active
         target3 = index
-        if call.weight is None:
+        if call.weight is None and all_active and is_numpy_namespace(xp):
+            # Every target weighs 1: a broadcast one, no (N, S) array (NumPy's blocks read
+            # it per block; the divisor below is its exact sum).
+            target_weight = np.broadcast_to(np.ones((), dtype=dtype), (n, s))
+        elif call.weight is None:
             target_weight = xp.astype(active, dtype)
         else:
             picked = xp.take(as_compute(xp, call.weight, dtype), xp.reshape(index, (-1,)),
@@ -249,6 +255,7 @@ def _run(call: CrossEntropyCall, grad_output: Array | float | None, want_loss: b
             grad = xp.zeros(input_shape, dtype=call.input.dtype, device=dev)
             grad = _into(xp, grad, out)
     elif is_numpy_namespace(xp):
+        # For 'mean' and 'sum', `losses` is their 0-d total, added per block.
         losses, grad = _cross_entropy_numpy.run(call, prep, want_loss, want_grad, out)
     else:
         block_loss, block_grad = _block(call, prep, slice(0, prep.n), slice(0, prep.s),
