@@ -121,6 +121,24 @@ def _log(term: Any, reuse: bool, in_place: bool) -> Any:
     return np.log(term, out=term if in_place else _buffer(term.shape, term.dtype, 4, reuse))
 
 
+def _per_row(weight: Array | float | None, loss: Array) -> bool:
+    """Whether ``weight`` is one value per row of a 2-D ``loss``."""
+    return (isinstance(weight, np.ndarray) and loss.ndim == 2
+            and weight.shape == (loss.shape[0], 1))
+
+
+def _halve_and_weigh(loss: Array, full: bool, weight: Array | float | None) -> None:
+    """``loss = (0.5 loss [+ 0.5 log 2 pi]) w`` in place, the generic module's rule."""
+    if weight is not None and not full:
+        loss *= 0.5 * weight  # one pass (0.5 w is exact)
+        return
+    loss *= 0.5
+    if full:
+        loss += HALF_LOG_2PI
+    if weight is not None:
+        loss *= weight
+
+
 def _block(call: GaussianNLLCall, part: Block | None, scalar_term: float | None,
            upstream: Array | float, wrt: frozenset[str], want_loss: bool, losses: Array | None,
            grads: tuple[Array | None, Array | None, Array | None], reuse: bool
@@ -158,13 +176,17 @@ def _block(call: GaussianNLLCall, part: Block | None, scalar_term: float | None,
         out = losses[index] if losses is not None else (
             diff if forward_only else _buffer(shape, dtype, 2, reuse))
         loss = np.add(q, log_term, out=out)
-        loss *= 0.5
-        if call.full:
-            loss += HALF_LOG_2PI
-        if weight is not None:
-            loss *= weight
-        if losses is None:
-            total = float(np.add.reduce(loss, axis=None))
+        if losses is None and _per_row(weight, loss) and not call.full:
+            # A reduced beta-NLL with one weight per row: the row sums weighted (a dot of
+            # two vectors) instead of a pass over every element by a broadcast weight,
+            # which costs NumPy a short inner loop per row (3.5x a plain multiply).
+            assert isinstance(weight, np.ndarray)
+            row_sums = np.add.reduce(loss, axis=1)
+            total = float(np.dot(row_sums, weight[:, 0])) * 0.5
+        else:
+            _halve_and_weigh(loss, call.full, weight)
+            if losses is None:
+                total = float(np.add.reduce(loss, axis=None))
     if not wrt:
         return total, None
 
