@@ -26,6 +26,8 @@ from typing import Any
 
 from array_api_compat import is_jax_namespace, is_torch_namespace
 
+from ._validation import _numpy_namespace
+
 Array = Any
 Call = Any
 
@@ -48,6 +50,8 @@ class Differentiable:
 
 def recording(xp: ModuleType, arrays: tuple[Array, ...]) -> bool:
     """Whether a bridge is needed: torch autograd recording, or JAX tracing."""
+    if xp is _numpy_namespace():  # the common case, decided at once
+        return False
     if is_torch_namespace(xp):
         import torch
 
