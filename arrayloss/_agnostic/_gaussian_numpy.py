@@ -224,6 +224,8 @@ def _block(call: GaussianNLLCall, part: Block | None, scalar_term: float | None,
         q /= term
         if isinstance(half_g, float):
             q *= -half_g
+        elif half_g.size < q.size:  # one per row (beta weights): negate the small factor
+            q *= np.negative(half_g)
         else:  # q * (-h) is -(q * h), bit for bit, without a negated copy of h
             q *= half_g
             np.negative(q, out=q)
