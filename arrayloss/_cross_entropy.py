@@ -127,11 +127,13 @@ def cross_entropy(
     >>> float(al.cross_entropy(logits, probs).round(4))
     1.0681
     """
-    options = {"ignore_index": ignore_index, "reduction": reduction,
-               "label_smoothing": label_smoothing, "validate": validate}
-    call = _class_calls.cross_entropy_call(input, target, weight, **options)
+    call = _class_calls.cross_entropy_call(input, target, weight, ignore_index=ignore_index,
+                                           reduction=reduction, label_smoothing=label_smoothing,
+                                           validate=validate)
     arrays = (input, target) if weight is None else (input, target, weight)
     if _autograd.recording(call.xp, arrays):
+        options = {"ignore_index": ignore_index, "reduction": reduction,
+                   "label_smoothing": label_smoothing, "validate": validate}
         return _autograd.loss(_differentiable(call, options), call)
     return backend(call.xp, "cross_entropy").forward(call)
 

@@ -119,11 +119,12 @@ def gaussian_nll_loss(
     >>> float(al.gaussian_nll_loss(input, target, 1.0, full=True).round(4))
     1.6064
     """
-    options = {"full": full, "eps": eps, "reduction": reduction, "validate": validate,
-               "log_var": log_var, "beta": beta}
-    call = _calls.gaussian_nll_call(input, target, var, **options)
+    call = _calls.gaussian_nll_call(input, target, var, full=full, eps=eps, reduction=reduction,
+                                    validate=validate, log_var=log_var, beta=beta)
     arrays = (input, target) if call.var_shape is None else (input, target, var)
     if _autograd.recording(call.xp, arrays):
+        options = {"full": full, "eps": eps, "reduction": reduction, "validate": validate,
+                   "log_var": log_var, "beta": beta}
         return _autograd.loss(_differentiable(call, var, options), call)
     return backend(call.xp, "gaussian_nll").forward(call)
 

@@ -106,10 +106,11 @@ def nll_loss(
     >>> float(al.nll_loss(log_probs, target, weight).round(4))
     0.2565
     """
-    options = {"ignore_index": ignore_index, "reduction": reduction, "validate": validate}
-    call = _class_calls.nll_call(input, target, weight, **options)
+    call = _class_calls.nll_call(input, target, weight, ignore_index=ignore_index,
+                                 reduction=reduction, validate=validate)
     arrays = (input, target) if weight is None else (input, target, weight)
     if _autograd.recording(call.xp, arrays):
+        options = {"ignore_index": ignore_index, "reduction": reduction, "validate": validate}
         return _autograd.loss(_differentiable(call, options), call)
     return backend(call.xp, "nll").forward(call)
 

@@ -95,7 +95,9 @@ def _rows_forward(call: NLLCall, dtype: Any) -> Array | None:
         return losses.astype(call.dtype, copy=False)
     total = -np.add.reduce(picked, None) if losses is None else np.add.reduce(losses, None)
     if call.reduction == "mean":
-        total = total / (dtype.type(picked.shape[0]) if weight is None else weight.sum())
+        # A Python int divides in the sum's own dtype (NumPy's weak scalars), exactly as
+        # the count in that dtype: at most SMALL_ROWS rows.
+        total = total / (picked.shape[0] if weight is None else np.add.reduce(weight, None))
     return np.asarray(total, dtype=call.dtype)
 
 
