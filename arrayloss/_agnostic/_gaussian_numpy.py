@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._blocked import Block, part_of, run_blocks, scratch, spans, worker_count
-from ._helpers import quiet_floating_point
+from ._helpers import quiet_floating_point, restore_floating_point, silence_floating_point
 
 if TYPE_CHECKING:
     from .._calls import GaussianNLLCall
@@ -43,15 +43,13 @@ HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 def applies(call: GaussianNLLCall) -> bool:
     """Whether this path computes ``call`` (see the module docstring)."""
-    dtype = call.dtype
-    if not isinstance(call.input, np.ndarray) or dtype not in _FAST_DTYPES:
+    input, dtype, shape = call.input, call.dtype, call.loss_shape
+    # NumPy first: another library's dtype warns when compared with NumPy's.
+    if not isinstance(input, np.ndarray) or dtype not in _FAST_DTYPES or not shape or 0 in shape:
         return False
-    shape = call.loss_shape
-    if not shape or call.numel == 0:
-        return False
-    if call.input.shape != shape or call.target.dtype != dtype or call.target.shape != shape:
-        return False
-    return isinstance(call.var, float) or call.var.dtype == dtype
+    target, var = call.target, call.var
+    return (input.shape == shape and target.shape == shape and target.dtype == dtype
+            and (isinstance(var, float) or var.dtype == dtype))
 
 
 def plan(shape: tuple[int, ...]) -> list[Block]:
@@ -95,7 +93,7 @@ def _variance(call: GaussianNLLCall, var: Any, scalar_term: float | None, reuse:
     elif call.log_var:
         term = var
     else:
-        term = np.maximum(var, call.eps, out=_buffer(var.shape, call.dtype, 3, reuse))
+        term = np.maximum(var, call.eps, out=scratch(var.shape, call.dtype, 3) if reuse else None)
     precision: Any = None
     if call.log_var:
         if isinstance(term, float):
@@ -160,9 +158,10 @@ def _block(call: GaussianNLLCall, part: Block | None, scalar_term: float | None,
     shape, dtype = x.shape, call.dtype
     term, precision, weight = _variance(call, var, scalar_term, reuse)
 
-    diff = np.subtract(x, t, out=_buffer(shape, dtype, 0, reuse))
+    # (Scratch inline rather than by _buffer: a small call feels every Python call.)
+    diff = np.subtract(x, t, out=scratch(shape, dtype, 0) if reuse else None)
     # q = d**2 / v (d**2 exp(-s) for log-variances): the loss's first term, and d var's.
-    q = np.multiply(diff, diff, out=_buffer(shape, dtype, 1, reuse))
+    q = np.multiply(diff, diff, out=scratch(shape, dtype, 1) if reuse else None)
     if precision is not None:
         q *= precision
     else:
@@ -176,7 +175,7 @@ def _block(call: GaussianNLLCall, part: Block | None, scalar_term: float | None,
         out = losses[index] if losses is not None else (
             diff if forward_only else _buffer(shape, dtype, 2, reuse))
         loss = np.add(q, log_term, out=out)
-        if losses is None and _per_row(weight, loss) and not call.full:
+        if losses is None and weight is not None and not call.full and _per_row(weight, loss):
             # A reduced beta-NLL with one weight per row: the row sums weighted (a dot of
             # two vectors) instead of a pass over every element by a broadcast weight,
             # which costs NumPy a short inner loop per row (3.5x a plain multiply).
@@ -184,7 +183,10 @@ def _block(call: GaussianNLLCall, part: Block | None, scalar_term: float | None,
             row_sums = np.add.reduce(loss, axis=1)
             total = float(np.dot(row_sums, weight[:, 0])) * 0.5
         else:
-            _halve_and_weigh(loss, call.full, weight)
+            if weight is None and not call.full:
+                loss *= 0.5  # _halve_and_weigh's first case, without a call
+            else:
+                _halve_and_weigh(loss, call.full, weight)
             if losses is None:
                 total = float(np.add.reduce(loss, axis=None))
     if not wrt:
@@ -242,10 +244,8 @@ def _block(call: GaussianNLLCall, part: Block | None, scalar_term: float | None,
     return total, summed
 
 
-def _scalar_term(call: GaussianNLLCall) -> float | None:
-    """A number's variance term in the compute dtype's precision (the generic rule)."""
-    if not isinstance(call.var, float):
-        return None
+def _scalar_term(call: GaussianNLLCall) -> float:
+    """A number ``var``'s variance term in the compute dtype's precision (the generic rule)."""
     value, eps = float(call.var), call.eps
     if call.dtype == np.float32:
         value, eps = float(np.float32(value)), float(np.float32(eps))
@@ -284,8 +284,9 @@ def run(call: GaussianNLLCall, wrt: frozenset[str], want_loss: bool = True,
     else:
         grads = _NO_GRADIENTS
     reuse = numel >= SCRATCH_ELEMENTS
-    with quiet_floating_point():  # this thread's blocks; workers enter it on their own
-        scalar_term = _scalar_term(call)
+    quiet = silence_floating_point()  # this thread's blocks; workers silence their own
+    try:
+        scalar_term = _scalar_term(call) if isinstance(call.var, float) else None
         if numel <= SMALLEST_BLOCK:  # one block: everything, here
             results = [_block(call, None, scalar_term, upstream, wrt, want_loss, losses, grads,
                               reuse)]
@@ -302,8 +303,9 @@ def run(call: GaussianNLLCall, wrt: frozenset[str], want_loss: bool = True,
                 results = [work(part) for part in blocks]
         loss = None
         if want_loss:
-            loss = (losses if losses is not None
-                    else _reduced(call, [total for total, _ in results], numel))
+            loss = losses if losses is not None else _reduced(call, results, numel)
+    finally:
+        restore_floating_point(quiet)
     if grad_var is not None and results[0][1] is not None:
         # var is broadcast along the blocks' axis: its gradient is summed in block order.
         total_grad = results[0][1]
@@ -316,9 +318,10 @@ def run(call: GaussianNLLCall, wrt: frozenset[str], want_loss: bool = True,
     return loss, (grads[0], grads[1], grad_var)
 
 
-def _reduced(call: GaussianNLLCall, partials: list[float], numel: int) -> Array:
-    """The block sums added in block order in double precision, then divided for 'mean'."""
-    total = math.fsum(partials) if len(partials) > 1 else partials[0]
+def _reduced(call: GaussianNLLCall, results: list[tuple[float, Any]], numel: int) -> Array:
+    """The blocks' loss sums (the first of each result) added in block order in double
+    precision, then divided for 'mean'."""
+    total = math.fsum(total for total, _ in results) if len(results) > 1 else results[0][0]
     if call.reduction == "mean":
         total = total / numel
-    return np.asarray(total, dtype=call.dtype)  # a float16 overflow is inf, as in PyTorch
+    return np.asarray(total, call.dtype)  # a float16 overflow is inf, as in PyTorch
