@@ -78,6 +78,20 @@ class TestGaussianErrors:
         al.gaussian_nll_loss(input, target, var)
         al.gaussian_nll_loss(input, target, float("nan"))
 
+    @pytest.mark.parametrize("size", [3, 70_000])  # either side of NumPy's argmin threshold
+    @pytest.mark.parametrize("nan_first", [True, False])
+    def test_negative_var_next_to_nan_is_found(self, xp: Any, size: int, nan_first: bool
+                                               ) -> None:
+        values = np.ones(size)
+        values[[0, -1] if nan_first else [-1, 0]] = [np.nan, -1e-3]
+        var = from_numpy(xp, values)
+        input, target = from_numpy(xp, np.zeros(size)), from_numpy(xp, np.ones(size))
+        with pytest.raises(ValueError, match="var has negative entries"):
+            al.gaussian_nll_loss(input, target, var)
+        values[values < 0] = 0.5
+        loss = al.gaussian_nll_loss(input, target, from_numpy(xp, values))
+        assert np.isnan(float(loss))  # NaN passes through, as in PyTorch
+
     @pytest.mark.parametrize("var", [True, 1 + 2j, np.complex64(1), "1.0", [1.0, 2.0]])
     def test_var_of_wrong_kind(self, xp: Any, var: Any) -> None:
         input, target, _ = _gaussian_arrays(xp)

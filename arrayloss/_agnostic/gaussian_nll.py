@@ -49,14 +49,26 @@ class _Terms:
     weight: Array | float | None  # the beta-NLL weight var**beta; None for beta = 0
 
 
+#: Up to this many variances, the sign check finds the smallest with argmin (measured: 1.0
+#: against 2.8 us at 100 elements, 84 against 82 us at 1e6).
+_ARGMIN_ELEMENTS = 1 << 16
+
+
 def _check_values(call: GaussianNLLCall) -> None:
     if not call.validate or call.log_var or call.var_shape is None:
         return
     var = call.var
     if isinstance(var, np.ndarray):
         # One pass, no temporary: the smallest entry, NaN skipped (it passes through, as in
-        # PyTorch); fmin.reduce is NaN only where every entry is.
-        if var.size and np.fmin.reduce(var, axis=None) < 0:
+        # PyTorch).  argmin costs a third of a reduction on small arrays but stops at the
+        # first NaN; fmin.reduce (NaN only where every entry is) decides then, and on large
+        # arrays, where it is the faster.
+        if not var.size:
+            return
+        smallest = var.item(var.argmin()) if var.size <= _ARGMIN_ELEMENTS else math.nan
+        if smallest != smallest:
+            smallest = np.fmin.reduce(var, axis=None)
+        if smallest < 0:
             raise negative_var_error()
     elif bool(call.xp.any(var < 0)):  # False for NaN
         raise negative_var_error()
