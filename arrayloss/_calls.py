@@ -116,15 +116,8 @@ def gaussian_nll_call(
     beta: object = 0.0,
 ) -> GaussianNLLCall:
     """Check every argument of a Gaussian NLL function and return the validated call."""
-    if not _plain_options(reduction, full, eps, validate, log_var, beta):
-        # The rules one by one, which return the plainest options as they are.
-        reduction = check_reduction(reduction)
-        full = check_flag("full", full)
-        validate = check_flag("validate", validate)
-        eps = check_eps(eps)
-        log_var = check_flag("log_var", log_var)
-        beta = check_beta(beta)
-
+    reduction, full, eps, validate, log_var, beta = _options(reduction, full, eps, validate,
+                                                            log_var, beta)
     plain = _plain_numpy_call(input, target, var, full, eps, reduction, validate, log_var, beta)
     if plain is not None:
         return plain
@@ -200,15 +193,19 @@ def gaussian_nll_call(
     )
 
 
-def _plain_options(reduction: object, full: object, eps: object, validate: object,
-                   log_var: object, beta: object) -> bool:
-    """Whether the options are the plainest of their kinds, which pass every rule at once: a
-    reduction's name, flags that are True or False, eps and beta finite Python floats >= 0."""
-    return (type(reduction) is str and reduction in REDUCTIONS
+def _options(reduction: object, full: object, eps: object, validate: object, log_var: object,
+             beta: object) -> tuple[str, bool, float, bool, bool, float]:
+    """The options, checked: ``(reduction, full, eps, validate, log_var, beta)``."""
+    if (type(reduction) is str and reduction in REDUCTIONS
             and (full is False or full is True) and (validate is True or validate is False)
             and (log_var is False or log_var is True)
             and type(eps) is float and 0.0 <= eps < math.inf  # False for NaN
-            and type(beta) is float and 0.0 <= beta < math.inf)
+            and type(beta) is float and 0.0 <= beta < math.inf):
+        # The plainest of their kinds, which pass every rule below as they are: at once.
+        return reduction, full, eps, validate, log_var, beta
+    return (check_reduction(reduction), check_flag("full", full), check_eps(eps),
+            check_flag("validate", validate), check_flag("log_var", log_var),
+            check_beta(beta))
 
 
 def _plain_numpy_call(input: Array, target: Array, var: Array | float, full: bool, eps: float,

@@ -96,17 +96,15 @@ def check_class_weight(weight: Array, n_classes: int, input: Array) -> None:
 
 def _class_options(reduction: object, validate: object, ignore_index: object
                    ) -> tuple[str, bool, int]:
-    """The options every loss over classes has: ``(reduction, validate, ignore_index)``."""
+    """The options every loss over classes has, checked: ``(reduction, validate,
+    ignore_index)``."""
+    if (type(reduction) is str and reduction in REDUCTIONS
+            and (validate is True or validate is False)
+            and type(ignore_index) is int and _INT64_MIN <= ignore_index <= _INT64_MAX):
+        # The plainest of their kinds, which pass every rule below as they are: at once.
+        return reduction, validate, ignore_index
     return (check_reduction(reduction), check_flag("validate", validate),
             check_ignore_index(ignore_index))
-
-
-def _plain_class_options(reduction: object, validate: object, ignore_index: object) -> bool:
-    """Whether the options are the plainest of their kinds, which pass every rule of
-    :func:`_class_options` as they are: a reduction's name, True or False, an int64 int."""
-    return (type(reduction) is str and reduction in REDUCTIONS
-            and (validate is True or validate is False)
-            and type(ignore_index) is int and _INT64_MIN <= ignore_index <= _INT64_MAX)
 
 
 def _common_arguments(input: Array, target: Array, weight: Array | None, validate: bool
@@ -174,8 +172,7 @@ def nll_call(
     validate: object,
 ) -> NLLCall:
     """Check every argument of an NLL function and return the validated call."""
-    if not _plain_class_options(reduction, validate, ignore_index):
-        reduction, validate, ignore_index = _class_options(reduction, validate, ignore_index)
+    reduction, validate, ignore_index = _class_options(reduction, validate, ignore_index)
     layout = _plain_numpy_layout(input, target, weight)
     if layout is not None:
         xp = _numpy_namespace()
@@ -190,7 +187,7 @@ def nll_call(
     n_classes, loss_shape = layout
 
     # Positional, in the fields' order: keywords cost a small call a microsecond.
-    return NLLCall(xp, input, target, weight, ignore_index, reduction,  # type: ignore[arg-type]
+    return NLLCall(xp, input, target, weight, ignore_index, reduction,
                    validate, n_classes, loss_shape, input.dtype)
 
 
@@ -284,8 +281,7 @@ def cross_entropy_call(
     probabilities and must have the input's shape.
     """
     label_smoothing = check_label_smoothing(label_smoothing)
-    if not _plain_class_options(reduction, validate, ignore_index):
-        reduction, validate, ignore_index = _class_options(reduction, validate, ignore_index)
+    reduction, validate, ignore_index = _class_options(reduction, validate, ignore_index)
     layout = _plain_numpy_layout(input, target, weight)
     if layout is not None:
         xp, probabilities, dtype = _numpy_namespace(), False, input.dtype
@@ -296,7 +292,7 @@ def cross_entropy_call(
             xp, input, target, weight, ignore_index)
 
     # Positional, in the fields' order (see nll_call).
-    return CrossEntropyCall(xp, input, target, weight, ignore_index,  # type: ignore[arg-type]
+    return CrossEntropyCall(xp, input, target, weight, ignore_index,
                             reduction, validate, label_smoothing, probabilities, n_classes,
                             loss_shape, dtype)
 
