@@ -378,3 +378,34 @@ def test_quiet_floating_point_restores_the_callers_state() -> None:
             np.log(np.zeros(1))  # no FloatingPointError inside
             raise KeyError
         assert np.geterr() == before
+
+
+def test_per_thread_buffers_and_constants() -> None:
+    from arrayloss._agnostic._blocked import filled, scratch
+
+    small = scratch((2, 3), np.float32, slot=7)
+    assert small.shape == (2, 3) and small.dtype == np.float32
+    assert scratch((2, 3), np.float32, slot=7) is small  # the same view, no new one
+    other = scratch((2, 3), np.float32, slot=8)
+    assert not np.shares_memory(small, other)  # slots never alias
+    grown = scratch((50, 50), np.float32, slot=7)  # outgrows the buffer
+    assert grown.shape == (50, 50) and not np.shares_memory(grown, other)
+    again = scratch((2, 3), np.float32, slot=7)
+    assert np.shares_memory(again, grown)  # the grown buffer serves the small shape now
+
+    eps = filled((3, 4), np.dtype(np.float32), 1e-6)
+    assert eps.shape == (3, 4) and not eps.flags.writeable
+    np.testing.assert_array_equal(eps, np.full((3, 4), 1e-6, dtype=np.float32))
+    positive, negative = (filled((5,), np.dtype(np.float64), zero) for zero in (0.0, -0.0))
+    assert not np.signbit(positive).any() and np.signbit(negative).all()
+
+
+def test_clamp_against_a_constant_array_matches_the_generic_code_at_signed_zero() -> None:
+    # The NumPy path clamps with an array of eps; -0.0 and 0.0 must stay apart (d**2 / v).
+    x, t = np.array([1.0, 2.0, 0.0]), np.array([0.0, 0.0, 0.0])
+    var = np.array([0.0, -0.0, 0.5])
+    for eps in (0.0, -0.0):
+        fast = al.gaussian_nll_loss(x, t, var, eps=eps, reduction="none")
+        with _generic():
+            generic = al.gaussian_nll_loss(x, t, var, eps=eps, reduction="none")
+        np.testing.assert_array_equal(fast, generic)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -121,7 +122,41 @@ def arange(n: int) -> Any:
     return rows
 
 
-_local = threading.local()
+class _ThreadBuffers(threading.local):
+    """One thread's reused buffers (flat, by key) and the views handed out of them (by key
+    and shape: the same view object for the same request, which costs a dictionary look-up
+    where slicing and reshaping a buffer cost a microsecond, a small call's share)."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[Any, Any] = {}
+        self.views: dict[Any, Any] = {}
+
+
+_local = _ThreadBuffers()
+#: Views a thread keeps (shapes change with the sizes of calls); past this it starts over.
+_MOST_VIEWS = 64
+
+
+def _view(key: Any, shape: tuple[int, ...], dtype: Any, value: float | None) -> Any:
+    """A view of ``shape`` into the thread's buffer ``key``: made, or grown (dropping the
+    views of the smaller one, which would keep it alive), where it is too small;
+    uninitialised for ``value`` None, else filled with it and read-only."""
+    size = 1
+    for extent in shape:
+        size *= extent
+    buffer = _local.buffers.get(key)
+    if buffer is None or buffer.size < size:
+        _local.views.clear()
+        if value is None:
+            buffer = np.empty(max(size, 1), dtype=dtype)
+        else:
+            buffer = np.full(max(size, 1), value, dtype=dtype)
+            buffer.flags.writeable = False
+        _local.buffers[key] = buffer
+    elif len(_local.views) >= _MOST_VIEWS:
+        _local.views.clear()
+    view = _local.views[key, shape] = buffer[:size].reshape(shape)
+    return view
 
 
 def scratch(shape: tuple[int, ...], dtype: Any, slot: int = 0) -> Any:
@@ -132,18 +167,23 @@ def scratch(shape: tuple[int, ...], dtype: Any, slot: int = 0) -> Any:
     OS by the allocator and fault in again on the next call, which made the same call several
     times slower in a process whose allocator gives memory back eagerly.
     """
-    try:
-        buffers = _local.buffers
-    except AttributeError:
-        buffers = _local.buffers = {}
-    size = 1
-    for extent in shape:
-        size *= extent
     key = (dtype, slot)
-    buffer = buffers.get(key)
-    if buffer is None or buffer.size < size:
-        buffer = buffers[key] = np.empty(max(size, 1), dtype=dtype)
-    return buffer[:size].reshape(shape)
+    view = _local.views.get((key, shape))
+    return view if view is not None else _view(key, shape, dtype, None)
+
+
+def filled(shape: tuple[int, ...], dtype: Any, value: float) -> Any:
+    """A per-thread, read-only NumPy array of ``shape`` holding ``value`` everywhere, reused
+    across calls.
+
+    For a ufunc against a constant: NumPy runs ``maximum(x, eps)`` with a number (or any
+    stride-0 operand) in a loop that is not vectorised, and against an array of that number
+    in one that is (10.1 against 2.9 us on 10,000 float32 elements, measured), bit for bit
+    the same.
+    """
+    key = (dtype, value, math.copysign(1.0, value))  # -0.0 == 0.0, but not as a clamp
+    view = _local.views.get((key, shape))
+    return view if view is not None else _view(key, shape, dtype, value)
 
 
 def run_blocks(work: Callable[[Any], Result], blocks: Sequence[Any]) -> list[Result]:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._blocked import Block, part_of, run_blocks, scratch, spans, worker_count
+from ._blocked import Block, filled, part_of, run_blocks, scratch, spans, worker_count
 from ._helpers import quiet_floating_point, restore_floating_point, silence_floating_point
 
 if TYPE_CHECKING:
@@ -93,7 +93,9 @@ def _variance(call: GaussianNLLCall, var: Any, scalar_term: float | None, reuse:
     elif call.log_var:
         term = var
     else:
-        term = np.maximum(var, call.eps, out=scratch(var.shape, call.dtype, 3) if reuse else None)
+        # Against an array of eps: NumPy's loop against a number is not vectorised.
+        eps = filled(var.shape, call.dtype, call.eps)
+        term = np.maximum(var, eps, out=scratch(var.shape, call.dtype, 3) if reuse else None)
     precision: Any = None
     if call.log_var:
         if isinstance(term, float):
