@@ -211,6 +211,28 @@ def test_blocked_numpy_path_matches_the_single_block(shape: tuple[int, ...]) -> 
         **options)), rtol=1e-5)
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_numpy_gradient_at_flat_target_positions_matches_pytorch(smoothing: float) -> None:
+    # (N, C) blocks take and put the targets' entries at flat positions: ignored and (with
+    # validate=False) out-of-range targets must leave their rows' other entries alone.
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(70_000, 6)).astype(np.float32)
+    target = rng.integers(0, 6, 70_000)
+    target[::5], target[1::11] = -100, 9  # ignored; out of range (inactive, no error)
+    weight = rng.uniform(0.5, 2, 6).astype(np.float32)
+    loss, grad = al.cross_entropy_and_grad(x, target, weight, label_smoothing=smoothing,
+                                           validate=False)
+    active = (target >= 0) & (target < 6)
+    logits = torch.tensor(x[active], requires_grad=True)
+    expected = torch.nn.functional.cross_entropy(
+        logits, torch.tensor(target[active]), torch.tensor(weight), label_smoothing=smoothing)
+    expected.backward()
+    np.testing.assert_allclose(float(loss), expected.item(), rtol=1e-5)
+    np.testing.assert_allclose(grad[active], logits.grad.numpy(), rtol=1e-4, atol=1e-10)
+    np.testing.assert_array_equal(grad[~active], 0)
+
+
 def test_numpy_forward_allocates_o_of_n_plus_blocks() -> None:
     """The forward with index targets keeps no N x C temporary: its peak is the per-sample
     arrays plus a few cache-sized blocks per worker thread (PyTorch's log-softmax alone

@@ -131,8 +131,9 @@ def _block(call: CrossEntropyCall, prep: _Prepared, rows: slice, cols: slice,
         linear = np.einsum("bcs,bcs->bs", weighted_q, work) if want_loss else None
     else:
         index = prep.target3[rows, cols]
+        positions = _target_positions(work, index)
         if want_loss:
-            picked = _picked(work, index)
+            picked = _picked(work, index, positions)
             if eps:
                 linear = (work.sum(axis=1) if weight is None
                           else np.einsum("bcs,c->bs", work, weight[0, :, 0]))
@@ -180,8 +181,15 @@ def _block(call: CrossEntropyCall, prep: _Prepared, rows: slice, cols: slice,
         if eps:
             scale = on_target + (eps / n_classes) * prep.class_weight_sum * upstream
         work *= scale[:, None, :] / sum_exp
-        b, _, s = work.shape
-        work[np.arange(b)[:, None], index, np.arange(s)[None, :]] -= on_target
+        if positions is not None:  # as _picked: at flat positions, no fancy index
+            flat = work.reshape(-1)
+            at_target = np.take(flat, positions, mode="clip", out=scratch(
+                positions.shape, work.dtype, 6))
+            at_target -= on_target[:, 0]
+            np.put(flat, positions, at_target, mode="clip")
+        else:
+            b, _, s = work.shape
+            work[np.arange(b)[:, None], index, np.arange(s)[None, :]] -= on_target
         if eps:
             spread = np.broadcast_to((eps / n_classes) * upstream, (b, s))[:, None, :]
             work -= spread if weight is None else spread * weight
@@ -208,18 +216,28 @@ def _over_classes(ufunc: np.ufunc, x: np.ndarray, out: np.ndarray) -> np.ndarray
     return out
 
 
-def _picked(work: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """``work[n, index[n, s], s]`` of a block, ``(b, s)``, in a scratch buffer where the
-    block is C-contiguous (one ``take`` at flat positions), else by ``take_along_axis``."""
+def _target_positions(work: np.ndarray, index: np.ndarray) -> np.ndarray | None:
+    """The flat positions ``n C + index[n]`` of the targets in a C-contiguous ``(b, C, 1)``
+    block, in a scratch buffer; None for other blocks (spatial or strided)."""
     b, n_classes, s = work.shape
     if s != 1 or not work.flags.c_contiguous:
-        return np.take_along_axis(work, index[:, None, :], axis=1)[:, 0, :]
+        return None
     positions = scratch((b,), np.int64, 5)
     np.multiply(arange(b), n_classes, out=positions)
     np.add(positions, index[:, 0], out=positions, dtype=np.int64, casting="unsafe")
+    return positions
+
+
+def _picked(work: np.ndarray, index: np.ndarray, positions: np.ndarray | None
+            ) -> np.ndarray:
+    """``work[n, index[n, s], s]`` of a block, ``(b, s)``: one ``take`` at the targets'
+    flat ``positions`` where there are some (a fancy index costs several times more), else
+    by ``take_along_axis``."""
+    if positions is None:
+        return np.take_along_axis(work, index[:, None, :], axis=1)[:, 0, :]
     picked = np.take(work.reshape(-1), positions, mode="clip",
-                     out=scratch((b,), work.dtype, 6))
-    return picked.reshape(b, 1)
+                     out=scratch(positions.shape, work.dtype, 6))
+    return picked.reshape(-1, 1)
 
 
 def _all_ones(target_weight: np.ndarray) -> bool:
