@@ -272,7 +272,8 @@ def run(call: GaussianNLLCall, wrt: frozenset[str], want_loss: bool = True,
     """The loss (reduced as ``call.reduction`` says; None unless ``want_loss``) and the
     gradients named in ``wrt`` for the upstream gradient ``grad_output`` (see
     :func:`takes_upstream`), in the callers' shapes."""
-    dtype, shape, numel = call.dtype, call.loss_shape, call.numel
+    # input has the loss's shape here (see applies): its size is the count, no math.prod.
+    dtype, shape, numel = call.dtype, call.loss_shape, call.input.size
     losses = np.empty(shape, dtype=dtype) if want_loss and call.reduction == "none" else None
     upstream = grad_output / numel if call.reduction == "mean" else grad_output
     grad_var = None
@@ -299,7 +300,7 @@ def run(call: GaussianNLLCall, wrt: frozenset[str], want_loss: bool = True,
                                   grads, reuse)
 
             blocks = plan(shape)
-            if len(blocks) > 1 and call.numel >= THREADED_ELEMENTS:
+            if len(blocks) > 1 and numel >= THREADED_ELEMENTS:
                 results = run_blocks(work, blocks)
             else:
                 results = [work(part) for part in blocks]
