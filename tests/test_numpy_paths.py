@@ -400,6 +400,18 @@ def test_per_thread_buffers_and_constants() -> None:
     assert not np.signbit(positive).any() and np.signbit(negative).all()
 
 
+def test_per_thread_buffers_stay_bounded_when_eps_sweeps() -> None:
+    from arrayloss._agnostic import _blocked
+
+    x, t, var = np.zeros(10), np.ones(10), np.full(10, 0.5)
+    for k in range(200):  # a new constant (eps) per call
+        eps = 1e-6 * (k + 1)
+        loss = al.gaussian_nll_loss(x, t, var, eps=eps)
+        np.testing.assert_allclose(float(loss), 0.5 * (np.log(0.5) + 1 / 0.5))
+    assert len(_blocked._local.buffers) <= _blocked._MOST_BUFFERS
+    assert len(_blocked._local.views) <= _blocked._MOST_VIEWS
+
+
 def test_clamp_against_a_constant_array_matches_the_generic_code_at_signed_zero() -> None:
     # The NumPy path clamps with an array of eps; -0.0 and 0.0 must stay apart (d**2 / v).
     x, t = np.array([1.0, 2.0, 0.0]), np.array([0.0, 0.0, 0.0])

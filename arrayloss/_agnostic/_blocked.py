@@ -135,6 +135,9 @@ class _ThreadBuffers(threading.local):
 _local = _ThreadBuffers()
 #: Views a thread keeps (shapes change with the sizes of calls); past this it starts over.
 _MOST_VIEWS = 64
+#: Buffers a thread keeps (each scratch slot and dtype, each constant: a caller sweeping
+#: ``eps`` makes a new one per value); past this it starts over.
+_MOST_BUFFERS = 32
 
 
 def _view(key: Any, shape: tuple[int, ...], dtype: Any, value: float | None) -> Any:
@@ -147,6 +150,8 @@ def _view(key: Any, shape: tuple[int, ...], dtype: Any, value: float | None) -> 
     buffer = _local.buffers.get(key)
     if buffer is None or buffer.size < size:
         _local.views.clear()
+        if buffer is None and len(_local.buffers) >= _MOST_BUFFERS:
+            _local.buffers.clear()
         if value is None:
             buffer = np.empty(max(size, 1), dtype=dtype)
         else:
