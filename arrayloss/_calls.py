@@ -24,6 +24,7 @@ from ._validation import (
     _is_real_scalar,
     _namespace,
     _numpy_namespace,
+    _plain_nonnegative,
     _require_floating,
     _shape,
     _value_checks,
@@ -199,8 +200,7 @@ def _options(reduction: object, full: object, eps: object, validate: object, log
     if (type(reduction) is str and reduction in REDUCTIONS
             and (full is False or full is True) and (validate is True or validate is False)
             and (log_var is False or log_var is True)
-            and type(eps) is float and 0.0 <= eps < math.inf  # False for NaN
-            and type(beta) is float and 0.0 <= beta < math.inf):
+            and _plain_nonnegative(eps) and _plain_nonnegative(beta)):
         # The plainest of their kinds, which pass every rule below as they are: at once.
         return reduction, full, eps, validate, log_var, beta
     return (check_reduction(reduction), check_flag("full", full), check_eps(eps),

@@ -13,7 +13,7 @@ import math
 import numbers
 import sys
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 from array_api_compat import (
@@ -137,14 +137,14 @@ def _is_real_scalar(value: object) -> bool:
     return isinstance(value, numbers.Real)
 
 
-def _plain_nonnegative(value: object) -> bool:
+def _plain_nonnegative(value: object) -> TypeGuard[float]:
     """A Python float, finite and >= 0: the common case of eps and beta, decided at once."""
     return type(value) is float and 0.0 <= value < math.inf  # False for NaN
 
 
 def check_eps(eps: object) -> float:
     if _plain_nonnegative(eps):
-        return eps  # type: ignore[return-value]
+        return eps
     if not _is_real_scalar(eps):
         raise TypeError(f"eps must be a real number, got {type_name(eps)}")
     value = as_float("eps", eps)
@@ -155,7 +155,7 @@ def check_eps(eps: object) -> float:
 
 def check_beta(beta: object) -> float:
     if _plain_nonnegative(beta):
-        return beta  # type: ignore[return-value]
+        return beta
     if not _is_real_scalar(beta):
         raise TypeError(f"beta must be a real number, got {type_name(beta)}")
     value = as_float("beta", beta)

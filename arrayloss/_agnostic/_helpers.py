@@ -62,10 +62,10 @@ class _Quiet:
     __slots__ = ("_token",)
 
     def __enter__(self) -> None:
-        self._token = _extobj_contextvar.set(_IGNORE_ALL)
+        self._token = silence_floating_point()
 
     def __exit__(self, *exc_info: object) -> None:
-        _extobj_contextvar.reset(self._token)
+        restore_floating_point(self._token)
 
 
 def silence_floating_point() -> Any:
