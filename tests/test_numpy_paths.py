@@ -154,7 +154,9 @@ def _generic_nll() -> Any:
 @pytest.mark.parametrize("target_dtype", ["int64", "int32", "uint8", "uint64"])
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
 @pytest.mark.parametrize("shape", [(1, 1), (32, 10), (300, 200), (70000, 3), (3, 5, 7, 11),
-                                   (4, 3, 200, 100), (2, 40, 300)], ids=str)
+                                   (4, 3, 200, 100), (2, 40, 300),
+                                   # several blocks, the last one shorter
+                                   (300_000, 2), (20, 2, 100, 100)], ids=str)
 def test_nll_fast_path_matches_the_generic_code(shape: tuple[int, ...], dtype: str,
                                                 target_dtype: str, layout: str) -> None:
     """Batches with every target a class, (N, C) and spatial, blocked and threaded."""
@@ -213,6 +215,22 @@ def test_nll_with_ignored_targets_matches_the_generic_code(shape: tuple[int, ...
     assert _nll_numpy.route(_nll_call(x, target, None, ignore_index)) is not None
     for weight in (None, rng.uniform(0.5, 2.0, n_classes).astype(np.float32)):
         _assert_nll_as_generic(x, target, weight, ignore_index=ignore_index)
+
+
+@pytest.mark.parametrize("target_dtype", [">i8", "<i4", "int8"])
+def test_nll_targets_of_any_byte_order_and_width(target_dtype: str) -> None:
+    """The bounds of many targets come from one pass over them read as unsigned integers
+    (a negative one is then the largest): the same for byte-swapped and narrow ones."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((70000, 5)).astype(np.float32)
+    plain = rng.integers(0, 5, 70000)
+    ignored = plain.copy()
+    ignored[::9] = -100
+    for target in (plain, ignored):
+        target = target.astype(target_dtype)
+        assert _nll_numpy.route(_nll_call(x, target, None, -100)) == (
+            "blocks" if target.min() >= 0 else "masked")
+        _assert_nll_as_generic(x, target, None)
 
 
 def _nll_call(x: Any, target: Any, weight: Any, ignore_index: int, validate: bool = True

@@ -15,7 +15,9 @@ out-of-range targets, strided inputs, other libraries) takes the generic path.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,12 +51,24 @@ def route(call: NLLCall) -> str | None:
     x, target = call.input, call.target
     if type(x) is not np.ndarray or x.ndim < 2 or target.size == 0:
         return None
+    ignore = call.ignore_index
+    if target.size > SMALL_ROWS:
+        if not x.flags.c_contiguous:
+            return None
+        # Both bounds in one pass: as unsigned integers, negative targets are the largest.
+        highest = int(np.maximum.reduce(_as_unsigned(target), None))
+        if highest < call.n_classes and not 0 <= ignore <= highest:
+            return "blocks"
+        lowest = int(np.minimum.reduce(target, None))
+        highest = int(np.maximum.reduce(target, None))
+        if 0 <= lowest and highest < call.n_classes and not lowest <= ignore <= highest:
+            return "blocks"
+        # ignore_index's default -100 among the targets, or a bad target: see _block_targets.
+        return "masked"
     # A few targets' bounds by argmin/argmax and item: no reduction machinery, a third of a
     # reduction's cost; past a few thousand the reduction is the faster (measured).
-    few = target.size <= SMALL_ROWS
-    lowest = target.item(target.argmin()) if few else int(np.minimum.reduce(target, None))
-    ignore = call.ignore_index
-    if lowest >= 0 and x.ndim == 2 and target.shape[0] <= SMALL_ROWS:
+    lowest = target.item(target.argmin())
+    if lowest >= 0 and x.ndim == 2:
         # The fancy index checks the upper bound itself (IndexError: see _picked_rows); an
         # ignore_index inside [0, C) needs a look.
         if not (lowest <= ignore < call.n_classes and bool((target == ignore).any())):
@@ -62,12 +76,24 @@ def route(call: NLLCall) -> str | None:
     if not x.flags.c_contiguous:
         return None
     if lowest >= 0:
-        highest = (target.item(target.argmax()) if few
-                   else int(np.maximum.reduce(target, None)))
+        highest = target.item(target.argmax())
         if highest < call.n_classes and not lowest <= ignore <= highest:
             return "blocks"
-    # ignore_index's default -100 among the targets, or a bad target: see _block_targets.
     return "masked"
+
+
+def _as_unsigned(target: Array) -> Array:
+    """``target`` viewed as unsigned integers of its width and byte order (itself if
+    unsigned)."""
+    if target.dtype.kind != "i":
+        return target
+    unsigned = _UNSIGNED.get(target.dtype)
+    if unsigned is None:  # one per signed integer dtype: a handful at most
+        unsigned = _UNSIGNED[target.dtype] = np.dtype(target.dtype.str.replace("i", "u"))
+    return target.view(unsigned)
+
+
+_UNSIGNED: dict[Any, Any] = {}
 
 
 def _picked_rows(call: NLLCall, dtype: Any) -> tuple[Array, Array | None] | None:
@@ -123,19 +149,21 @@ def _rows_loss_and_grad(call: NLLCall, dtype: Any, grad_output: float
     return np.asarray(loss, dtype=call.dtype), grad
 
 
+def _plan_step(spatial: int) -> int:
+    """Rows per block: about BLOCK_TARGETS targets."""
+    return max(1, BLOCK_TARGETS // max(spatial, 1))
+
+
 def _plan(n: int, spatial: int) -> list[slice]:
-    step = max(1, BLOCK_TARGETS // max(spatial, 1))
+    step = _plan_step(spatial)
     return [slice(start, min(start + step, n)) for start in range(0, n, step)]
 
 
 def _run(call: NLLCall, work: Any) -> list[Any]:
-    # In the calling thread: `take` holds the GIL, and worker threads made a 100,000-row
-    # forward pass 2.7x slower (measured), where the elementwise losses gain from them.
+    # In the calling thread: `take` releases the GIL, but a gather is bound by the latency
+    # of the rows it reads, and handing half of it to a pool thread made a 100,000-row
+    # forward pass slower and a 10,000-row one 3.5x slower (measured on 2 cores).
     return [work(rows) for rows in _plan(call.loss_shape[0], math.prod(call.loss_shape[1:]))]
-
-
-#: Blocks of at most this many (long) rows compute their positions row by row.
-ROW_BY_ROW = 64
 
 
 def _block_targets(call: NLLCall, rows: slice, masked: bool
@@ -175,31 +203,50 @@ def _positions(call: NLLCall, rows: slice, target: Array) -> Array:
     """The flat positions ``(n C + t) S + s`` of the block's targets ``(b, S)`` in the
     input, in a scratch buffer (int64, whatever the target's integer dtype: ``uint8 * S``
     must not wrap around)."""
-    n_classes = call.n_classes
+    offsets, row_stride = _first_block_offsets(call, target.shape[1])
+    return _shifted_positions(target, offsets, (rows.start or 0) * row_stride)
+
+
+def _first_block_offsets(call: NLLCall, spatial: int) -> tuple[Array, int]:
+    """The first block's offsets (see :func:`_offsets`) and the input's row stride: every
+    block's offsets are a prefix of the first's, shifted by its first row's."""
+    row_stride = call.n_classes * spatial
+    first_block = min(_plan_step(spatial), call.loss_shape[0])
+    return _offsets(first_block, spatial, row_stride), row_stride
+
+
+def _shifted_positions(target: Array, offsets: Array, shift: int) -> Array:
+    """:func:`_positions` from the first block's offsets and this block's shift."""
+    positions = scratch(target.shape, _INT64, slot=0)
     spatial = target.shape[1]
-    count = target.shape[0]
-    positions = scratch(target.shape, np.int64, slot=0)
-    row_stride = n_classes * spatial
+    if target.shape[0] != offsets.shape[0]:
+        offsets = offsets[:target.shape[0]]
     if spatial == 1:
-        np.multiply(_arange(count), row_stride, out=positions[:, 0])
-        np.add(positions, target, out=positions, dtype=np.int64, casting="unsafe")
-    elif count <= ROW_BY_ROW:
-        # Row by row: an operand broadcast along rows costs NumPy's iterator a 64 KiB buffer
-        # per call, more than this call's other temporaries together.
-        start = rows.start or 0
-        for row in range(count):
-            np.multiply(target[row], spatial, out=positions[row], dtype=np.int64,
-                        casting="unsafe")
-            positions[row] += _arange(spatial)
-            positions[row] += (start + row) * row_stride
-        return positions
+        _add(offsets, target, out=positions, dtype=_INT64, casting="unsafe")
     else:
-        np.multiply(target, spatial, out=positions, dtype=np.int64, casting="unsafe")
-        positions += _arange(spatial)
-        positions += (_arange(count) * row_stride)[:, None]
-    if rows.start:
-        positions += rows.start * row_stride
+        _multiply(target, spatial, out=positions, dtype=_INT64, casting="unsafe")
+        positions += offsets
+    if shift:
+        positions += shift
     return positions
+
+
+_INT64 = np.dtype(np.int64)
+# Module attributes of NumPy cost a look-up through its module ``__getattr__`` each: the
+# ufuncs of the lean loops, looked up once.
+_add, _multiply, _add_reduce = np.add, np.multiply, np.add.reduce
+
+
+@functools.lru_cache(maxsize=4)
+def _offsets(count: int, spatial: int, row_stride: int) -> Array:
+    """``n row_stride + s`` for the ``(count, spatial)`` targets of a block's rows, made once
+    for each of the last few shapes (read-only): a block's positions then cost one pass
+    over its targets, or two with spatial dimensions, instead of three."""
+    offsets = np.arange(0, count * row_stride, row_stride, dtype=np.int64)[:, None]
+    if spatial > 1:
+        offsets = offsets + np.arange(spatial, dtype=np.int64)
+    offsets.flags.writeable = False
+    return offsets
 
 
 @dataclass(slots=True)
@@ -295,6 +342,8 @@ def forward(call: NLLCall, dtype: Any, how: str) -> Array | None:
         finally:
             restore_floating_point(quiet)
     masked = how == "masked"
+    if not masked and call.weight is None and call.reduction != "none":
+        return _unweighted_forward(call, dtype)
     if call.reduction == "none":
         out = np.empty(call.loss_shape, dtype=call.dtype)
         flat_out = out.reshape(call.loss_shape[0], -1)
@@ -360,27 +409,58 @@ def loss_and_grad(call: NLLCall, dtype: Any, how: str, grad_output: float = 1.0
     return loss.astype(call.dtype), grad.reshape(call.input.shape)
 
 
+def _picked_blocks(call: NLLCall) -> Iterator[tuple[Array, Array]]:
+    """Each block's flat positions and the input's values there, where every target is a
+    class: the lean loop of the unweighted paths (a small call's Python is a measurable
+    share of its time, and a cold one after a large gather elsewhere more so)."""
+    count = call.loss_shape[0]
+    spatial = call.target.size // count
+    flat = call.input.reshape(-1)
+    target = call.target.reshape(count, spatial)
+    offsets, row_stride = _first_block_offsets(call, spatial)
+    step = offsets.shape[0]
+    for start in range(0, count, step):
+        positions = _shifted_positions(target[start:start + step], offsets, start * row_stride)
+        yield positions, flat.take(positions, mode="clip",
+                                   out=scratch(positions.shape, flat.dtype, slot=1))
+
+
+def _negated_total(shares: list[float], dtype: Any) -> Array:
+    """``-sum(shares)`` in ``dtype`` (the blocks' sums of picked values, in block order):
+    ``-sum(x)`` is ``sum(-x)``, bit for bit."""
+    return np.asarray(-(shares[0] if len(shares) == 1 else math.fsum(shares)), dtype=dtype)
+
+
+def _unweighted_forward(call: NLLCall, dtype: Any) -> Array:
+    """:func:`forward`, reduced, where every target is a class and none is weighted: the
+    total weight is the number of targets."""
+    quiet = silence_floating_point()
+    try:
+        total = _negated_total([float(_add_reduce(picked, None, dtype))
+                                for _, picked in _picked_blocks(call)], dtype)
+        if call.reduction == "mean":
+            total = total / np.asarray(float(call.target.size), dtype=dtype)
+        return np.asarray(total).astype(call.dtype)
+    finally:
+        restore_floating_point(quiet)
+
+
 def _unweighted_loss_and_grad(call: NLLCall, dtype: Any, grad_output: float
                               ) -> tuple[Array, Array]:
     """:func:`loss_and_grad` where every target is a class and none is weighted: the total
     weight is the number of targets, known up front, so each block gathers its values and
     scatters its gradient in one pass over its positions."""
-    with quiet_floating_point():
+    grad = np.zeros(call.input.size, dtype=call.input.dtype)
+    quiet = silence_floating_point()
+    try:
         total_weight = np.asarray(float(call.target.size), dtype=dtype)
         scale = -grad_output if call.reduction == "sum" else -(grad_output / total_weight)
-    grad = np.zeros(call.input.size, dtype=call.input.dtype)
-
-    def work(rows: slice) -> float:
-        with quiet_floating_point():
-            block = _block(call, rows, dtype, masked=False)
-            assert block is not None  # unmasked: every target is a class
-            picked = _block_losses(call, block, dtype, negate=False)
-            total = float(np.add.reduce(picked, axis=None, dtype=dtype))
-            np.put(grad, block.positions, scale, mode="clip")
-            return -total  # -sum(x) is sum(-x), bit for bit
-
-    sums = _run(call, work)
-    with quiet_floating_point():
-        total = np.asarray(math.fsum(sums), dtype=dtype)
+        shares = []
+        for positions, picked in _picked_blocks(call):
+            shares.append(float(_add_reduce(picked, None, dtype)))
+            np.put(grad, positions, scale, mode="clip")
+        total = _negated_total(shares, dtype)
         loss = np.asarray(total / total_weight if call.reduction == "mean" else total)
-    return loss.astype(call.dtype), grad.reshape(call.input.shape)
+        return loss.astype(call.dtype), grad.reshape(call.input.shape)
+    finally:
+        restore_floating_point(quiet)
