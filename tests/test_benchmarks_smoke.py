@@ -88,6 +88,25 @@ def test_verdicts_read_the_spread_of_the_round_ratios() -> None:
     assert ours["speedup_spread"] == pytest.approx([1.7, 2.4])
 
 
+def test_cpu_targets_judge_every_nll_forward_shape_of_the_issue() -> None:
+    """NLL forward: no slower than PyTorch from 100,000 gathered elements, within 1.5x at
+    10000x1000 (10,000 gathered), and the smaller ones by the overhead target alone."""
+    from benchmarks.report import evaluate_targets
+
+    rows = []
+    for shape, ratio in (((10000, 1000), 0.7), ((100000, 100), 0.9), ((1000, 10), 0.3)):
+        case = {"loss": "nll", "op": "forward", "reduction": "mean", "variant": "plain",
+                "dtype": "float32", "shape": list(shape), "elements": math.prod(shape)}
+        rows.append({"case_key": str(shape), "case": case, "provider": "arrayloss numpy",
+                     "speedup_vs_baseline": ratio, "speedup_spread": [ratio - 0.02,
+                                                                      ratio + 0.02]})
+    verdicts = {target["target"]: target["status"] for target in evaluate_targets(rows, "cpu")
+                if target["target"].startswith("CPU NLL forward")}
+    assert verdicts["CPU NLL forward (10000, 1000): within 1.5x of PyTorch"] == "met"
+    assert verdicts["CPU NLL forward (100000, 100): no slower than PyTorch"] == "missed"
+    assert not any("(1000, 10)" in name for name in verdicts)
+
+
 def test_model_bytes_follow_the_byte_models() -> None:
     n = 1 << 20
     forward = Case("gaussian_nll", "forward", "mean", "full", "float32", (n // 64, 64))
