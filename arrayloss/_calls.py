@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ._validation import (
+    NDARRAY,
     REDUCTIONS,
     _is_floating,
     _is_integer,
@@ -219,7 +220,7 @@ def _plain_numpy_call(input: Array, target: Array, var: Array | float, full: boo
     call after a few microseconds of looking for a rule that fails; anything else (None) goes
     through the rules.
     """
-    if type(input) is not np.ndarray or type(target) is not np.ndarray:
+    if type(input) is not NDARRAY or type(target) is not NDARRAY:
         return None
     dtype, shape = input.dtype, input.shape
     if dtype.kind != "f" or target.dtype is not dtype or target.shape != shape:
@@ -228,7 +229,7 @@ def _plain_numpy_call(input: Array, target: Array, var: Array | float, full: boo
         if var < 0 and not log_var:
             return None  # the rules raise the error
         var_shape = None
-    elif type(var) is np.ndarray and var.dtype is dtype and var.shape == shape:
+    elif type(var) is NDARRAY and var.dtype is dtype and var.shape == shape:
         var_shape = shape
     else:
         return None

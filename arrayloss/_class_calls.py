@@ -25,6 +25,7 @@ from array_api_compat import (
 from ._validation import (
     _INT64_MAX,
     _INT64_MIN,
+    NDARRAY,
     REDUCTIONS,
     _is_floating,
     _is_integer,
@@ -129,14 +130,14 @@ def _plain_numpy_layout(input: Array, target: Array, weight: Array | None
     Such arguments pass every array rule here, which would give the same layout after a few
     microseconds of looking for a rule that fails; anything else (None) goes through them.
     """
-    if type(input) is not np.ndarray or type(target) is not np.ndarray:
+    if type(input) is not NDARRAY or type(target) is not NDARRAY:
         return None
     shape = input.shape
     if (len(shape) < 2 or input.dtype.kind != "f" or target.dtype.kind not in "iu"
             or target.shape != (shape[0], *shape[2:])):
         return None
     n_classes = shape[1]
-    if weight is not None and (type(weight) is not np.ndarray or weight.dtype is not input.dtype
+    if weight is not None and (type(weight) is not NDARRAY or weight.dtype is not input.dtype
                                or weight.shape != (n_classes,)):
         return None
     return n_classes, target.shape

@@ -54,6 +54,10 @@ class TargetOutOfRangeError(IndexError, ValueError):
 # --------------------------------------------------------------------------- the error messages
 
 
+#: ``np.ndarray``, looked up once: each ``np.<name>`` passes through NumPy's module
+#: ``__getattr__`` (a tenth of a microsecond), a measurable share of a small call's checks.
+NDARRAY = np.ndarray
+
 def negative_var_error(value: float | None = None) -> ValueError:
     """The error for a negative variance: a scalar ``value``, or an array with negative entries.
 
@@ -226,7 +230,7 @@ def _numpy_namespace() -> ModuleType:
 
 def _namespace(named: dict[str, Any]) -> ModuleType:
     """The array namespace shared by the named arrays, with errors that name the argument."""
-    if all(type(value) is np.ndarray for value in named.values()):
+    if all(type(value) is NDARRAY for value in named.values()):
         # The common case, decided without array_namespace's scan (a few microseconds per
         # call): plain NumPy arrays, one device, no mask (a MaskedArray is a subclass).
         return _numpy_namespace()
@@ -290,7 +294,7 @@ def _require_floating(xp: ModuleType, name: str, x: Array) -> None:
 
 
 def _shape(x: Array) -> tuple[int, ...]:
-    if type(x) is np.ndarray:
+    if type(x) is NDARRAY:
         return x.shape  # a tuple of ints already
     shape = tuple(x.shape)
     if any(size is None for size in shape):

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._validation import NDARRAY
 from ._blocked import Block, filled, part_of, run_blocks, scratch, spans, worker_count
 from ._helpers import quiet_floating_point, restore_floating_point, silence_floating_point
 
@@ -37,6 +38,12 @@ SMALLEST_BLOCK, LARGEST_BLOCK = 1 << 14, 1 << 17
 THREADED_ELEMENTS = 1 << 16
 
 _FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# NumPy's module attributes cost a look-up through its module ``__getattr__`` each (a tenth
+# of a microsecond): the names every small call reaches for, looked up once.
+_asarray = np.asarray
+_add, _subtract, _multiply, _maximum, _log_ufunc = (np.add, np.subtract, np.multiply,
+                                                      np.maximum, np.log)
 #: ``full=True``'s constant, as in the generic module.
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -45,7 +52,7 @@ def applies(call: GaussianNLLCall) -> bool:
     """Whether this path computes ``call`` (see the module docstring)."""
     input, dtype, shape = call.input, call.dtype, call.loss_shape
     # NumPy first: another library's dtype warns when compared with NumPy's.
-    if not isinstance(input, np.ndarray) or dtype not in _FAST_DTYPES or not shape or 0 in shape:
+    if not isinstance(input, NDARRAY) or dtype not in _FAST_DTYPES or not shape or 0 in shape:
         return False
     target, var = call.target, call.var
     return (input.shape == shape and target.shape == shape and target.dtype == dtype
@@ -95,7 +102,7 @@ def _variance(call: GaussianNLLCall, var: Any, scalar_term: float | None, reuse:
     else:
         # Against an array of eps: NumPy's loop against a number is not vectorised.
         eps = filled(var.shape, call.dtype, call.eps)
-        term = np.maximum(var, eps, out=scratch(var.shape, call.dtype, 3) if reuse else None)
+        term = _maximum(var, eps, out=scratch(var.shape, call.dtype, 3) if reuse else None)
     precision: Any = None
     if call.log_var:
         if isinstance(term, float):
@@ -118,12 +125,12 @@ def _log(term: Any, reuse: bool, in_place: bool) -> Any:
     """log(term); ``in_place`` into term's own buffer (a temporary no longer needed)."""
     if isinstance(term, float):  # math.log raises for 0, where log(0) is -inf
         return -math.inf if term == 0 else math.log(term)
-    return np.log(term, out=term if in_place else _buffer(term.shape, term.dtype, 4, reuse))
+    return _log_ufunc(term, out=term if in_place else _buffer(term.shape, term.dtype, 4, reuse))
 
 
 def _per_row(weight: Array | float | None, loss: Array) -> bool:
     """Whether ``weight`` is one value per row of a 2-D ``loss``."""
-    return (isinstance(weight, np.ndarray) and loss.ndim == 2
+    return (isinstance(weight, NDARRAY) and loss.ndim == 2
             and weight.shape == (loss.shape[0], 1))
 
 
@@ -161,9 +168,9 @@ def _block(call: GaussianNLLCall, part: Block | None, scalar_term: float | None,
     term, precision, weight = _variance(call, var, scalar_term, reuse)
 
     # (Scratch inline rather than by _buffer: a small call feels every Python call.)
-    diff = np.subtract(x, t, out=scratch(shape, dtype, 0) if reuse else None)
+    diff = _subtract(x, t, out=scratch(shape, dtype, 0) if reuse else None)
     # q = d**2 / v (d**2 exp(-s) for log-variances): the loss's first term, and d var's.
-    q = np.multiply(diff, diff, out=scratch(shape, dtype, 1) if reuse else None)
+    q = _multiply(diff, diff, out=scratch(shape, dtype, 1) if reuse else None)
     if precision is not None:
         q *= precision
     else:
@@ -176,13 +183,13 @@ def _block(call: GaussianNLLCall, part: Block | None, scalar_term: float | None,
         log_term = term if precision is not None else _log(term, reuse, in_place=forward_only)
         out = losses[index] if losses is not None else (
             diff if forward_only else _buffer(shape, dtype, 2, reuse))
-        loss = np.add(q, log_term, out=out)
+        loss = _add(q, log_term, out=out)
         if losses is None and weight is not None and not call.full and _per_row(weight, loss):
             # A reduced beta-NLL with one weight per row: the row sums weighted (a dot of
             # two vectors) instead of a pass over every element by a broadcast weight,
             # which costs NumPy a short inner loop per row (3.5x a plain multiply).
-            assert isinstance(weight, np.ndarray)
-            row_sums = np.add.reduce(loss, axis=1)
+            assert isinstance(weight, NDARRAY)
+            row_sums = _add.reduce(loss, axis=1)
             total = float(np.dot(row_sums, weight[:, 0])) * 0.5
         else:
             if weight is None and not call.full:
@@ -190,16 +197,16 @@ def _block(call: GaussianNLLCall, part: Block | None, scalar_term: float | None,
             else:
                 _halve_and_weigh(loss, call.full, weight)
             if losses is None:
-                total = float(np.add.reduce(loss, axis=None))
+                total = float(_add.reduce(loss, axis=None))
     if not wrt:
         return total, None
 
     grad_input, grad_target, grad_var = grads
-    if isinstance(upstream, np.ndarray) and part is not None:  # 'none': G per element
+    if isinstance(upstream, NDARRAY) and part is not None:  # 'none': G per element
         upstream = part_of(upstream, part, ndim)
     g: Any = upstream if weight is None else upstream * weight
-    half_g: Any = (np.multiply(g, 0.5, out=_buffer(g.shape, dtype, 5, reuse))
-                   if isinstance(g, np.ndarray) else 0.5 * g)
+    half_g: Any = (_multiply(g, 0.5, out=_buffer(g.shape, dtype, 5, reuse))
+                   if isinstance(g, NDARRAY) else 0.5 * g)
     half_over_var: Any = None  # the log-variance gradients below do without it
     if precision is None:
         if isinstance(half_g, float) and isinstance(term, float):
@@ -210,10 +217,10 @@ def _block(call: GaussianNLLCall, part: Block | None, scalar_term: float | None,
     if grad_input is not None or grad_target is not None:
         slot = grad_input[index] if grad_input is not None else _buffer(shape, dtype, 2, reuse)
         if precision is not None:  # d input = G d exp(-s)
-            slot = np.multiply(diff, precision, out=slot)
+            slot = _multiply(diff, precision, out=slot)
             slot *= g
         else:  # d input = ((0.5 G) / v) (2 d)
-            slot = np.multiply(diff, 2.0, out=slot)
+            slot = _multiply(diff, 2.0, out=slot)
             slot *= half_over_var
         if grad_target is not None:
             np.negative(slot, out=grad_target[index])
@@ -262,7 +269,7 @@ def takes_upstream(call: GaussianNLLCall, grad_output: Array | float) -> bool:
     ``'none'`` a NumPy array of the loss's shape and dtype."""
     if call.reduction != "none":
         return isinstance(grad_output, float)
-    return (type(grad_output) is np.ndarray and grad_output.dtype == call.dtype
+    return (type(grad_output) is NDARRAY and grad_output.dtype == call.dtype
             and grad_output.shape == call.loss_shape)
 
 
@@ -327,4 +334,4 @@ def _reduced(call: GaussianNLLCall, results: list[tuple[float, Any]], numel: int
     total = math.fsum(total for total, _ in results) if len(results) > 1 else results[0][0]
     if call.reduction == "mean":
         total = total / numel
-    return np.asarray(total, call.dtype)  # a float16 overflow is inf, as in PyTorch
+    return _asarray(total, call.dtype)  # a float16 overflow is inf, as in PyTorch

@@ -25,7 +25,7 @@ import numpy as np
 from array_api_compat import device
 
 from .._calls import GAUSSIAN_GRADIENTS, GaussianNLLCall
-from .._validation import negative_var_error
+from .._validation import NDARRAY, negative_var_error
 from . import _gaussian_numpy
 from ._blocked import Block, part_of, row_blocks, run_blocks, spans
 from ._helpers import as_0d, as_compute, compute_dtype, quiet_floating_point, sum_to_shape
@@ -58,7 +58,7 @@ def _check_values(call: GaussianNLLCall) -> None:
     if not call.validate or call.log_var or call.var_shape is None:
         return
     var = call.var
-    if isinstance(var, np.ndarray):
+    if isinstance(var, NDARRAY):
         # One pass, no temporary: the smallest entry, NaN skipped (it passes through, as in
         # PyTorch).  argmin costs a third of a reduction on small arrays but stops at the
         # first NaN; fmin.reduce (NaN only where every entry is) decides then, and on large
