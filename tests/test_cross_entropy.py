@@ -211,6 +211,29 @@ def test_blocked_numpy_path_matches_the_single_block(shape: tuple[int, ...]) -> 
         **options)), rtol=1e-5)
 
 
+@pytest.mark.parametrize("samples", [1, 2, 7, 8192])
+@pytest.mark.parametrize("n_classes", [2, 9, 16])
+def test_reductions_over_few_classes_keep_one_order_in_either_layout(samples: int,
+                                                                     n_classes: int) -> None:
+    # Blocks of few classes compute class-major; a reduction over the classes must give
+    # ((x0 op x1) op x2) ... bit for bit in either layout, so a sample's loss does not
+    # depend on the block (or the number of workers) it falls in.
+    from arrayloss._agnostic._cross_entropy_numpy import _over_classes
+
+    rng = np.random.default_rng(samples * n_classes)
+    x = (rng.standard_normal((samples, n_classes))
+         * rng.choice([1e-3, 1.0, 1e4], (samples, n_classes))).astype(np.float32)
+    x[rng.random(x.shape) < 0.05] = np.nan
+    for ufunc in (np.maximum, np.add):
+        expected = x[:, 0].copy()
+        for c in range(1, n_classes):
+            expected = ufunc(expected, x[:, c])
+        for block in (np.ascontiguousarray(x), np.ascontiguousarray(x.T).T):
+            out = np.empty((samples, 1, 1), np.float32)
+            result = _over_classes(ufunc, block[:, :, None], out)
+            np.testing.assert_array_equal(result[:, 0, 0], expected)
+
+
 @pytest.mark.parametrize("smoothing", [0.0, 0.2])
 def test_numpy_gradient_at_flat_target_positions_matches_pytorch(smoothing: float) -> None:
     # (N, C) blocks take and put the targets' entries at flat positions: ignored and (with

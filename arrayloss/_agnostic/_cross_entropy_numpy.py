@@ -114,13 +114,23 @@ def _block(call: CrossEntropyCall, prep: _Prepared, rows: slice, cols: slice,
     eps, n_classes, dtype = call.label_smoothing, call.n_classes, prep.dtype
     z = _input_block(call, prep, rows, cols)
     slot = None if grad3 is None else grad3[rows, :, cols]
-    # The math runs in a C-contiguous buffer, so the sums' order (and the bits) never depend
-    # on the layout of `out`; the gradient's own slot is that buffer when it can be.
-    direct = slot is not None and slot.dtype == dtype and slot.flags.c_contiguous
-    work: Any = slot if direct else scratch(z.shape, dtype)
-    row_max = _over_classes(np.maximum, z, scratch((z.shape[0], 1, z.shape[2]), z.dtype, 2))
-    row_max = row_max.astype(dtype, copy=False)
-    np.subtract(z, row_max, out=work)  # z may be `work` itself (out=input): read first
+    if _class_major(call, z):
+        # A few classes per sample: the math runs in a class-major buffer (one transposing
+        # pass in, one out), where every pass over the classes is a contiguous, vectorised
+        # one instead of a short inner loop per sample or a strided column.
+        work: Any = scratch((n_classes, z.shape[0]), dtype).T[:, :, None]
+        np.copyto(work, z)
+        row_max = _over_classes(np.maximum, work, scratch((z.shape[0], 1, 1), dtype, 2))
+        np.subtract(work, row_max, out=work)
+    else:
+        # The math runs in a C-contiguous buffer, so the sums' order (and the bits) never
+        # depend on the layout of `out`; the gradient's own slot is that buffer when it can be.
+        direct = slot is not None and slot.dtype == dtype and slot.flags.c_contiguous
+        work = slot if direct else scratch(z.shape, dtype)
+        row_max = _over_classes(np.maximum, z,
+                                scratch((z.shape[0], 1, z.shape[2]), z.dtype, 2))
+        row_max = row_max.astype(dtype, copy=False)
+        np.subtract(z, row_max, out=work)  # z may be `work` itself (out=input): read first
     weight = prep.class_weight3
     mass: Any = None
     weighted_q: Any = None
@@ -189,7 +199,7 @@ def _block(call: CrossEntropyCall, prep: _Prepared, rows: slice, cols: slice,
             scale = on_target + (eps / n_classes) * prep.class_weight_sum * upstream
         work *= scale[:, None, :] / sum_exp
         if positions is not None:  # as _picked: at flat positions, no fancy index
-            flat = work.reshape(-1)
+            flat = _in_memory_order(work)
             at_target = np.take(flat, positions, mode="clip", out=scratch(
                 positions.shape, work.dtype, 6))
             at_target -= on_target[:, 0]
@@ -217,22 +227,49 @@ def _over_classes(ufunc: np.ufunc, x: np.ndarray, out: np.ndarray) -> np.ndarray
     n_classes = x.shape[1]
     if x.shape[2] != 1 or not 2 <= n_classes <= FEW_CLASSES:
         return ufunc.reduce(x, axis=1, keepdims=True, out=out)
-    ufunc(x[:, 0], x[:, 1], out=out[:, 0])
+    by_class = x[:, :, 0].T
+    if by_class.flags.c_contiguous and by_class.shape[1] > 1:
+        # Class-major: one reduction over the outer axis, which NumPy runs class by class
+        # over contiguous rows (the same order as below, in one call; a single sample's
+        # would be one contiguous reduction, summed pairwise).
+        ufunc.reduce(by_class, axis=0, out=out[:, 0, 0])
+        return out
+    # On 1-D views: a (b, 1) operand costs NumPy's iterator a third more per call.
+    columns, result = x[:, :, 0], out[:, 0, 0]
+    ufunc(columns[:, 0], columns[:, 1], out=result)
     for c in range(2, n_classes):
-        ufunc(out[:, 0], x[:, c], out=out[:, 0])
+        ufunc(result, columns[:, c], out=result)
     return out
 
 
+def _class_major(call: CrossEntropyCall, z: np.ndarray) -> bool:
+    """Whether a block computes in a class-major buffer (see :func:`_block`): class
+    indices, no spatial dimensions and at most ``FEW_CLASSES`` classes."""
+    return not call.probabilities and z.shape[2] == 1 and 2 <= z.shape[1] <= FEW_CLASSES
+
+
 def _target_positions(work: np.ndarray, index: np.ndarray) -> np.ndarray | None:
-    """The flat positions ``n C + index[n]`` of the targets in a C-contiguous ``(b, C, 1)``
-    block, in a scratch buffer; None for other blocks (spatial or strided)."""
-    b, n_classes, s = work.shape
-    if s != 1 or not work.flags.c_contiguous:
+    """The positions of the targets ``work[n, index[n], 0]`` of a ``(b, C, 1)`` block in
+    :func:`_in_memory_order` (``n C + index[n]`` C-contiguous, ``index[n] b + n``
+    class-major), in a scratch buffer; None for other blocks (spatial or strided)."""
+    b, _, s = work.shape
+    plain = work[:, :, 0]
+    if s != 1 or not (plain.flags.c_contiguous or plain.T.flags.c_contiguous):
         return None
+    sample_step, class_step = (stride // work.itemsize for stride in plain.strides)
     positions = scratch((b,), np.int64, 5)
-    np.multiply(arange(b), n_classes, out=positions)
-    np.add(positions, index[:, 0], out=positions, dtype=np.int64, casting="unsafe")
+    if class_step == 1:  # C-contiguous (or one sample)
+        np.multiply(arange(b), sample_step, out=positions)
+        np.add(positions, index[:, 0], out=positions, dtype=np.int64, casting="unsafe")
+    else:  # class-major: sample_step is 1
+        np.multiply(index[:, 0], class_step, out=positions, dtype=np.int64, casting="unsafe")
+        positions += arange(b)
     return positions
+
+
+def _in_memory_order(work: np.ndarray) -> np.ndarray:
+    """A C-contiguous or class-major block's elements as a flat view, in memory order."""
+    return work.ravel(order="K")
 
 
 def _picked(work: np.ndarray, index: np.ndarray, positions: np.ndarray | None
@@ -242,7 +279,7 @@ def _picked(work: np.ndarray, index: np.ndarray, positions: np.ndarray | None
     by ``take_along_axis``."""
     if positions is None:
         return np.take_along_axis(work, index[:, None, :], axis=1)[:, 0, :]
-    picked = np.take(work.reshape(-1), positions, mode="clip",
+    picked = np.take(_in_memory_order(work), positions, mode="clip",
                      out=scratch(positions.shape, work.dtype, 6))
     return picked.reshape(-1, 1)
 
