@@ -2,10 +2,10 @@
 
 The same math as the generic block of :mod:`.cross_entropy`, written with NumPy's ``out=``
 arguments: each block is shifted, exponentiated and scaled in one buffer (the gradient's own
-slot where there is one, else a per-thread scratch buffer reused from call to call), so a
-block costs a handful of passes over memory that stays in cache and no allocation beyond
-per-sample arrays.  The parity suite runs this path on NumPy and the generic one on the other
-libraries.
+slot where there is one, else a per-thread scratch buffer reused from call to call; a
+class-major one for a few classes per sample), so a block costs a handful of passes over
+memory that stays in cache and no allocation beyond per-sample arrays.  The parity suite
+runs this path on NumPy and the generic one on the other libraries.
 """
 
 from __future__ import annotations

@@ -1,12 +1,14 @@
 """NumPy only: NLL where every target is a class, in blocks of samples with scratch buffers.
 
 The common case of a classifier's or a segmentation model's batch: no target is ignored and
-none is out of range (checked with one ``min`` and one ``max`` over the targets).  Each block
-computes the flat positions ``(n C + t) S + s`` of its targets into a per-thread int64
-buffer, gathers them with one ``take`` into another (several times faster than a fancy index,
-which builds an index per axis), and sums or scatters from there.  The buffers are reused
-from call to call, so a call allocates nothing but its outputs: the gradient, calloc'd (its
-untouched pages cost nothing until read) and written once per target.
+none is out of range (checked with one ``max`` over the targets read as unsigned integers,
+where a negative one is the largest).  Each block computes the flat positions
+``(n C + t) S + s`` of its targets into a per-thread int64 buffer (one pass against the
+offsets ``n C S + s``, cached per shape), gathers them with one ``take`` into another (several
+times faster than a fancy index, which builds an index per axis), and sums or scatters from
+there.  The buffers are reused from call to call, so a call allocates nothing but its
+outputs: the gradient, calloc'd (its untouched pages cost nothing until read) and written once
+per target.
 
 Elementwise results (``reduction='none'`` losses, gradients) are bitwise the generic
 code's; sums are added per block in double precision.  Everything else (ignored or
