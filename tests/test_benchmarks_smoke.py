@@ -107,6 +107,16 @@ def test_cpu_targets_judge_every_nll_forward_shape_of_the_issue() -> None:
     assert not any("(1000, 10)" in name for name in verdicts)
 
 
+def test_allocator_verdicts_read_the_range_of_the_pairs() -> None:
+    from benchmarks.allocator import allocator_verdict
+
+    assert allocator_verdict([0.95, 1.02, 1.2]) == "met"
+    assert allocator_verdict([1.3, 1.4, 1.6]) == "missed"
+    assert allocator_verdict([0.5, 0.7]) == "missed"
+    assert allocator_verdict([1.1, 1.3, 1.35]) == "inconclusive"
+    assert allocator_verdict([0.7, 1.3]) == "inconclusive"  # on both sides, none inside
+
+
 def test_model_bytes_follow_the_byte_models() -> None:
     n = 1 << 20
     forward = Case("gaussian_nll", "forward", "mean", "full", "float32", (n // 64, 64))
