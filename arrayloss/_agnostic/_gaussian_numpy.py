@@ -39,8 +39,7 @@ THREADED_ELEMENTS = 1 << 16
 
 _FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
-# NumPy's module attributes cost a look-up through its module ``__getattr__`` each (a tenth
-# of a microsecond): the names every small call reaches for, looked up once.
+# The names every small call reaches for, looked up once (why: see _validation.NDARRAY).
 _asarray = np.asarray
 _add, _subtract, _multiply, _maximum, _log_ufunc = (np.add, np.subtract, np.multiply,
                                                       np.maximum, np.log)

@@ -234,8 +234,7 @@ def _shifted_positions(target: Array, offsets: Array, shift: int) -> Array:
 
 
 _INT64 = np.dtype(np.int64)
-# Module attributes of NumPy cost a look-up through its module ``__getattr__`` each: the
-# ufuncs of the lean loops, looked up once.
+# The ufuncs of the lean loops, looked up once (why: see _validation.NDARRAY).
 _add, _multiply, _add_reduce = np.add, np.multiply, np.add.reduce
 
 
