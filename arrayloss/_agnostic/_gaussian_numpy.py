@@ -184,12 +184,12 @@ def _block(call: GaussianNLLCall, part: Block | None, scalar_term: float | None,
             diff if forward_only else _buffer(shape, dtype, 2, reuse))
         loss = _add(q, log_term, out=out)
         if losses is None and weight is not None and not call.full and _per_row(weight, loss):
-            # A reduced beta-NLL with one weight per row: the row sums weighted (a dot of
-            # two vectors) instead of a pass over every element by a broadcast weight,
-            # which costs NumPy a short inner loop per row (3.5x a plain multiply).
+            # A reduced beta-NLL with one weight per row: the weights times the block (a
+            # matrix-vector product, one BLAS pass), then its column sums.  A broadcast
+            # weight costs NumPy a short inner loop per row (3.5x a plain multiply), and
+            # so do row sums (axis=1): 6x the product, measured on 2048 x 64 float32.
             assert isinstance(weight, NDARRAY)
-            row_sums = _add.reduce(loss, axis=1)
-            total = float(np.dot(row_sums, weight[:, 0])) * 0.5
+            total = float(_add.reduce(np.dot(weight[:, 0], loss))) * 0.5
         else:
             if weight is None and not call.full:
                 loss *= 0.5  # _halve_and_weigh's first case, without a call
