@@ -10,13 +10,14 @@ get it); ``loss_and_grad`` is the same pair.  arrayloss's are its explicit funct
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .cases import BETA, Case, is_overhead_case, model_bytes
+from .cases import BETA, GAUSSIAN_VARIANTS, Case, is_overhead_case, model_bytes
 
 Call = Callable[[], Any]
 
@@ -58,9 +59,12 @@ VALIDATED = Provider("arrayloss numpy validated", "cpu", "numpy")
 #: ``-x[arange(N), t].mean()`` for NLL and clamp-log-divide-mean for GNLL (overhead cases).
 BARE = Provider("numpy bare", "cpu", "numpy")
 TORCH_CPU = Provider("torch cpu", "cpu", "torch")
+#: Plain Gaussian NLL (one variance per row) on a log_var or beta case's arrays, timed in
+#: the same interleaved rounds: the baseline of issue 14's "within 1.1x of plain" target.
+PLAIN_GAUSSIAN = Provider("numpy plain GNLL", "cpu", "numpy")
 
 PROVIDERS = {"gpu": [FUSED, VIA_TORCH, GENERIC, TORCH_CUDA, COPY],
-             "cpu": [NUMPY, VALIDATED, BARE, TORCH_CPU]}
+             "cpu": [NUMPY, VALIDATED, BARE, TORCH_CPU, PLAIN_GAUSSIAN]}
 
 
 def _ml_bfloat16() -> Any:
@@ -110,6 +114,15 @@ def _arrayloss_call(case: Case, arrays: dict[str, Any], validate: bool = False) 
         upstream = arrays.get("grad_output", 1.0)
         return lambda: al.nll_loss_backward(upstream, *args, **options)
     return lambda: al.nll_loss_and_grad(*args, **options)
+
+
+def _plain_gaussian_call(case: Case, arrays: dict[str, Any]) -> Call:
+    """Plain Gaussian NLL on a variant case's arrays: the variances a log_var case's
+    log-variances stand for, a beta case's variances as they are."""
+    var = arrays["var"]
+    if case.variant == "log_var":
+        var = np.exp(var).astype(var.dtype)
+    return _arrayloss_call(dataclasses.replace(case, variant="rows"), {**arrays, "var": var})
 
 
 def _arrayloss_cross_entropy(case: Case, arrays: dict[str, Any], args: tuple[Any, ...],
@@ -266,6 +279,8 @@ def make_call(provider: Provider, case: Case, arrays: dict[str, Any]) -> Call:
         return _bare_numpy_call(case, arrays)
     if provider is VALIDATED:
         return _arrayloss_call(case, arrays, validate=True)
+    if provider is PLAIN_GAUSSIAN:
+        return _plain_gaussian_call(case, arrays)
     if provider.library == "torch":
         return _torch_call(case, arrays)
     if provider is GENERIC:
@@ -283,9 +298,12 @@ def make_call(provider: Provider, case: Case, arrays: dict[str, Any]) -> Call:
 
 def supports(provider: Provider, case: Case) -> bool:
     """Whether ``provider`` can run ``case`` (bfloat16 needs ml_dtypes outside PyTorch; the
-    bare expression and the validated call only where issue 16 measures the overhead)."""
+    bare expression and the validated call only where issue 16 measures the overhead, plain
+    Gaussian NLL only beside its variants)."""
     if provider in (BARE, VALIDATED):
         return is_overhead_case(case)
+    if provider is PLAIN_GAUSSIAN:
+        return case.loss == "gaussian_nll" and case.variant in GAUSSIAN_VARIANTS
     if case.dtype != "bfloat16" or provider.library == "torch" or provider is COPY:
         return True
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,6 +106,32 @@ def test_cpu_targets_judge_every_nll_forward_shape_of_the_issue() -> None:
     assert verdicts["CPU NLL forward (10000, 1000): within 1.5x of PyTorch"] == "met"
     assert verdicts["CPU NLL forward (100000, 100): no slower than PyTorch"] == "missed"
     assert not any("(1000, 10)" in name for name in verdicts)
+
+
+def test_gaussian_variant_targets_read_the_interleaved_plain_rounds() -> None:
+    """Issue 14's "within 1.1x of plain GNLL" on the CPU: the per-round ratios against plain
+    GNLL timed in the same rounds, not the medians of two cases timed apart."""
+    from benchmarks.report import PLAIN_GAUSSIAN, evaluate_targets
+
+    def case(variant: str) -> dict[str, Any]:
+        return {"loss": "gaussian_nll", "op": "forward", "reduction": "mean",
+                "variant": variant, "dtype": "float32", "shape": [64, 8], "elements": 512}
+
+    rows = [{"case_key": "beta", "case": case("beta"), "provider": "arrayloss numpy",
+             "median_s": 1.0, "round_s": [1.0, 2.0, 1.0, 2.0, 1.0]},
+            {"case_key": "beta", "case": case("beta"), "provider": PLAIN_GAUSSIAN,
+             "median_s": 1.0, "round_s": [1.0, 2.0, 1.0, 2.0, 1.0]},
+            # Timed apart, in a slower phase: its median alone would read 0.5x.
+            {"case_key": "rows", "case": case("rows"), "provider": "arrayloss numpy",
+             "median_s": 0.5, "round_s": [0.5] * 5}]
+    [target] = [target for target in evaluate_targets(rows, "cpu")
+                if target["target"].startswith("GNLL beta forward")]
+    assert target["value"] == 1.0 and target["spread"] == [1.0, 1.0]
+    assert target["status"] == "met"
+    # Without the interleaved provider (the GPU's runs): the rows case of the same run.
+    [target] = [target for target in evaluate_targets(rows[::2], "cpu")
+                if target["target"].startswith("GNLL beta forward")]
+    assert target["value"] == 0.5 and target["status"] == "missed"
 
 
 def test_allocator_verdicts_read_the_range_of_the_pairs() -> None:
