@@ -118,8 +118,14 @@ def gaussian_nll_call(
     beta: object = 0.0,
 ) -> GaussianNLLCall:
     """Check every argument of a Gaussian NLL function and return the validated call."""
-    reduction, full, eps, validate, log_var, beta = _options(reduction, full, eps, validate,
-                                                            log_var, beta)
+    if not (type(reduction) is str and reduction in REDUCTIONS
+            and (full is False or full is True) and (validate is True or validate is False)
+            and (log_var is False or log_var is True)
+            and _plain_nonnegative(eps) and _plain_nonnegative(beta)):
+        # Anything but the plainest options of their kinds (which pass every rule as they
+        # are; decided here, without a call that a small call would feel): the rules.
+        reduction, full, eps, validate, log_var, beta = _options(reduction, full, eps,
+                                                                validate, log_var, beta)
     plain = _plain_numpy_call(input, target, var, full, eps, reduction, validate, log_var, beta)
     if plain is not None:
         return plain
@@ -198,12 +204,6 @@ def gaussian_nll_call(
 def _options(reduction: object, full: object, eps: object, validate: object, log_var: object,
              beta: object) -> tuple[str, bool, float, bool, bool, float]:
     """The options, checked: ``(reduction, full, eps, validate, log_var, beta)``."""
-    if (type(reduction) is str and reduction in REDUCTIONS
-            and (full is False or full is True) and (validate is True or validate is False)
-            and (log_var is False or log_var is True)
-            and _plain_nonnegative(eps) and _plain_nonnegative(beta)):
-        # The plainest of their kinds, which pass every rule below as they are: at once.
-        return reduction, full, eps, validate, log_var, beta
     return (check_reduction(reduction), check_flag("full", full), check_eps(eps),
             check_flag("validate", validate), check_flag("log_var", log_var),
             check_beta(beta))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -68,23 +69,29 @@ class _Quiet:
         restore_floating_point(self._token)
 
 
-def silence_floating_point() -> Any:
-    """:func:`quiet_floating_point` without a ``with`` block, for the small-call paths where
-    the context manager's two Python method calls are a measurable share of the call: returns
-    a token for :func:`restore_floating_point`, to be called in a ``finally`` clause."""
-    if _extobj_contextvar is None:  # pragma: no cover - another NumPy layout
-        state = np.errstate(all="ignore")
-        state.__enter__()
-        return state
-    return _extobj_contextvar.set(_IGNORE_ALL)
+def _enter_errstate() -> Any:
+    state = np.errstate(all="ignore")
+    state.__enter__()
+    return state
 
 
-def restore_floating_point(token: Any) -> None:
-    """Undo :func:`silence_floating_point` (its token)."""
-    if _extobj_contextvar is None:  # pragma: no cover - another NumPy layout
-        token.__exit__(None, None, None)
-    else:
-        _extobj_contextvar.reset(token)
+def _exit_errstate(token: Any) -> None:
+    token.__exit__(None, None, None)
+
+
+#: :func:`quiet_floating_point` without a ``with`` block, for the small-call paths where the
+#: context manager's two Python method calls are a measurable share of the call: returns a
+#: token for :func:`restore_floating_point`, to be called in a ``finally`` clause.
+silence_floating_point: Callable[[], Any]
+#: Undo :func:`silence_floating_point` (its token).
+restore_floating_point: Callable[[Any], None]
+if _extobj_contextvar is None:  # pragma: no cover - another NumPy layout
+    silence_floating_point, restore_floating_point = _enter_errstate, _exit_errstate
+else:
+    # The context variable's own methods, bound: no Python frame (0.3 against 0.7 us for
+    # the pair, measured), on the path of every small call.
+    silence_floating_point = functools.partial(_extobj_contextvar.set, _IGNORE_ALL)
+    restore_floating_point = _extobj_contextvar.reset
 
 
 def quiet_floating_point() -> contextlib.AbstractContextManager[Any]:
