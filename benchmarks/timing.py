@@ -4,7 +4,7 @@ GPU calls are timed with CUDA events around each call, after a warm-up (which al
 the kernels), cycling through several input sets so the 50 MB L2 cache of an H100 does not
 serve repeated inputs.  The host time of a call (launch overhead) is recorded beside it.
 CPU calls are timed interleaved (:func:`time_cpu_interleaved`): every provider of a case runs
-one batch per round, in a rotating order, so a slow phase of the machine (another process, a
+one batch per round, in a shuffled order, so a slow phase of the machine (another process, a
 frequency change) hits all of them alike; each round gives a ratio between providers, and
 the report's verdicts use the spread of those ratios.  Each measurement reports the median and
 the 20th and 80th percentiles.  Peak extra memory: tracemalloc for NumPy, the profiler's
@@ -13,6 +13,7 @@ allocation events for PyTorch on the CPU, the allocators' counters on a GPU.
 
 from __future__ import annotations
 
+import random
 import time
 import tracemalloc
 from collections.abc import Callable, Sequence
@@ -116,10 +117,16 @@ def time_cpu_interleaved(calls: dict[str, Sequence[Call]], peaks: dict[str, Call
     """Per-call CPU times of several providers of one case, measured in interleaved rounds.
 
     ``calls`` maps a provider to its calls (input sets, cycled); ``peaks`` to the function
-    measuring one call's peak memory (or None).  Each round times one batch of every provider,
-    starting with a different provider each round.
+    measuring one call's peak memory (or None).  Each round times one batch of every provider
+    in an order shuffled afresh (seeded: the same sequence every run).  A rotation keeps the
+    cyclic order, so one provider would always follow the same other one, and pay for it:
+    the batch after PyTorch's runs on caches PyTorch has filled and beside its OpenMP threads
+    still spinning (measured: 2-3 us more per small NumPy call than the same call after
+    another NumPy batch).  For the same reason a batch of small calls starts with one untimed
+    call.
     """
     names = list(calls)
+    order = random.Random(0)
     for name in names:
         for k in range(warmup):
             calls[name][k % len(calls[name])]()
@@ -128,9 +135,12 @@ def time_cpu_interleaved(calls: dict[str, Sequence[Call]], peaks: dict[str, Call
     deadline = time.perf_counter() + budget_s
     count = 0
     while count < min_rounds or (count < max_rounds and time.perf_counter() < deadline):
-        for offset in range(len(names)):
-            name = names[(count + offset) % len(names)]
+        shuffled = names[:]
+        order.shuffle(shuffled)
+        for name in shuffled:
             batch, number = calls[name], numbers[name]
+            if number > 1:
+                batch[-1]()
             start = time.perf_counter()
             for k in range(number):
                 batch[k % len(batch)]()
