@@ -54,8 +54,8 @@ def applies(call: GaussianNLLCall) -> bool:
     if not isinstance(input, NDARRAY) or dtype not in _FAST_DTYPES or not shape or 0 in shape:
         return False
     target, var = call.target, call.var
-    # ``is`` first: equal dtypes are most often one object, and NumPy's == on two dtype
-    # objects goes through its casting machinery (a thousand instructions each).
+    # ``is`` first: equal dtypes are most often one object, which spares NumPy's == its
+    # rich comparison (200 instructions a call of the 10,000 above bare NumPy, callgrind).
     return (input.shape == shape and target.shape == shape
             and (target.dtype is dtype or target.dtype == dtype)
             and (isinstance(var, float) or var.dtype is dtype or var.dtype == dtype))
