@@ -233,6 +233,31 @@ def test_nll_targets_of_any_byte_order_and_width(target_dtype: str) -> None:
         _assert_nll_as_generic(x, target, None)
 
 
+@pytest.mark.parametrize("target_dtype", ["int64", ">i8", "int32", "uint8", "uint64"])
+def test_every_target_a_class_agrees_with_the_masks(target_dtype: str) -> None:
+    """The one-argmax decision (negative targets read as the largest unsigned values)
+    against the rule written out, for targets and ignore_index values around every bound."""
+    from arrayloss._agnostic._targets import every_target_a_class
+
+    n_classes = 7
+    limits = np.iinfo(target_dtype)
+    rng = np.random.default_rng(5)
+    specials = [v for v in (-100, -1, 0, 3, 6, 7, 255, 2**63 + 5) if limits.min <= v <= limits.max]
+    for low, high in ((0, 7), (2, 7), (0, 3), (1, 2)):
+        for extra in [None, *specials]:
+            target = rng.integers(low, high, 50).astype(target_dtype)
+            if extra is not None:
+                target[17] = extra
+            as_int = target.astype(object)
+            for ignore_index in (-100, 0, 1, 2, 6, 7, 300):
+                # Every target a class, and ignore_index outside their range (inside it,
+                # the masks decide whether one equals it).
+                expected = all(0 <= v < n_classes for v in as_int) and not (
+                    min(as_int) <= ignore_index <= max(as_int))
+                assert every_target_a_class(target, n_classes, ignore_index) == expected, (
+                    low, high, extra, ignore_index)
+
+
 def _nll_call(x: Any, target: Any, weight: Any, ignore_index: int, validate: bool = True
               ) -> Any:
     from arrayloss._class_calls import nll_call

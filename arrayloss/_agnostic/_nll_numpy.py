@@ -1,8 +1,8 @@
 """NumPy only: NLL where every target is a class, in blocks of samples with scratch buffers.
 
 The common case of a classifier's or a segmentation model's batch: no target is ignored and
-none is out of range (checked with one ``max`` over the targets read as unsigned integers,
-where a negative one is the largest).  Each block computes the flat positions
+none is out of range (checked with one ``argmax`` over the targets read as unsigned
+integers, where a negative one is the largest).  Each block computes the flat positions
 ``(n C + t) S + s`` of its targets into a per-thread int64 buffer (one pass against the
 offsets ``n C S + s``, cached per shape), gathers them with one ``take`` into another (several
 times faster than a fancy index, which builds an index per axis), and sums or scatters from
@@ -28,6 +28,7 @@ import numpy as np
 from ._blocked import arange as _arange
 from ._blocked import scratch
 from ._helpers import quiet_floating_point, restore_floating_point, silence_floating_point
+from ._targets import every_target_a_class
 
 if TYPE_CHECKING:
     from .._class_calls import NLLCall
@@ -57,21 +58,11 @@ def route(call: NLLCall) -> str | None:
     if target.size > SMALL_ROWS:
         if not x.flags.c_contiguous:
             return None
-        # Both bounds in one pass: as unsigned integers, negative targets are the largest.
-        # An argmax and one item: half a maximum reduction's time (no 64-bit integer max
-        # instruction before AVX-512; measured 3.2 against 5.5 us on 10,000 targets).
-        unsigned = _as_unsigned(target)
-        highest = unsigned.item(unsigned.argmax())
-        if highest < call.n_classes and not 0 <= ignore <= highest:
-            return "blocks"
-        lowest = int(np.minimum.reduce(target, None))
-        highest = int(np.maximum.reduce(target, None))
-        if 0 <= lowest and highest < call.n_classes and not lowest <= ignore <= highest:
-            return "blocks"
         # ignore_index's default -100 among the targets, or a bad target: see _block_targets.
-        return "masked"
-    # A few targets' bounds by argmin/argmax and item: no reduction machinery, a third of a
-    # reduction's cost; past a few thousand the reduction is the faster (measured).
+        return ("blocks" if every_target_a_class(target, call.n_classes, ignore)
+                else "masked")
+    # A few targets' bounds by argmin/argmax and item (no reduction machinery), the lowest
+    # first: a fancy index takes any target that is not negative.
     lowest = target.item(target.argmin())
     if lowest >= 0 and x.ndim == 2:
         # The fancy index checks the upper bound itself (IndexError: see _picked_rows); an
@@ -85,20 +76,6 @@ def route(call: NLLCall) -> str | None:
         if highest < call.n_classes and not lowest <= ignore <= highest:
             return "blocks"
     return "masked"
-
-
-def _as_unsigned(target: Array) -> Array:
-    """``target`` viewed as unsigned integers of its width and byte order (itself if
-    unsigned)."""
-    if target.dtype.kind != "i":
-        return target
-    unsigned = _UNSIGNED.get(target.dtype)
-    if unsigned is None:  # one per signed integer dtype: a handful at most
-        unsigned = _UNSIGNED[target.dtype] = np.dtype(target.dtype.str.replace("i", "u"))
-    return target.view(unsigned)
-
-
-_UNSIGNED: dict[Any, Any] = {}
 
 
 def _picked_rows(call: NLLCall, dtype: Any) -> tuple[Array, Array | None] | None:
