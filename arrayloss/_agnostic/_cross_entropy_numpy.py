@@ -32,12 +32,15 @@ Block = tuple[slice, slice]  # (samples, spatial positions)
 SMALLEST_BLOCK, LARGEST_BLOCK = 1 << 16, 1 << 19
 #: From this many elements the blocks run in worker threads.
 THREADED_ELEMENTS = 1 << 18
-#: Blocks per worker, at least (within the sizes above).  The calling thread starts on the
-#: blocks at once while a pool thread may take a hundred microseconds to wake (a virtual
-#: machine's idle core): with one block each, the call waits for the late one; with four,
-#: the early thread takes more.  1000 x 1000 loss and gradient: 1.35x PyTorch's time with
-#: four, 1.8x with one (measured on a 2-core EPYC, 1 MiB L2 per core).
-BLOCKS_PER_WORKER = 4
+#: Blocks per worker, at least (within the sizes above).  Each block's dozen NumPy calls
+#: take the GIL back a dozen times, and every time the other thread holds it (running a
+#: block's Python, or a small call that keeps it) the waiting one sleeps and wakes late: a
+#: second thread gained 1.85x with six calls a block and 1.3x with the same work in five
+#: times as many blocks (measured).  So the fewest blocks that still share the work: one
+#: each.  Loss and gradient against PyTorch's speed, one interleaved run on a 2-core EPYC
+#: (1 MiB L2 per core), four blocks per worker -> one: 1000 x 1000 0.73x -> 0.89x,
+#: 65536 x 10 1.01x -> 1.22x, 2000 x 1000 1.31x -> 1.14x (eight blocks -> four).
+BLOCKS_PER_WORKER = 1
 
 def view_3d(x: np.ndarray, n: int, n_classes: int, s: int) -> np.ndarray | None:
     """``x`` as ``(N, C, S)`` without a copy, or None where its layout does not allow it."""
