@@ -182,7 +182,9 @@ def _cpu_targets(rows: list[dict[str, Any]], targets: list[dict[str, Any]], chec
         check(f"CPU NLL forward {shape}: {label} PyTorch",
               _find(rows, ours, loss="nll", op="forward", variant="plain", shape=shape,
                     **mean), "speedup_vs_baseline", threshold)
-    for shape in ((65536, 10), (1000, 1000), (4096, 32000)):  # issue 13's CPU target
+    # Issue 13's CPU target: loss plus gradient from 1e6 elements (65536 x 10, 655,360, is
+    # reported in the tables, not judged).
+    for shape in ((1000, 1000), (4096, 32000)):
         check(f"CPU cross-entropy loss+grad {shape}: no slower than PyTorch",
               _find(rows, ours, loss="cross_entropy", op="loss_and_grad", variant="plain",
                     shape=shape, **mean), "speedup_vs_baseline", 1.0)

@@ -195,6 +195,25 @@ def _assert_nll_as_generic(x: Any, target: Any, weight: Any, **options: Any) -> 
         _assert_same(backward, backward_generic, bitwise=exact)
 
 
+@pytest.mark.parametrize("ignore_index", [-100, 2])
+@pytest.mark.parametrize("shape", [(70000, 5), (300_000, 2), (3, 4, 50, 40)], ids=str)
+def test_nll_gradient_scattered_by_threads_matches_the_generic_code(
+        shape: tuple[int, ...], ignore_index: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large gradient's scatter runs in parts in the worker threads (every gradient here,
+    the threshold lowered): the same gradient as the generic code, bit for bit, weighted,
+    masked, in one block and in several."""
+    monkeypatch.setattr(_nll_numpy, "THREADED_SCATTER_BYTES", 0)
+    rng = np.random.default_rng(shape[0])
+    n_classes = shape[1]
+    x = rng.standard_normal(shape).astype(np.float32)
+    target = rng.integers(0, n_classes, (shape[0], *shape[2:]))
+    for masked in (False, True):
+        if masked:
+            target.reshape(-1)[::5] = ignore_index
+        for weight in (None, rng.uniform(0.5, 2.0, n_classes).astype(np.float32)):
+            _assert_nll_as_generic(x, target, weight, ignore_index=ignore_index)
+
+
 @pytest.mark.parametrize("target_dtype", ["int64", "int16", "uint8", "uint64"])
 @pytest.mark.parametrize("ignore_index", [-100, 0, 3])
 @pytest.mark.parametrize("shape", [(32, 10), (300, 7), (70000, 5), (4, 6, 50, 40)], ids=str)

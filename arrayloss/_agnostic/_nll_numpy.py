@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._blocked import arange as _arange
-from ._blocked import scratch
+from ._blocked import run_blocks, scratch, worker_count
 from ._helpers import quiet_floating_point, restore_floating_point, silence_floating_point
 from ._targets import every_target_a_class
 
@@ -129,6 +129,31 @@ def _rows_loss_and_grad(call: NLLCall, dtype: Any, grad_output: float
     grad = np.zeros(call.input.shape, dtype=call.input.dtype)
     grad[_arange(picked.shape[0]), call.target] = scale if weight is None else weight * scale
     return np.asarray(loss, dtype=call.dtype), grad
+
+
+#: From this many bytes of gradient, its scatter runs in the worker threads.  A fresh
+#: gradient's pages are mapped on their first write, one page fault each, and two cores
+#: take them twice as fast as one (the fault, not the write, is the cost: 10,000 x 1000
+#: loss and gradient 9.0 -> 6.7 ms, 100,000 x 100 11.4 -> 8.5 ms, measured on 2 cores).
+THREADED_SCATTER_BYTES = 1 << 24
+
+
+def _scatter(grad: Array, positions: Array, values: Any) -> None:
+    """``grad[positions] = values`` (a number, or an array of ``positions``' shape), by
+    parts of ``positions`` in the worker threads for a large ``grad``.  The positions are
+    distinct, so the parts never write the same element: the result is the same."""
+    count = positions.shape[0]
+    if grad.nbytes < THREADED_SCATTER_BYTES or count < 2:
+        grad[positions] = values
+        return
+    step = -(-count // worker_count())
+    each = np.ndim(values) == 0
+
+    def part(rows: slice) -> None:
+        with quiet_floating_point():  # a worker thread has NumPy's default state
+            grad[positions[rows]] = values if each else values[rows]
+
+    run_blocks(part, [slice(start, start + step) for start in range(0, count, step)])
 
 
 def _plan_step(spatial: int) -> int:
@@ -384,7 +409,7 @@ def loss_and_grad(call: NLLCall, dtype: Any, how: str, grad_output: float = 1.0
                 coef.fill(scale)
             if block.inactive is not None:
                 np.copyto(coef, 0, where=block.inactive)  # +0, as the generic `where`
-            grad[block.positions] = coef  # see _unweighted_loss_and_grad
+            _scatter(grad, block.positions, coef)  # see _unweighted_loss_and_grad
 
     _run(call, scatter)
     return loss.astype(call.dtype), grad.reshape(call.input.shape)
@@ -465,12 +490,12 @@ def _unweighted_loss_and_grad(call: NLLCall, dtype: Any, grad_output: float
         if one is not None:
             positions, picked = one
             total = -_add_reduce(picked, None, dtype)  # as _negated_total, bit for bit
-            grad[positions] = scale
+            _scatter(grad, positions, scale)
         else:
             shares = []
             for positions, picked in _picked_blocks(call):
                 shares.append(float(_add_reduce(picked, None, dtype)))
-                grad[positions] = scale
+                _scatter(grad, positions, scale)
             total = _negated_total(shares, dtype)
         loss = np.asarray(total / total_weight if call.reduction == "mean" else total)
         return loss.astype(call.dtype), grad.reshape(call.input.shape)
