@@ -71,7 +71,7 @@ def _raise_first_bad_target(
     raise target_out_of_range_error(value, call.n_classes, call.ignore_index)
 
 
-def as_unsigned(target: Array) -> Array:
+def _as_unsigned(target: Array) -> Array:
     """A NumPy ``target`` viewed as unsigned integers of its width and byte order (itself if
     unsigned): negative values read as the largest."""
     if target.dtype.kind != "i":
@@ -96,7 +96,7 @@ def every_target_a_class(target: Array, n_classes: int, ignore_index: int) -> bo
     targets, measured).  The smallest target is looked up only where ``ignore_index`` lies
     between 0 and the largest.
     """
-    unsigned = as_unsigned(target)
+    unsigned = _as_unsigned(target)
     highest = unsigned.item(unsigned.argmax())
     if highest >= n_classes:
         return False
