@@ -25,8 +25,9 @@ import numpy as np
 
 from .._agnostic import cross_entropy as generic
 from .._class_calls import CrossEntropyCall
-from . import _kernels, nll, reduce
+from . import nll, reduce
 from ._common import compute_dtype, invalid_flag
+from ._kernels import REDUCE_BLOCK, block_partial, header, kernel_factory, preamble
 
 Array = Any
 
@@ -36,6 +37,9 @@ _REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}  # kernels.cuh: REDUCE_NONE,
 _TARGET_BLOCKS = 1024
 #: Columns per thread below which a row is not split further.
 _MIN_COLUMNS_PER_THREAD = 4
+#: The kernels' ``mode``: 0 index targets; 1 index targets with label smoothing; 2
+#: probability targets.
+CE_MODE_INDEX, CE_MODE_SMOOTHED_INDEX, CE_MODE_PROBABILITIES = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -94,12 +98,11 @@ def _layout(call: CrossEntropyCall) -> _Layout:
     chunk = -(-n_classes // splits)
     splits = -(-n_classes // chunk)
     if call.probabilities:
-        mode = _kernels.CE_MODE_PROBABILITIES
+        mode = CE_MODE_PROBABILITIES
         target = cupy.ascontiguousarray(call.target)
         ignore_matches = 0
     else:
-        mode = (_kernels.CE_MODE_SMOOTHED_INDEX if call.label_smoothing
-                else _kernels.CE_MODE_INDEX)
+        mode = CE_MODE_SMOOTHED_INDEX if call.label_smoothing else CE_MODE_INDEX
         target = cupy.ascontiguousarray(call.target).reshape(rows)
         limits = np.iinfo(target.dtype)
         ignore_matches = int(limits.min <= call.ignore_index <= limits.max)
@@ -117,7 +120,7 @@ def _rows(call: CrossEntropyCall, layout: _Layout, check: bool,
     compute = compute_dtype(call.dtype)
     stats = cupy.empty(layout.rows * layout.splits * 4, dtype=cupy.float64)
     probabilities_or_input = layout.target if call.probabilities else layout.input
-    _kernels.ce_row_stats()(
+    ce_row_stats()(
         layout.input, probabilities_or_input, layout.weight, call.n_classes, layout.spatial,
         layout.chunk, layout.splits, call.label_smoothing, layout.mode,
         int(call.weight is not None), stats,
@@ -130,14 +133,13 @@ def _rows(call: CrossEntropyCall, layout: _Layout, check: bool,
                int(call.probabilities), int(check))
     if call.reduction == "none":
         loss = cupy.empty(layout.rows, dtype=call.dtype)
-        _kernels.ce_rows()(stats, layout.input, indices, layout.weight, *scalars, loss,
-                           row_info, flag)
+        ce_rows()(stats, layout.input, indices, layout.weight, *scalars, loss, row_info, flag)
         return loss, row_info
     loss_partials = reduce.empty_partials(layout.rows, compute)
     weight_partials = reduce.empty_partials(layout.rows, compute)
-    _kernels.ce_rows_partials()(stats, layout.input, indices, layout.weight, *scalars,
-                                loss_partials, weight_partials, row_info, flag,
-                                size=layout.rows, block_size=_kernels.REDUCE_BLOCK)
+    ce_rows_partials()(stats, layout.input, indices, layout.weight, *scalars,
+                       loss_partials, weight_partials, row_info, flag,
+                       size=layout.rows, block_size=REDUCE_BLOCK)
     if call.reduction == "sum":
         mode, divisor = reduce.MODE_SUM, 1.0
     elif call.probabilities:
@@ -163,7 +165,7 @@ def _grad(call: CrossEntropyCall, layout: _Layout, row_info: cupy.ndarray,
     grad = out if direct else cupy.empty(layout.input.shape, dtype=call.input.dtype)
     probabilities_or_input = layout.target if call.probabilities else layout.input
     indices = layout.input if call.probabilities else layout.target
-    _kernels.ce_grad()(
+    ce_grad()(
         layout.input, probabilities_or_input, layout.weight, indices, row_info, upstream,
         row_info if totals is None else totals, upstream_scalar, float(layout.rows),
         call.n_classes, layout.spatial, layout.chunk, layout.splits, call.label_smoothing,
@@ -233,3 +235,190 @@ def loss_and_grad(call: CrossEntropyCall, out: Array | None = None) -> tuple[Arr
         layout, totals, row_info = _checked_rows(call)
         grad = _grad(call, layout, row_info, 1.0, totals, out)
     return reduce.as_result(totals, call.dtype), grad
+
+
+# ------------------------------------------------------------------ the kernels
+#
+# Rows are the (n, s) samples of an (N, C, S) input: row r reads x[base + c * S] with
+# base = (r / S) * C * S + r % S.  The two row-mapped kernels launch exactly `splits` blocks
+# per row (size = rows * splits * threads, block_size = threads, so each thread runs its body
+# once and the block's threads may synchronise); block b covers the columns
+# [part * chunk, part * chunk + chunk) of row b / splits, part = b % splits.
+
+_CE_ROW_MAP = """
+const long long block = blockIdx.x;
+const long long row = block / splits;
+const long long part = block % splits;
+const long long base = (row / spatial) * n_classes * spatial + row % spatial;
+const long long begin = part * chunk;
+const long long end = begin + chunk < n_classes ? begin + chunk : n_classes;
+"""
+
+
+@kernel_factory
+def ce_row_stats() -> cupy.ElementwiseKernel:
+    """One pass over each row part: its (max, sum of exp) and the linear sums of ``mode``,
+    written as four doubles per block to ``stats``."""
+    return cupy.ElementwiseKernel(
+        "raw X x, raw Q q, raw W w, int64 n_classes, int64 spatial, int64 chunk, "
+        "int64 splits, float64 smoothing, int32 mode, int32 has_weight",
+        "raw float64 stats",
+        _CE_ROW_MAP + """
+A top = al::minus_infinity(A(0));
+A sum = 0;
+double linear = 0;
+double mass = 0;
+for (long long c = begin + threadIdx.x; c < end; c += blockDim.x) {
+    const long long at = base + c * spatial;
+    const A value = A(x[at]);
+    al::lse_push(top, sum, value);
+    if (mode != 0) {
+        double share = has_weight ? static_cast<double>(A(w[c])) : 1.0;
+        if (mode == 2) share *= static_cast<double>(al::ce_smoothed(A(q[at]), smoothing,
+                                                                     n_classes));
+        linear += share * static_cast<double>(value);
+        mass += share;
+    }
+}
+const A block_top = al::block_max(top);
+sum = al::block_sum(top == block_top ? sum : sum * exp(top - block_top));
+if (mode != 0) {
+    linear = al::block_sum(linear);
+    mass = al::block_sum(mass);
+}
+if (threadIdx.x == 0) {
+    stats[block * 4] = block_top;
+    stats[block * 4 + 1] = sum;
+    stats[block * 4 + 2] = linear;
+    stats[block * 4 + 3] = mass;
+}
+""",
+        name="arrayloss_cross_entropy_row_stats",
+        preamble=preamble("al::compute_of<X>::type"),
+    )
+
+
+# Each thread of the row kernels finishes one row r = i: merges its parts in order, checks
+# and reads its target, and leaves (max, log sum, scale, on_target) in row_info for the
+# gradient kernel.
+_CE_ROW = """
+const long long row = i;
+A top = al::minus_infinity(A(0));
+A sum = 0;
+double linear = 0;
+double mass = 0;
+for (long long part = 0; part < splits; ++part) {
+    const long long at = (row * splits + part) * 4;
+    al::lse_merge(top, sum, A(stats[at]), A(stats[at + 1]));
+    linear += stats[at + 2];
+    mass += stats[at + 3];
+}
+const A log_sum = log(sum);
+A value = 0;
+A weight = 0;
+A scale = 0;
+A on_target = 0;
+if (probabilities) {
+    value = al::ce_probability_loss(top, log_sum, mass, linear);
+    weight = 1;
+    scale = A(mass);
+} else {
+    const long long cls = al::nll_class(static_cast<long long>(t[row]), n_classes,
+                                        ignore_index, ignore_matches);
+    if (check && cls == al::NLL_OUT_OF_RANGE) al::record_invalid(&invalid[0], row);
+    if (cls >= 0) {
+        const A target_logit =
+            A(x[((row / spatial) * n_classes + cls) * spatial + row % spatial]);
+        weight = has_weight ? A(w[cls]) : A(1);
+        value = al::ce_index_loss(target_logit, top, log_sum, weight, smoothing, n_classes,
+                                  mass, linear);
+        on_target = A(1 - smoothing) * weight;
+        scale = on_target + A(smoothing / static_cast<double>(n_classes) * mass);
+    }
+}
+row_info[row * 4] = top;
+row_info[row * 4 + 1] = log_sum;
+row_info[row * 4 + 2] = scale;
+row_info[row * 4 + 3] = on_target;
+"""
+
+_CE_ROW_INPUTS = ("raw float64 stats, raw X x, raw I t, raw W w, int64 n_classes, "
+                  "int64 spatial, int64 splits, float64 smoothing, int64 ignore_index, "
+                  "int32 ignore_matches, int32 has_weight, int32 probabilities, int32 check")
+
+
+@kernel_factory
+def ce_rows() -> cupy.ElementwiseKernel:
+    """Per-row loss (``reduction='none'``) and the rows' gradient factors."""
+    return cupy.ElementwiseKernel(
+        _CE_ROW_INPUTS,
+        "R loss, raw A row_info, raw uint64 invalid",
+        _CE_ROW + "loss = R(value);",
+        name="arrayloss_cross_entropy_rows",
+        preamble=header(),
+    )
+
+
+@kernel_factory
+def ce_rows_partials() -> cupy.ElementwiseKernel:
+    """Per-block sums of the rows' losses and target weights, and the rows' gradient factors."""
+    return cupy.ElementwiseKernel(
+        _CE_ROW_INPUTS,
+        "raw A loss_partials, raw A weight_partials, raw A row_info, raw uint64 invalid",
+        _CE_ROW + "thread_loss += value;\nthread_weight += weight;",
+        name="arrayloss_cross_entropy_rows_partials",
+        preamble=header(),
+        loop_prep="A thread_loss = 0;\nA thread_weight = 0;",
+        after_loop=block_partial("thread_loss", "loss_partials")
+        + block_partial("thread_weight", "weight_partials"),
+    )
+
+
+@kernel_factory
+def ce_grad() -> cupy.ElementwiseKernel:
+    """The gradient, each entry written once (over ``x`` itself when ``grad`` is ``x``: each
+    thread reads an entry before it writes it).
+
+    ``upstream_mode`` as in :func:`.nll.nll_backward`; a ``'mean'`` divides by ``total[1]`` (the
+    total target weight) for index targets and by ``divisor`` for probability targets.
+    """
+    return cupy.ElementwiseKernel(
+        "raw X x, raw Q q, raw W w, raw I t, raw A row_info, raw G g, raw T total, "
+        "float64 g_scalar, float64 divisor, int64 n_classes, int64 spatial, int64 chunk, "
+        "int64 splits, float64 smoothing, int64 ignore_index, int32 ignore_matches, "
+        "int32 has_weight, int32 probabilities, int32 upstream_mode, int32 reduction",
+        "raw R grad",
+        _CE_ROW_MAP + """
+const A top = row_info[row * 4];
+const A log_sum = row_info[row * 4 + 1];
+const A scale = row_info[row * 4 + 2];
+const A on_target = row_info[row * 4 + 3];
+A upstream = upstream_mode == 0 ? A(g_scalar) : upstream_mode == 1 ? A(g[0]) : A(g[row]);
+long long cls = -1;
+if (!probabilities) {
+    cls = al::nll_class(static_cast<long long>(t[row]), n_classes, ignore_index,
+                        ignore_matches);
+    if (reduction == al::REDUCE_MEAN) upstream = upstream / A(total[1]);
+    if (cls < 0) upstream = 0;  // ignored (or invalid): no gradient, even where G is inf
+} else if (reduction == al::REDUCE_MEAN) {
+    upstream = upstream / A(divisor);
+}
+const A spread_share = A(smoothing / static_cast<double>(n_classes));
+for (long long c = begin + threadIdx.x; c < end; c += blockDim.x) {
+    const long long at = base + c * spatial;
+    const A class_weight = has_weight ? A(w[c]) : A(1);
+    A target_part = 0;
+    A spread = 0;
+    if (probabilities) {
+        target_part = class_weight * al::ce_smoothed(A(q[at]), smoothing, n_classes);
+    } else {
+        target_part = c == cls ? on_target : A(0);
+        spread = spread_share * class_weight;
+    }
+    grad[at] = R(upstream * al::ce_grad_element(A(x[at]), top, log_sum, scale, target_part,
+                                                spread));
+}
+""",
+        name="arrayloss_cross_entropy_grad",
+        preamble=header(),
+    )

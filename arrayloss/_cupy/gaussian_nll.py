@@ -20,8 +20,9 @@ import cupy
 from .._agnostic.gaussian_nll import HALF_LOG_2PI
 from .._calls import GaussianNLLCall
 from .._validation import negative_var_error
-from . import _kernels, reduce
+from . import reduce
 from ._common import compute_dtype, first_invalid, invalid_flag
+from ._kernels import REDUCE_BLOCK, block_partial, header, kernel_factory, preamble
 
 Array = Any
 Gradients = tuple[Array | None, Array | None, Array | None]
@@ -128,14 +129,14 @@ def forward(call: GaussianNLLCall) -> Array:
         flag = invalid_flag(checked)
         if call.reduction == "none":
             loss = cupy.empty(call.loss_shape, dtype=call.dtype)
-            _kernels.gaussian_forward(scalar_var)(
+            gaussian_forward(scalar_var)(
                 call.input, call.target, call.var, *_options(call), _constant(call),
                 int(checked), loss, flag)
         else:
             partials = reduce.empty_partials(call.numel, compute_dtype(call.dtype))
-            _kernels.gaussian_forward_partials(scalar_var)(
+            gaussian_forward_partials(scalar_var)(
                 call.input, call.target, call.var, *_options(call), _constant(call),
-                int(checked), partials, flag, block_size=_kernels.REDUCE_BLOCK)
+                int(checked), partials, flag, block_size=REDUCE_BLOCK)
             totals = reduce.finish(partials, call.numel, _mode(call), divisor=call.numel)
             loss = reduce.as_result(totals, call.dtype)
         _raise_if_invalid(flag, checked)
@@ -150,7 +151,7 @@ def backward(call: GaussianNLLCall, grad_output: Array | float, wrt: frozenset[s
     with call.input.device:  # everything, the flag too, on the inputs' device
         flag = invalid_flag(checked)
         outputs = _GradientOutputs(call, wrt)
-        kernel = _kernels.gaussian_backward(scalar_var, not isinstance(grad_output, float))
+        kernel = gaussian_backward(scalar_var, not isinstance(grad_output, float))
         kernel(call.input, call.target, call.var, grad_output, *_options(call), divisor,
                outputs.want, int(checked), *outputs.arrays, flag)
         _raise_if_invalid(flag, checked)
@@ -169,10 +170,126 @@ def loss_and_grad(call: GaussianNLLCall, wrt: frozenset[str]) -> tuple[Array, Gr
         flag = invalid_flag(checked)
         outputs = _GradientOutputs(call, wrt)
         partials = reduce.empty_partials(call.numel, compute_dtype(call.dtype))
-        _kernels.gaussian_loss_and_grad(scalar_var)(
+        gaussian_loss_and_grad(scalar_var)(
             call.input, call.target, call.var, *_options(call), _constant(call), upstream,
             outputs.want, int(checked), partials, *outputs.arrays, flag,
-            block_size=_kernels.REDUCE_BLOCK)
+            block_size=REDUCE_BLOCK)
         totals = reduce.finish(partials, call.numel, _mode(call), divisor=call.numel)
         _raise_if_invalid(flag, checked)
         return reduce.as_result(totals, call.dtype), outputs.results()
+
+
+# ------------------------------------------------------------------ the kernels
+
+
+def _gaussian_inputs(scalar_var: bool) -> str:
+    return "X x, T t, " + ("float64 v" if scalar_var else "V v")
+
+
+def _gaussian_compute(scalar_var: bool) -> str:
+    # A Python-number variance is weak: it never widens the compute type.
+    return "al::compute_of<X, T>::type" if scalar_var else "al::compute_of<X, T, V>::type"
+
+
+# `term` is max(var, eps), or the log-variance itself with log_var; `weight` the beta-NLL
+# weight, exactly 1 for beta = 0 (a uniform branch: no cost, the same bits as without it).
+_GAUSSIAN_PROLOGUE = """
+const A var_value = A(v);
+if (check && al::gaussian_var_is_invalid(var_value)) al::record_invalid(&invalid[0], i);
+const A term = al::gaussian_term(var_value, A(eps), log_var);
+const A weight = beta == 0 ? A(1) : al::beta_weight(term, A(beta), log_var);
+const A input_value = A(x);
+const A target_value = A(t);
+"""
+
+_GAUSSIAN_OPTIONS = ", float64 eps, int32 log_var, float64 beta"
+_GAUSSIAN_LOSS = ("weight * al::gaussian_element(input_value, target_value, term, A(constant), "
+                  "log_var)")
+
+_GAUSSIAN_GRADIENTS = """
+if (want & 3) {
+    const A grad_diff = al::gaussian_element_grad_input(input_value, target_value, term,
+                                                        upstream, log_var);
+    if (want & 1) grad_input[i] = J(grad_diff);
+    if (want & 2) grad_target[i] = K(-grad_diff);
+}
+"""
+
+_GAUSSIAN_GRAD_VAR = """
+if (want & 4) {
+    grad_var[i] = L(al::gaussian_element_grad_var(input_value, target_value, term, upstream,
+                                                  log_var));
+}
+"""
+
+
+def _gaussian_grad_outputs(scalar_var: bool) -> str:
+    outputs = "raw J grad_input, raw K grad_target"
+    return outputs if scalar_var else outputs + ", raw L grad_var"
+
+
+def _gaussian_grad_code(scalar_var: bool) -> str:
+    return _GAUSSIAN_GRADIENTS + ("" if scalar_var else _GAUSSIAN_GRAD_VAR)
+
+
+@kernel_factory
+def gaussian_forward(scalar_var: bool) -> cupy.ElementwiseKernel:
+    """Per-element loss (``reduction='none'``): one pass, one write."""
+    return cupy.ElementwiseKernel(
+        _gaussian_inputs(scalar_var) + _GAUSSIAN_OPTIONS + ", float64 constant, int32 check",
+        "R loss, raw uint64 invalid",
+        _GAUSSIAN_PROLOGUE + f"loss = R({_GAUSSIAN_LOSS});",
+        name="arrayloss_gaussian_nll_forward" + ("_scalar_var" if scalar_var else ""),
+        preamble=preamble(_gaussian_compute(scalar_var)),
+    )
+
+
+@kernel_factory
+def gaussian_forward_partials(scalar_var: bool) -> cupy.ElementwiseKernel:
+    """Per-block sums of the loss (``'mean'`` / ``'sum'``); :mod:`.reduce` finishes them."""
+    return cupy.ElementwiseKernel(
+        _gaussian_inputs(scalar_var) + _GAUSSIAN_OPTIONS + ", float64 constant, int32 check",
+        "raw A partials, raw uint64 invalid",
+        _GAUSSIAN_PROLOGUE + f"thread_total += {_GAUSSIAN_LOSS};",
+        name="arrayloss_gaussian_nll_forward_partials" + ("_scalar_var" if scalar_var else ""),
+        preamble=header(),
+        loop_prep="A thread_total = 0;",
+        after_loop=block_partial("thread_total", "partials"),
+    )
+
+
+@kernel_factory
+def gaussian_backward(scalar_var: bool, upstream_array: bool) -> cupy.ElementwiseKernel:
+    """The requested gradients (bits of ``want``: 1 input, 2 target, 4 var) in one pass.
+
+    ``g`` is a Python number or a 0-d array (``'mean'``/``'sum'``) or an array of the loss's
+    shape (``'none'``); ``divisor`` is the number of loss elements for ``'mean'``, else 1.
+    Outputs are C-contiguous arrays of the loss's shape, indexed by the flat position ``i``.
+    """
+    upstream = "G g" if upstream_array else "float64 g"
+    return cupy.ElementwiseKernel(
+        _gaussian_inputs(scalar_var)
+        + f", {upstream}{_GAUSSIAN_OPTIONS}, float64 divisor, int32 want, int32 check",
+        _gaussian_grad_outputs(scalar_var) + ", raw uint64 invalid",
+        _GAUSSIAN_PROLOGUE + "const A upstream = A(g) / A(divisor) * weight;\n"
+        + _gaussian_grad_code(scalar_var),
+        name="arrayloss_gaussian_nll_backward" + ("_scalar_var" if scalar_var else ""),
+        preamble=preamble(_gaussian_compute(scalar_var)),
+    )
+
+
+@kernel_factory
+def gaussian_loss_and_grad(scalar_var: bool) -> cupy.ElementwiseKernel:
+    """Loss partials and the requested gradients in one pass over memory."""
+    return cupy.ElementwiseKernel(
+        _gaussian_inputs(scalar_var)
+        + f"{_GAUSSIAN_OPTIONS}, float64 constant, float64 g, int32 want, int32 check",
+        "raw A partials, " + _gaussian_grad_outputs(scalar_var) + ", raw uint64 invalid",
+        _GAUSSIAN_PROLOGUE + "const A upstream = A(g) * weight;\n"
+        + f"thread_total += {_GAUSSIAN_LOSS};\n"
+        + _gaussian_grad_code(scalar_var),
+        name="arrayloss_gaussian_nll_loss_and_grad" + ("_scalar_var" if scalar_var else ""),
+        preamble=header(),
+        loop_prep="A thread_total = 0;",
+        after_loop=block_partial("thread_total", "partials"),
+    )

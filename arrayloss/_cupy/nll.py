@@ -21,8 +21,9 @@ import numpy as np
 
 from .._class_calls import NLLCall
 from .._validation import target_out_of_range_error
-from . import _kernels, reduce
+from . import reduce
 from ._common import compute_dtype, first_invalid, invalid_flag
+from ._kernels import REDUCE_BLOCK, block_partial, header, kernel_factory, preamble
 
 Array = Any
 
@@ -76,9 +77,9 @@ def _totals(call: NLLCall, layout: _Layout, check: bool, flag: cupy.ndarray) -> 
     size = layout.target.size
     loss_partials = reduce.empty_partials(size, compute)
     weight_partials = reduce.empty_partials(size, compute)
-    _kernels.nll_forward_partials()(
+    nll_forward_partials()(
         layout.target, layout.input, layout.weight, *layout.scalars(call, check),
-        loss_partials, weight_partials, flag, block_size=_kernels.REDUCE_BLOCK)
+        loss_partials, weight_partials, flag, block_size=REDUCE_BLOCK)
     mode = reduce.MODE_WEIGHTED_MEAN if call.reduction == "mean" else reduce.MODE_SUM
     return reduce.finish(loss_partials, size, mode, weight_partials=weight_partials)
 
@@ -100,7 +101,7 @@ def _grad_input(call: NLLCall, layout: _Layout, grad_output: Array | float,
         # No gradient entries (C == 0) means no thread to check the targets: let the
         # forward pass do it.
         _totals(call, layout, check, flag)
-    _kernels.nll_backward()(
+    nll_backward()(
         cupy.ascontiguousarray(layout.target).reshape(-1), layout.weight, upstream,
         total_weight, upstream_scalar, call.n_classes, layout.spatial, call.ignore_index,
         layout.ignore_matches, int(call.weight is not None), int(check), upstream_mode,
@@ -115,8 +116,8 @@ def forward(call: NLLCall) -> Array:
         layout = _layout(call)
         if call.reduction == "none":
             loss = cupy.empty(layout.target.shape, dtype=call.dtype)
-            _kernels.nll_forward()(layout.target, layout.input, layout.weight,
-                                   *layout.scalars(call, call.validate), loss, flag)
+            nll_forward()(layout.target, layout.input, layout.weight,
+                          *layout.scalars(call, call.validate), loss, flag)
             loss = loss.reshape(call.loss_shape)
         else:
             loss = reduce.as_result(_totals(call, layout, call.validate, flag), call.dtype)
@@ -148,3 +149,107 @@ def loss_and_grad(call: NLLCall) -> tuple[Array, Array]:
         grad = _grad_input(call, layout, 1.0, totals[1:], False, flag)
         raise_if_invalid(call, flag, call.validate)
     return reduce.as_result(totals, call.dtype), grad
+
+
+# ------------------------------------------------------------------ the kernels
+
+# Each thread of the forward kernels handles one target (n, s) of the (N, C, S) input.
+_NLL_TARGET = """
+const long long cls = al::nll_class(static_cast<long long>(t), n_classes, ignore_index,
+                                    ignore_matches);
+if (check && cls == al::NLL_OUT_OF_RANGE) al::record_invalid(&invalid[0], i);
+A picked = 0;
+A class_weight = 1;
+if (cls >= 0) {
+    const long long row = static_cast<long long>(i) / spatial;
+    const long long offset = static_cast<long long>(i) % spatial;
+    picked = A(x[(row * n_classes + cls) * spatial + offset]);
+    if (has_weight) class_weight = A(w[cls]);
+}
+"""
+
+_NLL_FORWARD_INPUTS = ("I t, raw X x, raw W w, int64 n_classes, int64 spatial, "
+                       "int64 ignore_index, int32 ignore_matches, int32 has_weight, int32 check")
+
+
+@kernel_factory
+def nll_forward() -> cupy.ElementwiseKernel:
+    """Per-element loss (``reduction='none'``)."""
+    return cupy.ElementwiseKernel(
+        _NLL_FORWARD_INPUTS,
+        "R loss, raw uint64 invalid",
+        _NLL_TARGET + "loss = R(al::nll_loss(cls, picked, class_weight));",
+        name="arrayloss_nll_forward",
+        preamble=preamble("al::compute_of<X>::type"),
+    )
+
+
+@kernel_factory
+def nll_forward_partials() -> cupy.ElementwiseKernel:
+    """Per-block sums of the loss and of the weights (the 'mean' denominator), one pass."""
+    return cupy.ElementwiseKernel(
+        _NLL_FORWARD_INPUTS,
+        "raw A loss_partials, raw A weight_partials, raw uint64 invalid",
+        _NLL_TARGET
+        + "thread_loss += al::nll_loss(cls, picked, class_weight);\n"
+        + "thread_weight += al::nll_weight(cls, class_weight);",
+        name="arrayloss_nll_forward_partials",
+        preamble=header(),
+        loop_prep="A thread_loss = 0;\nA thread_weight = 0;",
+        after_loop=block_partial("thread_loss", "loss_partials")
+        + block_partial("thread_weight", "weight_partials"),
+    )
+
+
+@kernel_factory
+def nll_backward() -> cupy.ElementwiseKernel:
+    """The dense gradient, each entry written once: the coefficient at the target, else 0.
+
+    ``upstream_mode`` 0 reads the Python number ``g_scalar``, 1 the 0-d array ``g[0]``, 2 the
+    per-element array ``g[n * S + s]``.  ``narrow`` says the gradient has fewer than 2^32
+    entries, so that the (N, C) case finds its row and column with 32-bit arithmetic.
+    ``total_weight[0]`` is read for ``'mean'`` only, so other reductions may pass any
+    initialised array there.
+    """
+    return cupy.ElementwiseKernel(
+        "raw I t, raw W w, raw G g, raw T total_weight, float64 g_scalar, int64 n_classes, "
+        "int64 spatial, int64 ignore_index, int32 ignore_matches, int32 has_weight, "
+        "int32 check, int32 upstream_mode, int32 reduction, int32 narrow",
+        "R grad, raw uint64 invalid",
+        """
+long long column;
+long long element;
+if (spatial == 1 && narrow) {
+    // (N, C) below 2^32 entries: one 32-bit division instead of four 64-bit ones.
+    const unsigned int position = static_cast<unsigned int>(i);
+    const unsigned int classes = static_cast<unsigned int>(n_classes);
+    element = position / classes;
+    column = position - static_cast<unsigned int>(element) * classes;
+} else if (spatial == 1) {
+    const long long position = static_cast<long long>(i);
+    element = position / n_classes;
+    column = position - element * n_classes;
+} else {
+    const long long position = static_cast<long long>(i);
+    const long long offset = position % spatial;
+    column = (position / spatial) % n_classes;
+    element = (position / spatial / n_classes) * spatial + offset;
+}
+const long long cls = al::nll_class(static_cast<long long>(t[element]), n_classes,
+                                    ignore_index, ignore_matches);
+if (check && column == 0 && cls == al::NLL_OUT_OF_RANGE) {
+    al::record_invalid(&invalid[0], element);
+}
+A value = 0;
+if (cls == column) {
+    const A class_weight = has_weight ? A(w[cls]) : A(1);
+    const A upstream = upstream_mode == 0 ? A(g_scalar)
+                       : upstream_mode == 1 ? A(g[0]) : A(g[element]);
+    const A total = reduction == al::REDUCE_MEAN ? A(total_weight[0]) : A(1);
+    value = al::nll_grad_coefficient(reduction, class_weight, upstream, total);
+}
+grad = R(value);
+""",
+        name="arrayloss_nll_backward",
+        preamble=preamble("al::compute_of<R>::type"),
+    )

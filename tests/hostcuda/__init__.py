@@ -84,19 +84,13 @@ def activated() -> Iterator[None]:
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
     for owner, name, value in patches:
         setattr(owner, name, value)
-    _clear_factories(_kernels)  # they hold kernels of whichever kind built them
+    _kernels.clear_factories()  # they hold kernels of whichever kind built them
     try:
         yield
     finally:
         for owner, name, value in saved:
             setattr(owner, name, value)
-        _clear_factories(_kernels)
-
-
-def _clear_factories(module: Any) -> None:
-    for value in vars(module).values():
-        if callable(getattr(value, "cache_clear", None)):
-            value.cache_clear()
+        _kernels.clear_factories()
 
 
 @contextlib.contextmanager
