@@ -13,10 +13,13 @@ allocation events for PyTorch on the CPU, the allocators' counters on a GPU.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import sys
 import time
 import tracemalloc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +83,22 @@ def numpy_peak(call: Call) -> int:
         tracemalloc.stop()
 
 
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 pointed at the null device: PyTorch's profiler writes two lines
+    there from C++ (Kineto's ``profiler_start`` / ``profiler_stop``, whatever its log level)
+    on every use, which buried the CLI's progress under a few hundred of them."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def torch_cpu_peak(call: Call) -> int:
     """Peak extra CPU memory of one PyTorch call: the running sum of the profiler's allocation
     and free events, in time order (resolution: one operator).
@@ -88,7 +107,8 @@ def torch_cpu_peak(call: Call) -> int:
     """
     import torch
 
-    with torch.autograd.profiler.profile(profile_memory=True, use_kineto=False) as profiler:
+    with _stderr_silenced(), torch.autograd.profiler.profile(profile_memory=True,
+                                                             use_kineto=False) as profiler:
         result = call()
         del result
     current = peak = 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +190,16 @@ def test_arrayloss_through_torch_autograd_provider() -> None:
     want = torch.nn.functional.cross_entropy(arrays["input"], arrays["target"])
     torch.testing.assert_close(loss.detach(), want)
     assert arrays["input"].grad is None  # the timed call leaves no gradient behind
+
+
+def test_torch_memory_profile_keeps_stderr_clean_and_working(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    torch = pytest.importorskip("torch")
+    from benchmarks.timing import torch_cpu_peak
+
+    x = torch.ones(1 << 16)
+    peak = torch_cpu_peak(lambda: x * 2)
+    assert peak >= x.numel() * x.element_size()  # the product's buffer, at least
+    os.write(2, b"after the profile\n")
+    err = capfd.readouterr().err
+    assert "profiler_start" not in err and "after the profile" in err
