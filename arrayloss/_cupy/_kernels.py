@@ -76,3 +76,10 @@ def block_partial(value: str, partials: str) -> str:
     """``after_loop`` code: the block's sum of ``value`` (fixed tree order) into
     ``partials[blockIdx.x]``."""
     return _BLOCK_PARTIAL % {"value": value, "partials": partials}
+
+
+#: ``loop_prep`` and ``after_loop`` of a kernel that sums a loss and a weight per block (a
+#: weighted mean's two sums in one pass) into ``loss_partials`` and ``weight_partials``.
+LOSS_AND_WEIGHT_PREP = "A thread_loss = 0;\nA thread_weight = 0;"
+LOSS_AND_WEIGHT_PARTIALS = (block_partial("thread_loss", "loss_partials")
+                            + block_partial("thread_weight", "weight_partials"))

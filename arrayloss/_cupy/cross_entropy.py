@@ -27,7 +27,14 @@ from .._agnostic import cross_entropy as generic
 from .._class_calls import CrossEntropyCall
 from . import nll, reduce
 from ._common import compute_dtype, invalid_flag
-from ._kernels import REDUCE_BLOCK, block_partial, header, kernel_factory, preamble
+from ._kernels import (
+    LOSS_AND_WEIGHT_PARTIALS,
+    LOSS_AND_WEIGHT_PREP,
+    REDUCE_BLOCK,
+    header,
+    kernel_factory,
+    preamble,
+)
 
 Array = Any
 
@@ -368,9 +375,8 @@ def ce_rows_partials() -> cupy.ElementwiseKernel:
         _CE_ROW + "thread_loss += value;\nthread_weight += weight;",
         name="arrayloss_cross_entropy_rows_partials",
         preamble=header(),
-        loop_prep="A thread_loss = 0;\nA thread_weight = 0;",
-        after_loop=block_partial("thread_loss", "loss_partials")
-        + block_partial("thread_weight", "weight_partials"),
+        loop_prep=LOSS_AND_WEIGHT_PREP,
+        after_loop=LOSS_AND_WEIGHT_PARTIALS,
     )
 
 

@@ -23,7 +23,14 @@ from .._class_calls import NLLCall
 from .._validation import target_out_of_range_error
 from . import reduce
 from ._common import compute_dtype, first_invalid, invalid_flag
-from ._kernels import REDUCE_BLOCK, block_partial, header, kernel_factory, preamble
+from ._kernels import (
+    LOSS_AND_WEIGHT_PARTIALS,
+    LOSS_AND_WEIGHT_PREP,
+    REDUCE_BLOCK,
+    header,
+    kernel_factory,
+    preamble,
+)
 
 Array = Any
 
@@ -195,9 +202,8 @@ def nll_forward_partials() -> cupy.ElementwiseKernel:
         + "thread_weight += al::nll_weight(cls, class_weight);",
         name="arrayloss_nll_forward_partials",
         preamble=header(),
-        loop_prep="A thread_loss = 0;\nA thread_weight = 0;",
-        after_loop=block_partial("thread_loss", "loss_partials")
-        + block_partial("thread_weight", "weight_partials"),
+        loop_prep=LOSS_AND_WEIGHT_PREP,
+        after_loop=LOSS_AND_WEIGHT_PARTIALS,
     )
 
 
