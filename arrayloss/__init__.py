@@ -11,6 +11,8 @@ from ._gaussian_nll import gaussian_nll_loss, gaussian_nll_loss_and_grad, gaussi
 from ._modules import CrossEntropyLoss, GaussianNLLLoss, NLLLoss
 from ._nll import nll_loss, nll_loss_and_grad, nll_loss_backward
 from ._validation import TargetOutOfRangeError
+from .losses import *  # noqa: F403 (the elementwise losses; their own __all__)
+from .losses import __all__ as _elementwise_names
 
 __version__ = "0.1.0"
 
@@ -33,4 +35,5 @@ __all__ = [
     "nll_loss",
     "nll_loss_and_grad",
     "nll_loss_backward",
+    *_elementwise_names,
 ]

@@ -36,6 +36,7 @@ from ._validation import (
     check_flag,
     check_reduction,
     negative_var_error,
+    result_dtype,
     type_name,
 )
 
@@ -167,23 +168,7 @@ def gaussian_nll_call(
     assert loss_shape is not None  # var's dims are input's or 1, so it always broadcasts
 
     floating = {name: x.dtype for name, x in arrays.items() if _is_floating(xp, x.dtype)}
-    dtypes = list(floating.values())
-    try:
-        # One dtype object for all (the common case) needs no promotion table.  Identity, not
-        # ==: ml_dtypes' bfloat16 compares equal to float16, which do not promote.
-        first = dtypes[0]
-        if all(d is first for d in dtypes):
-            dtype = first
-        elif isinstance(first, np.dtype) and any(np.dtype(d).name == "bfloat16" for d in dtypes):
-            # ml_dtypes' bfloat16 promotes with nothing on NumPy; decided here, not by NumPy's
-            # promotion state, which other libraries in the process can change.
-            raise TypeError
-        else:
-            dtype = xp.result_type(*dtypes)
-    except TypeError:  # NumPy's DTypePromotionError, e.g. bfloat16 with float16
-        listed = ", ".join(f"{name} {dtype}" for name, dtype in floating.items())
-        raise TypeError(f"the floating dtypes of {listed} have no common type; cast them to "
-                        "one dtype (for example float32)") from None
+    dtype = result_dtype(xp, floating)
     return GaussianNLLCall(
         xp=xp,
         input=input,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 from collections.abc import Iterator
 from contextvars import ContextVar
 from types import ModuleType
@@ -12,12 +11,8 @@ from typing import Any
 
 from array_api_compat import is_cupy_namespace, is_dask_namespace, is_torch_namespace
 
-from . import _torch_cuda
-from ._agnostic import cross_entropy, gaussian_nll, nll
+from . import _registry, _torch_cuda
 from ._validation import _numpy_namespace, check_flag
-
-#: The generic implementations (NumPy's backend), by loss.
-_GENERIC = {"gaussian_nll": gaussian_nll, "nll": nll, "cross_entropy": cross_entropy}
 
 _use_fused: ContextVar[bool] = ContextVar("arrayloss_use_fused", default=True)
 
@@ -67,19 +62,18 @@ def _bridge(loss: str) -> _torch_cuda.Bridge:
 
 
 def backend(xp: ModuleType, loss: str) -> Any:
-    """The module implementing ``loss`` (``"gaussian_nll"``, ``"nll"``, ``"cross_entropy"``)
-    for namespace ``xp``."""
+    """The backend implementing ``loss`` (a name in :mod:`arrayloss._registry`) for
+    namespace ``xp``."""
+    entry = _registry.backends(loss)
     if xp is _numpy_namespace():  # the common case, decided at once
-        return _GENERIC[loss]
+        return entry.generic()
     if is_dask_namespace(xp):
         # Lazily, chunk by chunk, each chunk through arrayloss again (NumPy or CuPy).
-        from . import _dask
-
-        return _dask.backend(loss)
+        return entry.dask()
     if _use_fused.get() and is_torch_namespace(xp) and _torch_cuda.cupy_available():
         # CUDA tensors to the fused kernels through DLPack (the others to the generic code).
         return _bridge(loss)
     if _use_fused.get() and is_cupy_namespace(xp):
         # Imported on first use, so NumPy-only users never import CuPy.
-        return importlib.import_module(f"arrayloss._cupy.{loss}")
-    return importlib.import_module(f"arrayloss._agnostic.{loss}")
+        return entry.cupy()
+    return entry.generic()

@@ -21,11 +21,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import importlib
 import importlib.util
 from collections.abc import Callable, Iterator
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
+
+from . import _registry
 
 __all__ = ["Bridge", "cupy_available"]
 
@@ -73,7 +74,7 @@ def _cupy_device() -> Device:
         return array_api_compat.cupy
 
     def backend(loss: str) -> ModuleType:
-        return importlib.import_module(f"arrayloss._cupy.{loss}")
+        return cast(ModuleType, _registry.backends(loss).cupy())
 
     def current_stream(torch_device: Any) -> int:
         import torch
@@ -99,7 +100,7 @@ class Bridge:
         return functools.partial(self._call, method)
 
     def _call(self, method: str, call: Any, *args: Any) -> Any:
-        generic = importlib.import_module(f"arrayloss._agnostic.{self.loss}")
+        generic = _registry.backends(self.loss).generic()
         if not self.on_device(call.input):
             return getattr(generic, method)(call, *args)
         import torch
@@ -114,6 +115,8 @@ class Bridge:
                 if not hasattr(namespace, name):
                     raise TypeError(f"{name} has no counterpart in {namespace.__name__}")
                 return getattr(namespace, name)
+            if isinstance(value, dict):  # a call's arrays by name (the elementwise losses)
+                return {key: to_device(item) for key, item in value.items()}
             if not isinstance(value, torch.Tensor):
                 return value
             array = self.device.from_dlpack(value.detach())

@@ -302,6 +302,27 @@ def _shape(x: Array) -> tuple[int, ...]:
     return shape
 
 
+def result_dtype(xp: ModuleType, floating: dict[str, Any]) -> Any:
+    """The result dtype of arguments with these floating dtypes (by argument name): their
+    common type, or a TypeError naming them all when they have none."""
+    dtypes = list(floating.values())
+    try:
+        # One dtype object for all (the common case) needs no promotion table.  Identity, not
+        # ==: ml_dtypes' bfloat16 compares equal to float16, which do not promote.
+        first = dtypes[0]
+        if all(d is first for d in dtypes):
+            return first
+        if isinstance(first, np.dtype) and any(np.dtype(d).name == "bfloat16" for d in dtypes):
+            # ml_dtypes' bfloat16 promotes with nothing on NumPy; decided here, not by NumPy's
+            # promotion state, which other libraries in the process can change.
+            raise TypeError
+        return xp.result_type(*dtypes)
+    except TypeError:  # NumPy's DTypePromotionError, e.g. bfloat16 with float16
+        listed = ", ".join(f"{name} {dtype}" for name, dtype in floating.items())
+        raise TypeError(f"the floating dtypes of {listed} have no common type; cast them to "
+                        "one dtype (for example float32)") from None
+
+
 # --------------------------------------------------------------------------- upstream gradients
 
 

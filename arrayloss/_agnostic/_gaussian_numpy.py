@@ -22,7 +22,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._validation import NDARRAY
-from ._blocked import Block, filled, part_of, run_blocks, scratch, spans, worker_count
+from ._blocked import (
+    SMALLEST_BLOCK,
+    Block,
+    filled,
+    part_of,
+    plan_blocks,
+    run_blocks,
+    scratch,
+    spans,
+)
 from ._helpers import quiet_floating_point, restore_floating_point, silence_floating_point
 
 if TYPE_CHECKING:
@@ -30,10 +39,6 @@ if TYPE_CHECKING:
 
 Array = Any
 
-#: Block sizes, in elements: one block per worker where that fits, within these bounds.
-#: Four float32 buffers of the largest block fill a 2 MiB L2 cache (measured on a 2-core
-#: Xeon: 2**17 is the best block for the elementwise chain).
-SMALLEST_BLOCK, LARGEST_BLOCK = 1 << 14, 1 << 17
 #: From this many elements the blocks run in worker threads.
 THREADED_ELEMENTS = 1 << 16
 
@@ -59,26 +64,6 @@ def applies(call: GaussianNLLCall) -> bool:
     return (input.shape == shape and target.shape == shape
             and (target.dtype is dtype or target.dtype == dtype)
             and (isinstance(var, float) or var.dtype is dtype or var.dtype == dtype))
-
-
-def plan(shape: tuple[int, ...]) -> list[Block]:
-    """Blocks of about an equal share of the work per worker, within the bounds above: whole
-    rows where a row fits, else parts of every row along the last axis."""
-    count = math.prod(shape)
-    block = min(LARGEST_BLOCK, max(SMALLEST_BLOCK, -(-count // worker_count())))
-    rows = shape[0]
-    if count <= block:
-        return [Block(0, slice(0, rows))]
-    per_row = count // rows
-    if per_row <= block:
-        step = max(1, block // per_row)
-        return [Block(0, slice(start, min(start + step, rows))) for start in range(0, rows, step)]
-    last, columns = len(shape) - 1, shape[-1]
-    step = max(1, block // (count // columns))
-    if last == 0 or columns < 2:
-        return [Block(0, slice(0, rows))]
-    return [Block(last, slice(start, min(start + step, columns)))
-            for start in range(0, columns, step)]
 
 
 #: Below this many elements (128 KiB of float32, glibc's threshold for mapping memory) a
@@ -308,7 +293,7 @@ def run(call: GaussianNLLCall, wrt: frozenset[str], want_loss: bool = True,
                     return _block(call, part, scalar_term, upstream, wrt, want_loss, losses,
                                   grads, reuse)
 
-            blocks = plan(shape)
+            blocks = plan_blocks(shape)
             if len(blocks) > 1 and numel >= THREADED_ELEMENTS:
                 results = run_blocks(work, blocks)
             else:

@@ -1,0 +1,233 @@
+"""An elementwise loss's public functions and loss object, made from its declaration.
+
+:func:`define` gives a declaration its ``<loss>``, ``<loss>_backward`` and
+``<loss>_and_grad`` (with real signatures and numpydoc docstrings built from the
+declaration's pieces) and its ``torch.nn``-style class, and registers its backends.  Each
+function runs the sequence every loss shares: validate once (:mod:`.call`), hand torch
+tensors that record autograd and JAX tracers to :mod:`arrayloss._autograd`, else call the
+backend of the arrays' library (:mod:`arrayloss._dispatch`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .. import _autograd, _registry, _validation
+from .._dispatch import backend
+from . import docs
+from .call import ElementwiseCall, check_options, check_wrt, make_call
+from .generic import ElementwiseBackend
+from .spec import ElementwiseLoss
+
+__all__ = ["Defined", "define"]
+
+Array = Any
+_P = inspect.Parameter
+
+
+@dataclass(frozen=True)
+class Defined:
+    """What :func:`define` makes of a declaration."""
+
+    forward: Callable[..., Any]
+    backward: Callable[..., Any]
+    loss_and_grad: Callable[..., Any]
+    module: type
+
+
+def _parameters(spec: ElementwiseLoss, *, upstream: bool, wrt: bool, scalar: bool
+                ) -> list[inspect.Parameter]:
+    names = [_P("grad_output", _P.POSITIONAL_OR_KEYWORD)] if upstream else []
+    for argument in spec.arguments:
+        kind = _P.KEYWORD_ONLY if argument.keyword else _P.POSITIONAL_OR_KEYWORD
+        default = None if argument.optional else _P.empty
+        names.append(_P(argument.name, kind, default=default))
+    for option in spec.options:
+        names.append(_P(option.name, _P.KEYWORD_ONLY, default=option.default))
+    names.append(_P("reduction", _P.KEYWORD_ONLY, default="mean"))
+    if wrt:
+        names.append(_P("wrt", _P.KEYWORD_ONLY, default=spec.gradient_names))
+    names.append(_P("validate", _P.KEYWORD_ONLY, default=True))
+    del scalar
+    return names
+
+
+def _split(spec: ElementwiseLoss, values: dict[str, Any]
+           ) -> tuple[dict[str, Any], dict[str, Any]]:
+    arrays = {argument.name: values[argument.name] for argument in spec.arguments}
+    options = {option.name: values[option.name] for option in spec.options}
+    return arrays, options
+
+
+def define(spec: ElementwiseLoss) -> Defined:
+    """The public functions and the loss class of ``spec``; registers its backends."""
+    generic = ElementwiseBackend(spec)
+
+    def cupy_backend() -> Any:
+        from .._cupy.elementwise import cupy_backend
+
+        return cupy_backend(spec)
+
+    def dask_backend() -> Any:
+        from .dask import DaskBackend
+
+        return DaskBackend(spec, functions)
+
+    _registry.register(spec.name, _registry.Backends(generic=lambda: generic,
+                                                     cupy=cupy_backend, dask=dask_backend))
+    name = spec.name
+
+    forward_signature = inspect.Signature(_parameters(spec, upstream=False, wrt=False,
+                                                      scalar=False))
+    backward_signature = inspect.Signature(_parameters(spec, upstream=True, wrt=True,
+                                                       scalar=False))
+    and_grad_signature = inspect.Signature(_parameters(spec, upstream=False, wrt=True,
+                                                       scalar=True))
+
+    def run_forward(call: ElementwiseCall) -> Array:
+        return backend(call.xp, name).forward(call)
+
+    def run_backward(call: ElementwiseCall, grad_output: Any,
+                     wanted: frozenset[str]) -> dict[str, Array | None]:
+        upstream = _validation.check_grad_output(grad_output, call.input, call.xp,
+                                                 call.loss_shape, call.reduction)
+        # The bridges ask for every floating argument; weights have no gradient (None).
+        asked = tuple(name for name in wanted if name in spec.gradient_names)
+        grads = backend(call.xp, name).backward(call, upstream, check_wrt(spec, asked, call))
+        return dict(zip(spec.gradient_names, grads, strict=True))
+
+    def loss(*args: Any, **kwargs: Any) -> Array:
+        bound = forward_signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = bound.arguments
+        arrays, options = _split(spec, values)
+        call = make_call(spec, arrays, reduction=values["reduction"],
+                         validate=values["validate"], options=options)
+        if _autograd.recording(call.xp, tuple(call.arrays.values())):
+            reduction, validate = values["reduction"], values["validate"]
+            absent = {key: value for key, value in arrays.items() if key not in call.arrays}
+
+            def remake(named: dict[str, Array]) -> ElementwiseCall:
+                return make_call(spec, {**absent, **named}, reduction=reduction,
+                                 validate=validate, options=options)
+
+            differentiable = _autograd.Differentiable(
+                arrays=dict(call.arrays), make_call=remake, forward=run_forward,
+                backward=run_backward)
+            return _autograd.loss(differentiable, call)
+        return run_forward(call)
+
+    def loss_backward(*args: Any, **kwargs: Any) -> tuple[Array | None, ...]:
+        bound = backward_signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = bound.arguments
+        arrays, options = _split(spec, values)
+        call = make_call(spec, arrays, reduction=values["reduction"],
+                         validate=values["validate"], options=options)
+        wanted = check_wrt(spec, values["wrt"], call)
+        upstream = _validation.check_grad_output(values["grad_output"], call.input, call.xp,
+                                                 call.loss_shape, call.reduction)
+        with _autograd.not_recorded(call.xp):
+            return tuple(backend(call.xp, name).backward(call, upstream, wanted))
+
+    def loss_and_grad(*args: Any, **kwargs: Any) -> tuple[Array, tuple[Array | None, ...]]:
+        bound = and_grad_signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = bound.arguments
+        _validation.require_scalar_loss(values["reduction"], f"{name}_and_grad", name)
+        arrays, options = _split(spec, values)
+        call = make_call(spec, arrays, reduction=values["reduction"],
+                         validate=values["validate"], options=options)
+        wanted = check_wrt(spec, values["wrt"], call)
+        with _autograd.not_recorded(call.xp):
+            result, grads = backend(call.xp, name).loss_and_grad(call, wanted)
+            return result, tuple(grads)
+
+    for function, suffix, signature in ((loss, "", forward_signature),
+                                        (loss_backward, "_backward", backward_signature),
+                                        (loss_and_grad, "_and_grad", and_grad_signature)):
+        function.__name__ = function.__qualname__ = name + suffix
+        function.__signature__ = signature  # type: ignore[union-attr]
+        function.__module__ = "arrayloss"
+    loss.__doc__ = docs.forward_doc(spec)
+    loss_backward.__doc__ = docs.backward_doc(spec)
+    loss_and_grad.__doc__ = docs.and_grad_doc(spec)
+    functions = Defined(loss, loss_backward, loss_and_grad, type)
+    module = _module_class(spec, functions)
+    functions = Defined(loss, loss_backward, loss_and_grad, module)
+    return functions
+
+
+class ElementwiseModule:
+    """The base of every elementwise loss object: its options, held once and checked when
+    it is built; calls, ``backward`` and ``loss_and_grad`` pass them on."""
+
+    _spec: ElementwiseLoss
+    _functions: Defined
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        signature = _module_signature(self._spec)
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        reduction, validate, options = check_options(
+            self._spec, values.pop("reduction"), values.pop("validate"),
+            {option.name: values.pop(option.name) for option in self._spec.options})
+        self.reduction, self.validate = reduction, validate
+        self._held = values  # the weights: arrays, not checked until a call meets them
+        for key, value in {**values, **options}.items():
+            setattr(self, key, value)
+        self._options = options
+
+    def _keywords(self) -> dict[str, Any]:
+        return {**self._held, **self._options, "reduction": self.reduction,
+                "validate": self.validate}
+
+    def __call__(self, input: Array, target: Array) -> Array:
+        return self._functions.forward(input, target, **self._keywords())
+
+    def backward(self, grad_output: Array | float, input: Array, target: Array, *,
+                 wrt: Any = None) -> tuple[Array | None, ...]:
+        keywords = self._keywords()
+        if wrt is not None:
+            keywords["wrt"] = wrt
+        return self._functions.backward(grad_output, input, target, **keywords)
+
+    def loss_and_grad(self, input: Array, target: Array, *,
+                      wrt: Any = None) -> tuple[Array, tuple[Array | None, ...]]:
+        keywords = self._keywords()
+        if wrt is not None:
+            keywords["wrt"] = wrt
+        return self._functions.loss_and_grad(input, target, **keywords)
+
+    def __repr__(self) -> str:
+        held = [f"{key}=..." for key, value in self._held.items() if value is not None]
+        options = [f"{key}={value!r}" for key, value in self._options.items()]
+        listed = ", ".join([*held, *options, f"reduction={self.reduction!r}",
+                            f"validate={self.validate}"])
+        return f"{type(self).__name__}({listed})"
+
+
+def _module_signature(spec: ElementwiseLoss) -> inspect.Signature:
+    parameters = []
+    for argument in spec.arguments:
+        if argument.optional:
+            kind = _P.KEYWORD_ONLY if argument.keyword else _P.POSITIONAL_OR_KEYWORD
+            parameters.append(_P(argument.name, kind, default=None))
+    parameters += [_P(option.name, _P.KEYWORD_ONLY, default=option.default)
+                   for option in spec.options]
+    parameters += [_P("reduction", _P.KEYWORD_ONLY, default="mean"),
+                   _P("validate", _P.KEYWORD_ONLY, default=True)]
+    return inspect.Signature(parameters)
+
+
+def _module_class(spec: ElementwiseLoss, functions: Defined) -> type:
+    cls = type(spec.module, (ElementwiseModule,), {
+        "_spec": spec, "_functions": functions, "__doc__": docs.module_doc(spec),
+        "__module__": "arrayloss", "__qualname__": spec.module,
+    })
+    cls.__signature__ = _module_signature(spec)  # type: ignore[attr-defined]
+    return cls

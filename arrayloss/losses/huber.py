@@ -1,0 +1,48 @@
+"""Huber loss: quadratic below ``delta``, linear with slope ``delta`` above (Huber, 1964)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._elementwise import ElementwiseLoss, Option, define
+from ._common import INPUT, TARGET
+
+
+def forward(ops: Any, input: Any, target: Any, delta: Any) -> Any:
+    diff = input - target
+    distance = ops.abs(diff)
+    return ops.where(distance < delta, 0.5 * diff * diff, delta * (distance - 0.5 * delta))
+
+
+def gradients(ops: Any, grad: Any, input: Any, target: Any, delta: Any) -> dict[str, Any]:
+    diff = input - target
+    grad_input = ops.where(ops.abs(diff) < delta, diff, delta * ops.sign(diff)) * grad
+    return {"input": grad_input, "target": -grad_input}
+
+
+SPEC = ElementwiseLoss(
+    name="huber_loss", module="HuberLoss", arguments=(INPUT, TARGET),
+    options=(Option("delta", 1.0, minimum=0.0, inclusive=False,
+                    doc="Where the loss turns from quadratic to linear; > 0."),),
+    forward=forward, gradients=gradients,
+    summary="Huber loss between ``input`` and ``target``.",
+    formula=r"\ell = \begin{cases} 0.5\, d^2 & |d| < \delta \\ "
+            r"\delta\,(|d| - 0.5\, \delta) & \text{otherwise} \end{cases}, \qquad "
+            r"d = \mathrm{input} - \mathrm{target}",
+    gradient_formula=r"\frac{\partial \ell}{\partial \mathrm{input}} = "
+                     r"G \begin{cases} d & |d| < \delta \\ \delta \operatorname{sign}(d) & "
+                     r"\text{otherwise}\end{cases} = "
+                     r"-\frac{\partial \ell}{\partial \mathrm{target}}",
+    pytorch="torch.nn.functional.huber_loss",
+    example="""
+    >>> import numpy as np
+    >>> import arrayloss as al
+    >>> al.huber_loss(np.array([0.5, 3.0]), np.zeros(2), delta=2.0, reduction="none")
+    array([0.125, 4.   ])
+    """,
+)
+
+_defined = define(SPEC)
+huber_loss, huber_loss_backward, huber_loss_and_grad = (_defined.forward, _defined.backward,
+                                                        _defined.loss_and_grad)
+HuberLoss = _defined.module

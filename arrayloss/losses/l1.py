@@ -1,0 +1,41 @@
+"""Mean absolute error: ``|input - target|`` per element."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._elementwise import ElementwiseLoss, define
+from ._common import INPUT, TARGET
+
+
+def forward(ops: Any, input: Any, target: Any) -> Any:
+    return ops.abs(input - target)
+
+
+def gradients(ops: Any, grad: Any, input: Any, target: Any) -> dict[str, Any]:
+    # sign(0) = 0: no gradient where the prediction is exact, as in PyTorch.
+    grad_input = ops.sign(input - target) * grad
+    return {"input": grad_input, "target": -grad_input}
+
+
+SPEC = ElementwiseLoss(
+    name="l1_loss", module="L1Loss", arguments=(INPUT, TARGET),
+    forward=forward, gradients=gradients,
+    summary="Mean absolute error between ``input`` and ``target``.",
+    formula=r"\ell = |\mathrm{input} - \mathrm{target}|",
+    gradient_formula=r"\frac{\partial \ell}{\partial \mathrm{input}} = "
+                     r"\operatorname{sign}(\mathrm{input} - \mathrm{target})\, G = "
+                     r"-\frac{\partial \ell}{\partial \mathrm{target}}",
+    pytorch="torch.nn.functional.l1_loss",
+    example="""
+    >>> import numpy as np
+    >>> import arrayloss as al
+    >>> float(al.l1_loss(np.array([1.0, 2.0, 4.0]), np.array([1.0, 0.0, 1.0])))
+    1.6666666666666667
+    """,
+)
+
+_defined = define(SPEC)
+l1_loss, l1_loss_backward, l1_loss_and_grad = (_defined.forward, _defined.backward,
+                                               _defined.loss_and_grad)
+L1Loss = _defined.module

@@ -1,0 +1,48 @@
+"""Smooth L1: quadratic below ``beta``, absolute above (Girshick, Fast R-CNN, 2015)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._elementwise import ElementwiseLoss, Option, define
+from ._common import INPUT, TARGET
+
+
+def forward(ops: Any, input: Any, target: Any, beta: Any) -> Any:
+    distance = ops.abs(input - target)
+    # beta = 0 never takes the quadratic branch: the L1 loss, as PyTorch gives it.
+    return ops.where(distance < beta, 0.5 * distance * distance / beta, distance - 0.5 * beta)
+
+
+def gradients(ops: Any, grad: Any, input: Any, target: Any, beta: Any) -> dict[str, Any]:
+    diff = input - target
+    grad_input = ops.where(ops.abs(diff) < beta, diff / beta, ops.sign(diff)) * grad
+    return {"input": grad_input, "target": -grad_input}
+
+
+SPEC = ElementwiseLoss(
+    name="smooth_l1_loss", module="SmoothL1Loss", arguments=(INPUT, TARGET),
+    options=(Option("beta", 1.0, minimum=0.0, hint="0 gives the L1 loss",
+                    doc="Where the loss turns from quadratic to linear; 0 is the L1 loss."),),
+    forward=forward, gradients=gradients,
+    summary="Smooth L1 loss between ``input`` and ``target``.",
+    formula=r"\ell = \begin{cases} 0.5\, d^2 / \beta & |d| < \beta \\ "
+            r"|d| - 0.5\, \beta & \text{otherwise} \end{cases}, \qquad "
+            r"d = \mathrm{input} - \mathrm{target}",
+    gradient_formula=r"\frac{\partial \ell}{\partial \mathrm{input}} = "
+                     r"G \begin{cases} d / \beta & |d| < \beta \\ \operatorname{sign}(d) & "
+                     r"\text{otherwise}\end{cases} = "
+                     r"-\frac{\partial \ell}{\partial \mathrm{target}}",
+    pytorch="torch.nn.functional.smooth_l1_loss",
+    example="""
+    >>> import numpy as np
+    >>> import arrayloss as al
+    >>> al.smooth_l1_loss(np.array([0.5, 3.0]), np.zeros(2), reduction="none")
+    array([0.125, 2.5  ])
+    """,
+)
+
+_defined = define(SPEC)
+smooth_l1_loss, smooth_l1_loss_backward, smooth_l1_loss_and_grad = (
+    _defined.forward, _defined.backward, _defined.loss_and_grad)
+SmoothL1Loss = _defined.module
