@@ -5,16 +5,18 @@ CuPy, PyTorch, JAX, array-api-strict); CuPy arrays go to fused CUDA kernels that
 and the backward pass in one trip over memory.  The semantics are PyTorch's.
 """
 
+from . import losses as _losses
 from ._cross_entropy import cross_entropy, cross_entropy_and_grad, cross_entropy_backward
 from ._dispatch import fused_kernels
 from ._gaussian_nll import gaussian_nll_loss, gaussian_nll_loss_and_grad, gaussian_nll_loss_backward
 from ._modules import CrossEntropyLoss, GaussianNLLLoss, NLLLoss
 from ._nll import nll_loss, nll_loss_and_grad, nll_loss_backward
 from ._validation import TargetOutOfRangeError
-from .losses import *  # noqa: F403 (the elementwise losses; their own __all__)
-from .losses import __all__ as _elementwise_names
 
 __version__ = "0.1.0"
+
+# The elementwise losses, found in arrayloss.losses (one module each; see its docstring).
+globals().update({name: getattr(_losses, name) for name in _losses.__all__})
 
 # Shown as arrayloss.TargetOutOfRangeError in tracebacks, where users catch it from.
 TargetOutOfRangeError.__module__ = __name__
@@ -35,5 +37,5 @@ __all__ = [
     "nll_loss",
     "nll_loss_and_grad",
     "nll_loss_backward",
-    *_elementwise_names,
+    *_losses.__all__,
 ]

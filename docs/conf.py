@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import arrayloss  # noqa: E402
+import arrayloss._elementwise.docs  # noqa: E402
 
 project = "arrayloss"
 author = "the arrayloss developers"
@@ -24,7 +25,9 @@ extensions = [
     "sphinx.ext.mathjax",
     "numpydoc",
 ]
-autosummary_generate = True
+# The pages with autosummary tables, and the generated one that api.rst includes (an include
+# is not followed when stub pages are made).
+autosummary_generate = ["api.rst", "_elementwise_api.rst"]
 numpydoc_show_class_members = False
 numpydoc_xref_param_type = False
 intersphinx_mapping = {}
@@ -33,7 +36,7 @@ html_title = "arrayloss"
 html_static_path = ["_static"]
 html_theme_options = {"navigation_with_keys": False}
 # _generated holds text pulled into pages with ``.. include::``, not pages of its own.
-exclude_patterns = ["_build", "_generated"]
+exclude_patterns = ["_build", "_generated", "_elementwise_api.rst"]
 default_role = "code"
 
 # ------------------------------------------------------------------ the benchmark page
@@ -41,6 +44,12 @@ default_role = "code"
 # the page shows whatever was last measured and builds (saying so) when nothing was.
 
 GENERATED = Path(__file__).parent / "_generated"
+
+# The elementwise losses' API sections, from their declarations: written before autosummary
+# reads the pages (so their stub pages are made), beside api.rst (which includes it), since
+# a table's toctree path is taken relative to the file it is read from.
+(Path(__file__).parent / "_elementwise_api.rst").write_text(
+    arrayloss._elementwise.docs.api_rst(arrayloss.losses.SPECS))
 
 
 def _benchmark_section(folder: Path) -> str:

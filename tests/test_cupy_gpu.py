@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not _gpu_works(), reason="no working CUDA device")]
 
 import _kernel_cases as kc  # noqa: E402
+import _kernel_cases_elementwise as kee  # noqa: E402
 
 import arrayloss as al  # noqa: E402
 
@@ -41,6 +42,15 @@ def _assert_no_host_sync(call: Any) -> None:
 
 DEVICE = kc.Device(asarray=cupy.asarray, asnumpy=cupy.asnumpy,
                    assert_no_host_sync=_assert_no_host_sync)
+
+
+@pytest.mark.parametrize("arguments", kee.elementwise_cases())
+def test_elementwise_kernels(arguments: Any) -> None:
+    kee.case_elementwise(DEVICE, *arguments)
+
+
+def test_elementwise_range_checks() -> None:
+    kee.case_elementwise_invalid(DEVICE)
 
 
 @pytest.mark.parametrize(("case", "arguments"), kc.gpu_and_host_cases())

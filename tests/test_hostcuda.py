@@ -23,6 +23,7 @@ pytest.importorskip("cupy", reason="CuPy is not installed (pip install '.[kernel
 
 import _kernel_cases as kc
 import _kernel_cases_cross_entropy as kce
+import _kernel_cases_elementwise as kee
 import hostcuda
 from _cases import all_cases
 from test_parity import _stored_case, assert_matches, run_arrayloss
@@ -56,6 +57,15 @@ DEVICE = kc.Device(asarray=hostcuda.asarray, asnumpy=hostcuda.asnumpy,
 @pytest.mark.parametrize(("case", "arguments"), kc.gpu_and_host_cases())
 def test_kernel_case(case: Callable[..., None], arguments: tuple[Any, ...]) -> None:
     case(DEVICE, *arguments)
+
+
+@pytest.mark.parametrize("arguments", kee.elementwise_cases())
+def test_elementwise_kernels(arguments: Any) -> None:
+    kee.case_elementwise(DEVICE, *arguments)
+
+
+def test_elementwise_range_checks() -> None:
+    kee.case_elementwise_invalid(DEVICE)
 
 
 # ------------------------------------------------------------------ the PyTorch parity cases
@@ -107,6 +117,8 @@ def test_every_kernel_factory_runs() -> None:
     for reduction in kc.REDUCTIONS:
         kc.case_nll(DEVICE, "float32", (30, 100), reduction)
         kce.case_cross_entropy(DEVICE, "float32", (30, 10), reduction)
+    kee.case_elementwise(DEVICE, "mse_loss", "float32", "none")
+    kee.case_elementwise(DEVICE, "mse_loss", "float32", "mean")
     # Beyond FOLD_ABOVE partials: the fold runs before the second pass.
     many = hostcuda.asarray(np.linspace(-1, 1, 300_001).astype(np.float32))
     al.gaussian_nll_loss(many, many, 1.0)
@@ -116,7 +128,7 @@ def test_every_kernel_factory_runs() -> None:
     names = {"gaussian_forward", "gaussian_forward_partials", "gaussian_backward",
              "gaussian_loss_and_grad", "nll_forward", "nll_forward_partials", "nll_backward",
              "finish_module", "finish_function", "fold_function", "ce_row_stats", "ce_rows",
-             "ce_rows_partials", "ce_grad"}
+             "ce_rows_partials", "ce_grad", "elementwise_kernel"}
     assert factories == names, "a new kernel factory needs a case here"
     launched = set(hostcuda.COUNTERS.launches)
     for kernel in ("arrayloss_gaussian_nll_forward", "arrayloss_gaussian_nll_forward_scalar_var",
@@ -129,7 +141,9 @@ def test_every_kernel_factory_runs() -> None:
                    "arrayloss_fold<float>",
                    "arrayloss_cross_entropy_row_stats", "arrayloss_cross_entropy_rows",
                    "arrayloss_cross_entropy_rows_partials", "arrayloss_cross_entropy_grad",
-                   "arrayloss_finish<float>"):
+                   "arrayloss_finish<float>", "arrayloss_mse_loss_none",
+                   "arrayloss_mse_loss_partials", "arrayloss_mse_loss_backward",
+                   "arrayloss_mse_loss_loss_and_grad"):
         assert kernel in launched, f"{kernel} never ran"
 
 

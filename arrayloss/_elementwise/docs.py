@@ -7,7 +7,7 @@ import textwrap
 
 from .spec import ElementwiseLoss
 
-__all__ = ["and_grad_doc", "backward_doc", "forward_doc", "module_doc"]
+__all__ = ["and_grad_doc", "api_rst", "backward_doc", "forward_doc", "module_doc"]
 
 _REDUCTION = {
     "none": "``'none'`` returns the per-element losses",
@@ -159,3 +159,19 @@ def module_doc(spec: ElementwiseLoss) -> str:
         f"is :func:`{spec.name}_and_grad`,\nall with the options given here ({listed}), "
         "which are checked when the object is built.",
     ]) + "\n"
+
+
+def api_rst(specs: list[ElementwiseLoss]) -> str:
+    """The API reference's sections of the elementwise losses (``docs/api.rst`` includes it):
+    one autosummary per family, so a new loss appears without an edit there."""
+    families: dict[str, list[ElementwiseLoss]] = {}
+    for spec in specs:
+        families.setdefault(spec.family or spec.name, []).append(spec)
+    lines = [".. currentmodule:: arrayloss", ""]
+    for family, members in families.items():
+        lines += [family, "-" * len(family), "", ".. autosummary::", "   :toctree: generated", ""]
+        for spec in members:
+            lines += [f"   {spec.name}", f"   {spec.name}_backward", f"   {spec.name}_and_grad"]
+        lines += [f"   {spec.module}" for spec in members]
+        lines.append("")
+    return "\n".join(lines) + "\n"

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import _autograd, _registry, _validation
 from .._dispatch import backend
@@ -28,9 +27,9 @@ Array = Any
 _P = inspect.Parameter
 
 
-@dataclass(frozen=True)
-class Defined:
-    """What :func:`define` makes of a declaration."""
+class Defined(NamedTuple):
+    """What :func:`define` makes of a declaration: ``loss, loss_backward, loss_and_grad,
+    LossClass = define(SPEC)``."""
 
     forward: Callable[..., Any]
     backward: Callable[..., Any]

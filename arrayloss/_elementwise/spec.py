@@ -116,6 +116,8 @@ class ElementwiseLoss:
     #: A one-line summary, the formula (reStructuredText math) and further notes, for the
     #: docstrings; ``pytorch`` names the function whose semantics it has.
     summary: str = ""
+    #: The title of its section in the API reference (losses of one family share one).
+    family: str = ""
     formula: str = ""
     gradient_formula: str = ""
     notes: str = ""

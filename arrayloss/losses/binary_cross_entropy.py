@@ -30,6 +30,7 @@ def gradients(ops: Any, grad: Any, input: Any, target: Any, weight: Any = None
 
 
 SPEC = ElementwiseLoss(
+    family='Binary cross-entropy',
     name="binary_cross_entropy", module="BCELoss",
     arguments=(
         Argument("input", doc="Probabilities in [0, 1], any shape, real floating dtype."),
@@ -61,7 +62,8 @@ SPEC = ElementwiseLoss(
     """,
 )
 
-_defined = define(SPEC)
-binary_cross_entropy, binary_cross_entropy_backward, binary_cross_entropy_and_grad = (
-    _defined.forward, _defined.backward, _defined.loss_and_grad)
-BCELoss = _defined.module
+(binary_cross_entropy, binary_cross_entropy_backward, binary_cross_entropy_and_grad,
+ BCELoss) = define(SPEC)
+
+__all__ = ["BCELoss", "binary_cross_entropy", "binary_cross_entropy_and_grad",
+           "binary_cross_entropy_backward"]

@@ -38,6 +38,7 @@ def gradients(ops: Any, grad: Any, input: Any, target: Any, weight: Any = None,
 
 
 SPEC = ElementwiseLoss(
+    family='Binary cross-entropy',
     name="binary_cross_entropy_with_logits", module="BCEWithLogitsLoss",
     arguments=(
         Argument("input", doc="Logits, any shape, real floating dtype."),
@@ -65,12 +66,13 @@ SPEC = ElementwiseLoss(
     >>> import arrayloss as al
     >>> al.binary_cross_entropy_with_logits(np.array([1000.0, -1000.0, 0.0]),
     ...                                     np.array([0.0, 1.0, 1.0]), reduction="none")
-    array([1000.        , 1000.        ,    0.69314718])
+    array([1.00000000e+03, 1.00000000e+03, 6.93147181e-01])
     """,
 )
 
-_defined = define(SPEC)
 (binary_cross_entropy_with_logits, binary_cross_entropy_with_logits_backward,
- binary_cross_entropy_with_logits_and_grad) = (_defined.forward, _defined.backward,
-                                               _defined.loss_and_grad)
-BCEWithLogitsLoss = _defined.module
+ binary_cross_entropy_with_logits_and_grad, BCEWithLogitsLoss) = define(SPEC)
+
+__all__ = ["BCEWithLogitsLoss", "binary_cross_entropy_with_logits",
+           "binary_cross_entropy_with_logits_and_grad",
+           "binary_cross_entropy_with_logits_backward"]

@@ -21,6 +21,7 @@ def gradients(ops: Any, grad: Any, input: Any, target: Any, delta: Any) -> dict[
 
 
 SPEC = ElementwiseLoss(
+    family='Regression: MSE, L1, smooth L1, Huber',
     name="huber_loss", module="HuberLoss", arguments=(INPUT, TARGET),
     options=(Option("delta", 1.0, minimum=0.0, inclusive=False,
                     doc="Where the loss turns from quadratic to linear; > 0."),),
@@ -42,7 +43,6 @@ SPEC = ElementwiseLoss(
     """,
 )
 
-_defined = define(SPEC)
-huber_loss, huber_loss_backward, huber_loss_and_grad = (_defined.forward, _defined.backward,
-                                                        _defined.loss_and_grad)
-HuberLoss = _defined.module
+huber_loss, huber_loss_backward, huber_loss_and_grad, HuberLoss = define(SPEC)
+
+__all__ = ["HuberLoss", "huber_loss", "huber_loss_and_grad", "huber_loss_backward"]

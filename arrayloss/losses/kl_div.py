@@ -32,6 +32,7 @@ def gradients(ops: Any, grad: Any, input: Any, target: Any, log_target: bool
 
 
 SPEC = ElementwiseLoss(
+    family='Distributions: KL divergence, Poisson NLL',
     name="kl_div", module="KLDivLoss",
     arguments=(
         Argument("input", doc="Log-probabilities, any shape, real floating dtype."),
@@ -64,7 +65,6 @@ SPEC = ElementwiseLoss(
 )
 del math
 
-_defined = define(SPEC)
-kl_div, kl_div_backward, kl_div_and_grad = (_defined.forward, _defined.backward,
-                                            _defined.loss_and_grad)
-KLDivLoss = _defined.module
+kl_div, kl_div_backward, kl_div_and_grad, KLDivLoss = define(SPEC)
+
+__all__ = ["KLDivLoss", "kl_div", "kl_div_and_grad", "kl_div_backward"]

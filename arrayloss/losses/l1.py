@@ -19,6 +19,7 @@ def gradients(ops: Any, grad: Any, input: Any, target: Any) -> dict[str, Any]:
 
 
 SPEC = ElementwiseLoss(
+    family='Regression: MSE, L1, smooth L1, Huber',
     name="l1_loss", module="L1Loss", arguments=(INPUT, TARGET),
     forward=forward, gradients=gradients,
     summary="Mean absolute error between ``input`` and ``target``.",
@@ -35,7 +36,6 @@ SPEC = ElementwiseLoss(
     """,
 )
 
-_defined = define(SPEC)
-l1_loss, l1_loss_backward, l1_loss_and_grad = (_defined.forward, _defined.backward,
-                                               _defined.loss_and_grad)
-L1Loss = _defined.module
+l1_loss, l1_loss_backward, l1_loss_and_grad, L1Loss = define(SPEC)
+
+__all__ = ["L1Loss", "l1_loss", "l1_loss_and_grad", "l1_loss_backward"]

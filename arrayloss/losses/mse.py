@@ -19,6 +19,7 @@ def gradients(ops: Any, grad: Any, input: Any, target: Any) -> dict[str, Any]:
 
 
 SPEC = ElementwiseLoss(
+    family='Regression: MSE, L1, smooth L1, Huber',
     name="mse_loss", module="MSELoss", arguments=(INPUT, TARGET),
     forward=forward, gradients=gradients,
     summary="Mean squared error between ``input`` and ``target``.",
@@ -37,7 +38,6 @@ SPEC = ElementwiseLoss(
     """,
 )
 
-_defined = define(SPEC)
-mse_loss, mse_loss_backward, mse_loss_and_grad = (_defined.forward, _defined.backward,
-                                                  _defined.loss_and_grad)
-MSELoss = _defined.module
+mse_loss, mse_loss_backward, mse_loss_and_grad, MSELoss = define(SPEC)
+
+__all__ = ["MSELoss", "mse_loss", "mse_loss_and_grad", "mse_loss_backward"]

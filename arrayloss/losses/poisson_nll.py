@@ -43,6 +43,7 @@ def gradients(ops: Any, grad: Any, input: Any, target: Any, log_input: bool, ful
 
 
 SPEC = ElementwiseLoss(
+    family='Distributions: KL divergence, Poisson NLL',
     name="poisson_nll_loss", module="PoissonNLLLoss",
     arguments=(INPUT, integer_target("Observed counts; broadcast against ``input``.")),
     options=(
@@ -68,11 +69,12 @@ SPEC = ElementwiseLoss(
     >>> import arrayloss as al
     >>> al.poisson_nll_loss(np.log(np.array([1.0, 2.0])), np.array([1, 4]),
     ...                     reduction="none").round(4)
-    array([1.    , -0.7726])
+    array([ 1.    , -0.7726])
     """,
 )
 
-_defined = define(SPEC)
-poisson_nll_loss, poisson_nll_loss_backward, poisson_nll_loss_and_grad = (
-    _defined.forward, _defined.backward, _defined.loss_and_grad)
-PoissonNLLLoss = _defined.module
+(poisson_nll_loss, poisson_nll_loss_backward, poisson_nll_loss_and_grad,
+ PoissonNLLLoss) = define(SPEC)
+
+__all__ = ["PoissonNLLLoss", "poisson_nll_loss", "poisson_nll_loss_and_grad",
+           "poisson_nll_loss_backward"]

@@ -21,6 +21,7 @@ def gradients(ops: Any, grad: Any, input: Any, target: Any, beta: Any) -> dict[s
 
 
 SPEC = ElementwiseLoss(
+    family='Regression: MSE, L1, smooth L1, Huber',
     name="smooth_l1_loss", module="SmoothL1Loss", arguments=(INPUT, TARGET),
     options=(Option("beta", 1.0, minimum=0.0, hint="0 gives the L1 loss",
                     doc="Where the loss turns from quadratic to linear; 0 is the L1 loss."),),
@@ -42,7 +43,6 @@ SPEC = ElementwiseLoss(
     """,
 )
 
-_defined = define(SPEC)
-smooth_l1_loss, smooth_l1_loss_backward, smooth_l1_loss_and_grad = (
-    _defined.forward, _defined.backward, _defined.loss_and_grad)
-SmoothL1Loss = _defined.module
+smooth_l1_loss, smooth_l1_loss_backward, smooth_l1_loss_and_grad, SmoothL1Loss = define(SPEC)
+
+__all__ = ["SmoothL1Loss", "smooth_l1_loss", "smooth_l1_loss_and_grad", "smooth_l1_loss_backward"]

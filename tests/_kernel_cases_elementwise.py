@@ -1,0 +1,108 @@
+"""The elementwise losses' fused CUDA kernels: cases shared by the GPU run
+(``test_cupy_gpu.py``) and the CPU harness (``test_hostcuda.py``), from the one case table
+(``_elementwise_cases.py``).
+
+Each case runs forward, backward and loss-and-grad on the device and checks them against
+PyTorch (float64 or float32, on the exact values the device saw), or, where PyTorch is not
+installed, against the float64 generic path of arrayloss on NumPy.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import _elementwise_cases as ec
+import numpy as np
+import pytest
+from _kernel_cases import Device
+
+import arrayloss as al
+
+__all__ = ["case_elementwise", "case_elementwise_invalid", "elementwise_cases"]
+
+
+def _want(variant: ec.Variant, values: dict[str, np.ndarray], reduction: str,
+          upstream: Any) -> dict[str, np.ndarray]:
+    if importlib.util.find_spec("torch") is not None:
+        return ec.oracle(variant, values, reduction, upstream)
+    exact = {name: v.astype(np.float64) if v.dtype.kind == "f" else v
+             for name, v in values.items()}
+    keywords = ec.arrayloss_keywords(variant, exact)
+    loss = variant.function()(exact["input"], exact["target"], reduction=reduction, **keywords)
+    grads = variant.function("_backward")(upstream, exact["input"], exact["target"],
+                                          reduction=reduction, **keywords)
+    result = {"loss": np.asarray(loss), "grad_input": grads[0]}
+    if grads[1] is not None:
+        result["grad_target"] = grads[1]
+    return result
+
+
+def case_elementwise(device: Device, variant_id: str, dtype: str, reduction: str,
+                     input_shape: tuple[int, ...] = (37, 29),
+                     target_shape: tuple[int, ...] = (37, 29)) -> None:
+    variant = next(v for v in ec.VARIANTS if v.id == variant_id)
+    values = ec.rounded(ec.make_arrays(variant, input_shape, target_shape), dtype, variant)
+    arrays = {name: device.put(v) for name, v in values.items()}
+    keywords = ec.arrayloss_keywords(variant, arrays)
+    what = f"kernels {variant_id} {dtype} {reduction} {input_shape} {target_shape}"
+    loss_shape = np.broadcast_shapes(input_shape, target_shape)
+    upstream: Any = 0.5
+    if reduction == "none":
+        upstream = np.random.default_rng(1).uniform(0.5, 1.5, loss_shape).astype(
+            values["input"].dtype)
+    want = _want(variant, values, reduction, upstream)
+    loss = variant.function()(arrays["input"], arrays["target"], reduction=reduction,
+                              **keywords)
+    ec.assert_close(device.asnumpy(loss), want["loss"], dtype, what + " loss")
+    device_upstream = device.put(upstream) if reduction == "none" else upstream
+    grads = variant.function("_backward")(device_upstream, arrays["input"], arrays["target"],
+                                          reduction=reduction, **keywords)
+    ec.assert_close(device.asnumpy(grads[0]), want["grad_input"], dtype, what + " grad_input")
+    if "grad_target" in want:
+        ec.assert_close(device.asnumpy(grads[1]), want["grad_target"], dtype,
+                        what + " grad_target")
+    if reduction != "none":
+        want_one = _want(variant, values, reduction, 1.0)
+        unchecked = dict(keywords, validate=False)
+        device.assert_no_host_sync(lambda: variant.function("_and_grad")(
+            arrays["input"], arrays["target"], reduction=reduction, **unchecked))
+        loss, grads = variant.function("_and_grad")(arrays["input"], arrays["target"],
+                                                    reduction=reduction, **keywords)
+        ec.assert_close(device.asnumpy(loss), want_one["loss"], dtype, what + " and_grad")
+        ec.assert_close(device.asnumpy(grads[0]), want_one["grad_input"], dtype,
+                        what + " and_grad grad_input")
+
+
+def case_elementwise_invalid(device: Device) -> None:
+    """The range checks fused into the kernels raise the generic path's error."""
+    good = device.put(np.array([0.2, 0.5, 0.9], dtype=np.float32))
+    bad = device.put(np.array([0.2, 1.5, 0.9], dtype=np.float32))
+    for function in (al.binary_cross_entropy, al.binary_cross_entropy_and_grad):
+        with pytest.raises(ValueError, match=r"^input has entries outside \[0, 1\]"):
+            function(bad, good)
+        with pytest.raises(ValueError, match=r"^target has entries outside \[0, 1\]"):
+            function(good, bad)
+    unchecked = al.binary_cross_entropy(bad, good, validate=False)
+    assert np.isnan(device.asnumpy(unchecked)) or np.isfinite(device.asnumpy(unchecked))
+
+
+def elementwise_cases() -> list[Any]:
+    """Every variant in float32, forward and all three passes; the dtypes and broadcast
+    shapes on the first variant of each loss (each distinct kernel compiles once)."""
+    cases = []
+    seen: set[str] = set()
+    for variant in ec.VARIANTS:
+        for reduction in ("none", "mean"):
+            cases.append(pytest.param((variant.id, "float32", reduction),
+                                      id=f"{variant.id}-float32-{reduction}"))
+        if variant.loss in seen:
+            continue
+        seen.add(variant.loss)
+        for dtype in ("float16", "float64"):
+            cases.append(pytest.param((variant.id, dtype, "sum"), id=f"{variant.id}-{dtype}-sum"))
+        if variant.broadcast_target:
+            cases.append(pytest.param((variant.id, "float32", "sum", (6, 1, 7), (5, 1)),
+                                      id=f"{variant.id}-broadcast-sum"))
+    cases.append(pytest.param(("kl_div", "float32", "batchmean"), id="kl_div-batchmean"))
+    return cases
