@@ -22,7 +22,7 @@ from ._helpers import quiet_floating_point
 
 if TYPE_CHECKING:
     from .._class_calls import CrossEntropyCall
-    from .cross_entropy import _Prepared
+    from ._cross_entropy_prepared import Prepared as _Prepared
 
 Block = tuple[slice, slice]  # (samples, spatial positions)
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,31 +37,11 @@ from array_api_compat import device, is_numpy_namespace
 from .._class_calls import CrossEntropyCall
 from . import _cross_entropy_numpy
 from ._blocked import broadcast_constant
+from ._cross_entropy_prepared import Prepared as _Prepared
 from ._helpers import as_0d, as_compute, compute_dtype, quiet_floating_point
 from ._targets import class_targets, every_target_a_class
 
 Array = Any
-
-
-@dataclass(slots=True)
-class _Prepared:
-    """What every block needs, computed once per call: layout, targets, scaled upstream
-    (never modified once built; not ``frozen``, whose construction costs microseconds)."""
-
-    n: int
-    s: int
-    dtype: Any  # the compute dtype
-    input3: Array  # input as (N, C, S), or None where that is no view (NumPy only)
-    target3: Array  # (N, S) int64 indices, or (N, C, S) probabilities
-    active: Array  # (N, S) bool, index targets only (else None)
-    #: (N, S) w[t_n], 0 where inactive (a read-only broadcast 1 on NumPy where every
-    #: target counts and none is weighted); index targets only (else None)
-    target_weight: Array
-    all_active: bool
-    class_weight3: Array  # (1, C, 1) compute dtype, or None without weights
-    class_weight_sum: float | Array  # sum_c w[c] (C without weights)
-    upstream: float | Array  # G: a number, a 0-d array, or (N, S)
-    divisor: float | Array | None  # what 'mean' divides by
 
 
 # --------------------------------------------------------------------------- layout
