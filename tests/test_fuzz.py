@@ -258,3 +258,81 @@ def test_fuzz_nll(fuzz_xp: Any, case: Case) -> None:
     if not hasattr(fuzz_xp, case.dtype) or not hasattr(fuzz_xp, case.target_dtype):
         return
     _check(fuzz_xp, case)
+
+
+# ------------------------------------------------------------------ the elementwise losses
+
+
+@st.composite
+def elementwise_draws(draw: Any) -> dict[str, Any]:
+    """A call of one of the elementwise losses: a variant of the case table, shapes (0-d,
+    0-sized and broadcast included), a dtype (one draw in eight rejected), values in the
+    loss's domain or special ones, a reduction and an upstream gradient."""
+    import _elementwise_cases as ec
+
+    variant = draw(st.sampled_from(ec.VARIANTS))
+    shape = _dims(draw, draw(st.integers(0, 3)))
+    target_shape = shape
+    if variant.broadcast_target and shape and draw(st.booleans()):
+        target_shape = tuple(1 if draw(st.booleans()) else size for size in shape)
+        target_shape = target_shape[draw(st.integers(0, len(shape))):]
+    arrays = ec.make_arrays(variant, shape, target_shape, seed=draw(st.integers(0, 2**16)))
+    for name in ("input", "target"):
+        if draw(st.integers(0, 3)) == 0 and arrays[name].size:  # special values in places
+            flat = arrays[name].reshape(-1)
+            for index in draw(st.lists(st.integers(0, flat.size - 1), max_size=3)):
+                flat[index] = draw(st.sampled_from(SPECIAL))
+    dtype = _mostly(draw, FLOAT_DTYPES, REJECTED_DTYPES)
+    reduction = draw(st.sampled_from(variant.reductions))
+    return {"variant": variant, "arrays": arrays, "dtype": dtype, "reduction": reduction}
+
+
+@FUZZ_SETTINGS
+@given(draw=elementwise_draws())
+def test_fuzz_elementwise(fuzz_xp: Any, draw: dict[str, Any]) -> None:
+    """PyTorch's answer, or a TypeError or ValueError with a message where PyTorch fails too
+    or the dtype is one arrayloss rejects; never another exception, never a changed input."""
+    import _elementwise_cases as ec
+
+    variant, dtype, reduction = draw["variant"], draw["dtype"], draw["reduction"]
+    if not hasattr(fuzz_xp, dtype):
+        return
+    with np.errstate(all="ignore"):  # 1e300 is inf in float16, as the caller would have it
+        values = {name: (np.asarray(array).astype(dtype)
+                         if name != "target" or not variant.integer_target
+                         else np.round(np.clip(np.nan_to_num(array), -1e6, 1e6)).astype(
+                             np.int64))
+                  for name, array in draw["arrays"].items()}
+    arrays = {name: from_numpy(fuzz_xp, value) for name, value in values.items()}
+    before = {name: value.copy() for name, value in values.items()}
+    keywords = ec.arrayloss_keywords(variant, arrays)
+    try:
+        loss, (grad_input, _) = (variant.function("_and_grad")(
+            arrays["input"], arrays["target"], reduction=reduction, **keywords)
+            if reduction != "none" else (variant.function()(
+                arrays["input"], arrays["target"], reduction=reduction, **keywords),
+                (None, None)))
+        error = None
+    except (TypeError, ValueError) as caught:
+        error = caught
+    for name, value in arrays.items():
+        np.testing.assert_array_equal(to_numpy(value), before[name], err_msg=f"{name} changed")
+    try:
+        with np.errstate(all="ignore"):
+            want = ec.oracle(variant, values if dtype == "float64" else {
+                name: value.astype(np.float32) if value.dtype.kind == "f" else value
+                for name, value in values.items()}, reduction, 1.0)
+    except (RuntimeError, ValueError, TypeError) as torch_error:
+        assert error is not None, f"{variant.id}: PyTorch failed ({torch_error}), arrayloss " \
+                                  "answered"
+        assert str(error)
+        return
+    if error is not None:
+        assert dtype in REJECTED_DTYPES, f"{variant.id} {dtype}: {error}"
+        assert str(error)
+        return
+    assert dtype in FLOAT_DTYPES, f"a {dtype} input was accepted"
+    ec.assert_close(to_numpy(loss), want["loss"], dtype, f"{variant.id} loss")
+    if grad_input is not None:
+        ec.assert_close(to_numpy(grad_input), want["grad_input"], dtype,
+                        f"{variant.id} grad_input")

@@ -132,11 +132,12 @@ class ElementwiseBackend:
     def _finish(self, call: ElementwiseCall, grads: dict[str, Array]) -> tuple[Array | None, ...]:
         xp = call.xp
         result = []
-        for name in self.spec.gradient_names:
-            grad = grads.get(name)
-            if grad is not None:
-                grad = as_0d(xp, xp.astype(grad, call.arrays[name].dtype, copy=False))
-            result.append(grad)
+        with quiet_floating_point():  # a float16 gradient beyond 65504 is inf, as in PyTorch
+            for name in self.spec.gradient_names:
+                grad = grads.get(name)
+                if grad is not None:
+                    grad = as_0d(xp, xp.astype(grad, call.arrays[name].dtype, copy=False))
+                result.append(grad)
         return tuple(result)
 
     # -------------------------------------------------------------- whole arrays
