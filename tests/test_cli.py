@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
+import numpy as np
 import pytest
 
-from arrayloss.__main__ import _cupy_unavailable, main
+import arrayloss.__main__ as cli
+from arrayloss.__main__ import LOSSES, _cupy_unavailable, main
 
 
 def test_table_checks_against_float64_and_lines_up(capsys: pytest.CaptureFixture[str]) -> None:
@@ -23,7 +26,58 @@ def test_table_checks_against_float64_and_lines_up(capsys: pytest.CaptureFixture
     assert {len(line) for line in table} == {len(lines[header])}
     errors = [float(re.findall(r"\d\.\de[-+]\d\d", line)[0]) for line in table]
     assert max(errors) < 1e-4 and min(errors) < 1e-6  # float32 vs float64, not 0 vs itself
-    assert "all results agree with the float64 reference" in out
+    assert "all results agree with the float64 formulas" in out
+
+
+def test_every_loss_runs_every_call(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--size", "50", "--budget", "0.001"]) == 0
+    out = capsys.readouterr().out
+    calls = {tuple(line.split()[1:3]) for line in out.splitlines() if line.startswith("numpy ")}
+    names = {"gaussian_nll", "nll", "cross_entropy"}  # every public loss, at least
+    assert names <= {loss.name for loss in LOSSES}
+    assert calls == {(loss.name, call) for loss in LOSSES
+                     for call in ("forward", "backward", "loss_and_grad")}
+    assert "label_smoothing=0.1" in out  # the problem line says what cross-entropy runs
+    assert "formulas written in arrayloss/__main__.py (no arrayloss code)" in out
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=[loss.name for loss in LOSSES])
+def test_the_references_are_pytorchs_losses(loss: cli.LossCheck) -> None:
+    # The job's float64 formulas, against PyTorch's autograd of its own loss.
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    import torch.nn.functional as F
+
+    inputs = loss.make_inputs(np.random.default_rng(3), 30, 7)
+    value, *grads = loss.reference(*inputs)
+    tensors = [torch.tensor(a, dtype=torch.float64 if a.dtype.kind == "f" else torch.int64,
+                            requires_grad=a.dtype.kind == "f") for a in inputs]
+    if loss.name == "gaussian_nll":
+        mean, target, var = tensors
+        expected = F.gaussian_nll_loss(mean, target, var)
+        differentiated = tensors
+    else:
+        first, labels, weight = tensors
+        weight = weight.detach()
+        if loss.name == "nll":
+            expected = F.nll_loss(first, labels, weight)
+        else:
+            expected = F.cross_entropy(first, labels, weight, **loss.options)
+        differentiated = [first]
+    torch_grads = torch.autograd.grad(expected, differentiated)
+    np.testing.assert_allclose(value, expected.item(), rtol=1e-12)
+    for mine, theirs in zip(grads, torch_grads, strict=True):
+        np.testing.assert_allclose(mine, theirs.numpy(), rtol=1e-10, atol=1e-15)
+
+
+def test_a_wrong_result_is_a_mismatch(capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    wrong = dataclasses.replace(LOSSES[-1], forward=lambda *args, **kw: LOSSES[-1].forward(
+        *args, **kw) * 1.001)
+    monkeypatch.setattr(cli, "LOSSES", (*LOSSES[:-1], wrong))
+    assert main(["--size", "20", "--budget", "0.001"]) == 1
+    out = capsys.readouterr().out
+    assert re.search(rf"numpy +{wrong.name} forward +1\.0e-03 +MISMATCH", out), out
+    assert "SOME RESULTS DISAGREE" in out
 
 
 def test_missing_libraries_are_explained(capsys: pytest.CaptureFixture[str]) -> None:
