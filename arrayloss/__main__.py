@@ -23,6 +23,26 @@ from array_api_compat import array_namespace, to_device
 import arrayloss as al
 
 
+def shadowed_package_message(package: ModuleType) -> str | None:
+    """Why ``package`` is not arrayloss but a folder of the same name, or None.
+
+    Run from the folder that contains a checkout named ``arrayloss``, Python imports that
+    checkout's folder (no ``__init__.py``) as an empty namespace package, ahead of an
+    editable install's finder; only this file is still found, through the install.
+    """
+    if getattr(package, "__file__", None) is not None:
+        return None
+    folders = ", ".join(str(path) for path in getattr(package, "__path__", [])) or "?"
+    return (f"'import arrayloss' found the folder {folders}, not the arrayloss package: a "
+            "folder named arrayloss without __init__.py, most likely the checkout, seen from "
+            "the folder that contains it.  Run from inside the checkout (cd arrayloss), or "
+            "from any other folder once it is installed (pip install -e arrayloss).")
+
+
+if (_shadowed := shadowed_package_message(al)) is not None:  # before LOSSES reads al
+    sys.exit(_shadowed)
+
+
 @dataclass(frozen=True)
 class Backend:
     """One array library (and device) to run on."""

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import subprocess
+import sys
+import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import arrayloss.__main__ as cli
-from arrayloss.__main__ import LOSSES, _cupy_unavailable, main
+from arrayloss.__main__ import LOSSES, _cupy_unavailable, main, shadowed_package_message
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_table_checks_against_float64_and_lines_up(capsys: pytest.CaptureFixture[str]) -> None:
@@ -104,3 +111,32 @@ def test_help_is_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     out = capsys.readouterr().out
     assert "``" not in out and ":func:" not in out and "float64 formulas" in out
+
+
+def test_run_from_the_folder_above_the_checkout_says_why(tmp_path: Path) -> None:
+    # The checkout seen as `arrayloss` from its parent folder: Python imports the folder as a
+    # namespace package and runs the checkout's top-level __main__.py.  Only the standard
+    # library is on the path, so no installed arrayloss can take its place.
+    (tmp_path / "arrayloss").symlink_to(ROOT, target_is_directory=True)
+    stdlib = [path for path in sys.path if "site-packages" not in path and path != str(ROOT)
+              and path not in ("", ".")]
+    code = ("import runpy, sys; sys.path[:] = [sys.argv[1], *sys.argv[2:]]; "
+            "runpy.run_module('arrayloss', run_name='__main__', alter_sys=True)")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path), *stdlib], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done
+    assert f"found the folder {tmp_path / 'arrayloss'}, not the arrayloss package" in done.stderr
+    assert "cd arrayloss" in done.stderr and "pip install -e arrayloss" in done.stderr
+
+
+def test_a_namespace_package_in_arrayloss_place_is_named() -> None:
+    import arrayloss
+
+    assert shadowed_package_message(arrayloss) is None
+    folder = types.ModuleType("arrayloss")  # what `import arrayloss` gives above a checkout
+    folder.__path__ = ["/somewhere/arrayloss"]
+    message = shadowed_package_message(folder)
+    assert message is not None
+    assert "found the folder /somewhere/arrayloss, not the arrayloss package" in message
+    assert "cd arrayloss" in message
