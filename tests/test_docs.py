@@ -77,3 +77,39 @@ def test_every_optional_import_of_a_page_is_known() -> None:
         assert not unknown, f"{page.name} imports {sorted(unknown)}: add them to OPTIONAL"
     assert imported_libraries(">>> import torch\n... from jax import numpy\n") == ["jax",
                                                                                     "torch"]
+
+
+#: The longest code line that the docs' theme shows whole at its page width (about 81
+#: characters of its monospace font at 1400 pixels); longer lines are cut off.
+CODE_WIDTH = 80
+
+
+def code_lines(text: str) -> list[tuple[int, str]]:
+    """(line number, line) of every line in the literal and code blocks of an rst page (not
+    in math blocks), without the block's indentation."""
+    found, indent, in_code = [], 0, False
+    for number, line in enumerate(text.splitlines(), 1):
+        depth = len(line) - len(line.lstrip())
+        if in_code and line.strip() and depth < indent:
+            in_code = False
+        if in_code and line.strip():
+            found.append((number, line[indent:]))
+        stripped = line.strip()
+        starts = stripped.startswith((".. code-block::", ".. code::")) or (
+            stripped.endswith("::") and not stripped.startswith(".."))
+        if not in_code and starts:
+            in_code, indent = True, depth + 4
+    return found
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[page.name for page in PAGES])
+def test_code_lines_fit_the_page(page: Path) -> None:
+    long = [f"line {number}: {len(line)} characters" for number, line in
+            code_lines(page.read_text()) if len(line) > CODE_WIDTH]
+    assert not long, f"{page.name}: code lines wider than {CODE_WIDTH} are cut off: {long}"
+
+
+def test_code_lines_are_those_of_code_blocks() -> None:
+    text = ("Text::\n\n    pip install .\n\nMore text.\n\n.. math::\n\n    \\ell = x\n\n"
+            ".. code-block:: python\n\n    >>> 1 + 1\n    2\n\nEnd.\n")
+    assert code_lines(text) == [(3, "pip install ."), (13, ">>> 1 + 1"), (14, "2")]
