@@ -65,11 +65,11 @@ def noise_warning(ratio: float, spread: list[float] | None, ratio_of_medians: fl
     """Why a per-round ratio is too noisy to read on its own, or None."""
     reasons = []
     if spread and min(spread) > 0 and max(spread) / min(spread) > NOISY_SPREAD:
-        reasons.append(f"per-round ratios range {min(spread):.2f}-{max(spread):.2f}x")
+        reasons.append(f"range over {NOISY_SPREAD:g}x wide")
     if ratio_of_medians is not None and ratio > 0 and ratio_of_medians > 0 and max(
             ratio / ratio_of_medians, ratio_of_medians / ratio) > NOISY_DISAGREEMENT:
         reasons.append(f"the median times give {ratio_of_medians:.2f}x")
-    return "noisy: " + ", ".join(reasons) + "; rerun on a quiet machine" if reasons else None
+    return f"noisy: {', '.join(reasons)}" if reasons else None
 
 
 def _round_ratios(baseline: dict[str, Any], row: dict[str, Any]) -> list[float]:

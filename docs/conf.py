@@ -103,13 +103,21 @@ def _benchmark_section(folder: Path) -> str:
              f"Measured {meta['date']} with ``{meta['command']}``; {meta['versions']}.", ""]
     if meta.get("copy_gbps"):
         lines += [f"Device-to-device copy bandwidth: {meta['copy_gbps']:,.0f} GB/s.", ""]
-    lines += [".. list-table:: Targets", "   :header-rows: 1", "",
+    lines += ["A speedup is PyTorch's time over arrayloss's (above 1x: arrayloss is faster); "
+              "a time ratio is a variant's time over plain Gaussian NLL's (below 1x: the "
+              "variant is faster).  In brackets, the 20-80% range of the per-round figures; "
+              "*noisy* marks a figure whose rounds disagree too much to be read alone.", "",
+              ".. list-table:: Targets", "   :header-rows: 1", "   :widths: 55 30 15", "",
               "   * - target", "     - measured", "     - status"]
     for target in data["targets"]:
         unit = {"pct_of_copy": "%", "overhead_us": " us"}.get(target["metric"], "x")
         value = "-" if target["value"] is None else f"{target['value']:.2f}{unit}"
         if target["metric"] == "cases_over" and target["value"] is not None:
             value = f"{int(target['value'])} of {target['cases']} cases over"
+        if target.get("spread"):  # the 20-80% range of the per-round figures
+            value += f" ({target['spread'][0]:.2f}-{target['spread'][1]:.2f})"
+        if target.get("noise"):
+            value += f"; {target['noise']}"
         lines += [f"   * - {target['target']}", f"     - {value}", f"     - {target['status']}"]
     lines.append("")
     static = Path(__file__).parent / "_static" / "benchmarks" / folder.name
