@@ -420,9 +420,8 @@ def plot_panels(rows: list[dict[str, Any]], loss: str
 
 def plots(rows: list[dict[str, Any]], device: str, out: Path) -> list[Path]:
     """One PNG per loss: for each operation (and, for the losses over classes, each number of
-    classes C) a panel of GB/s and one of the speedup against the baseline, one line per
-    provider against size, or one bar per provider where a family has a single size.
-    Panels are large enough to read at the docs' page width."""
+    classes C) a row with a panel of GB/s and one of the speedup against the baseline, one
+    line per provider against size, or one bar per provider where a family has one size."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -444,32 +443,27 @@ def plots(rows: list[dict[str, Any]], device: str, out: Path) -> list[Path]:
 
 def _loss_figure(plt: Any, panels: dict[tuple[str, tuple[int, ...]], list[dict[str, Any]]],
                  loss: str, device: str) -> Any:
-    """The figure of one loss: one row per (operation, metric), one column per family."""
-    ops = sorted({op for op, _ in panels})
-    families = sorted({family for _, family in panels})
-    figure, axes = plt.subplots(2 * len(ops), len(families), squeeze=False,
-                                figsize=(max(4.6 * len(families), 9.0), 6.6 * len(ops)))
-    for axis in axes.flat:
-        axis.set_visible(False)  # until a panel is drawn there
-    for (op, family), selected in panels.items():
-        speed_axis = axes[2 * ops.index(op)][families.index(family)]
-        ratio_axis = axes[2 * ops.index(op) + 1][families.index(family)]
+    """The figure of one loss: a row per panel (operation, family), GB/s on the left and the
+    speedup on the right, 720 pixels wide so that the docs show it near its own size."""
+    figure, axes = plt.subplots(len(panels), 2, squeeze=False, layout="constrained",
+                                figsize=(9.0, 0.6 + 3.1 * len(panels)))
+    figure.suptitle(f"{loss} (reduction mean, float32)", fontsize=14)
+    for (speed_axis, ratio_axis), ((op, family), selected) in zip(axes, panels.items(),
+                                                                  strict=True):
         for axis in (speed_axis, ratio_axis):
-            axis.set_visible(True)
             axis.grid(True, which="both", alpha=0.3)
         ratio_axis.axhline(1.0, color="grey", linewidth=0.8)
-        _draw_panel(speed_axis, ratio_axis, selected, loss, op, family, device)
-    figure.tight_layout()
+        _draw_panel(speed_axis, ratio_axis, selected, op, family, device,
+                    elementwise=loss not in CLASS_LOSSES)
     return figure
 
 
-def _draw_panel(speed_axis: Any, ratio_axis: Any, selected: list[dict[str, Any]], loss: str,
-                op: str, family: tuple[int, ...], device: str) -> None:
-    """GB/s above, the speedup below: lines over sizes, or bars for a single size."""
+def _draw_panel(speed_axis: Any, ratio_axis: Any, selected: list[dict[str, Any]], op: str,
+                family: tuple[int, ...], device: str, elementwise: bool) -> None:
+    """GB/s on the left, the speedup on the right: lines over sizes, or bars for one size."""
     from matplotlib.ticker import FuncFormatter
 
     times = FuncFormatter(lambda value, _: f"{value:g}x")
-    elementwise = loss not in CLASS_LOSSES
     providers = sorted({row["provider"] for row in selected})
     compared = [name for name in providers if name not in (BASELINE[device], "d2d copy")]
     colour = {name: f"C{i}" for i, name in enumerate(providers)}
@@ -481,13 +475,12 @@ def _draw_panel(speed_axis: Any, ratio_axis: Any, selected: list[dict[str, Any]]
     ratio_label = f"speedup vs {BASELINE[device]}"
     if len({x_of(row) for row in selected}) == 1:
         # One size (such as one vocabulary): bars, with their values written on them.
-        shape = "x".join(map(str, selected[0]["case"]["shape"]))
+        shape = " x ".join(map(str, selected[0]["case"]["shape"]))
         by_name = {row["provider"]: row for row in selected}
         bars = speed_axis.bar(providers, [by_name[name]["gbps"] for name in providers],
                               color=[colour[name] for name in providers], width=0.6)
         speed_axis.bar_label(bars, fmt="%.2g")
-        speed_axis.set(title=f"{loss} {op}, {shape} (mean, fp32)",
-                       ylabel="GB/s of model bytes")
+        speed_axis.set(title=f"{op}, {shape}", ylabel="GB/s of model bytes")
         bars = ratio_axis.bar(compared, [by_name[name].get("speedup_vs_baseline", math.nan)
                                          for name in compared],
                               color=[colour[name] for name in compared], width=0.6)
@@ -496,7 +489,7 @@ def _draw_panel(speed_axis: Any, ratio_axis: Any, selected: list[dict[str, Any]]
         for axis in (speed_axis, ratio_axis):
             axis.margins(y=0.15)
         return
-    where = f"C = {family[0]:,}" if family else "mean, fp32"
+    where = f", C = {family[0]:,}" if family else ""
     x_label = "input elements" if elementwise else "rows N"
     for provider in providers:
         points = sorted(((x_of(row), row) for row in selected if row["provider"] == provider),
@@ -507,15 +500,15 @@ def _draw_panel(speed_axis: Any, ratio_axis: Any, selected: list[dict[str, Any]]
         if provider in compared:
             ratio_axis.plot(xs, [row.get("speedup_vs_baseline", math.nan) for _, row in points],
                             **style)
-    speed_axis.set(xscale="log", yscale="log", title=f"{loss} {op} ({where})",
-                   xlabel=x_label, ylabel="GB/s of model bytes")
-    ratio_axis.set(xscale="log", yscale="log", title=f"{op} ({where}): speedup",
-                   xlabel=x_label, ylabel=ratio_label)
+    speed_axis.set(xscale="log", yscale="log", title=f"{op}{where}", xlabel=x_label,
+                   ylabel="GB/s of model bytes")
+    ratio_axis.set(xscale="log", yscale="log", title=f"{op}{where}: speedup", xlabel=x_label,
+                   ylabel=ratio_label)
     ratio_axis.yaxis.set_major_formatter(times)
     ratio_axis.yaxis.set_minor_formatter(times)
     for axis in (speed_axis, ratio_axis):
         if axis.get_legend_handles_labels()[0]:
-            axis.legend(fontsize=10)
+            axis.legend(fontsize=9)
 
 
 def write(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Path]:
