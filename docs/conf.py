@@ -46,7 +46,7 @@ html_theme_options = {
 # theme's default section navigation would be empty on most of them.
 html_sidebars = {"**": ["sidebar-nav-all"]}
 # _generated holds text pulled into pages with ``.. include::``, not pages of its own.
-exclude_patterns = ["_build", "_generated", "_mathjax", "_static/screenshots/README.md"]
+exclude_patterns = ["_build", "_generated", "_mathjax"]
 default_role = "code"
 
 # ------------------------------------------------------------------ MathJax, offline
