@@ -5,6 +5,7 @@ Timings are never asserted: only that every output exists and is sane.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -64,7 +65,10 @@ def test_quick_cpu_run_writes_json_markdown_and_plots(tmp_path: Path) -> None:
         low, high = target["spread"]
         assert low <= target["value"] <= high and math.isfinite(target["value"])
     memory = [target for target in data["targets"] if target["metric"] == "cases_over"]
-    assert memory and all(target["cases"] > 0 for target in memory)
+    if importlib.util.find_spec("torch") is not None:
+        assert memory and all(target["cases"] > 0 for target in memory)
+    else:  # the memory targets are PyTorch's peak plus one output: none without PyTorch
+        assert not memory and "torch cpu" not in providers
 
 
 def test_verdicts_read_the_spread_of_the_round_ratios() -> None:
