@@ -5,6 +5,7 @@ Timings are never asserted: only that every output exists and is sane.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import math
@@ -319,3 +320,25 @@ def test_plots_keep_unrelated_shapes_apart() -> None:
     for (_, family), selected in panels.items():
         assert {row["case"]["shape"][1] for row in selected} == set(family)
     assert {family for _, family in plot_panels(rows, "gaussian_nll")} == {()}
+
+
+@pytest.mark.parametrize(("module", "options"), [
+    ("benchmarks.allocator", ["--budget", "--pairs", "--save"]),
+    ("benchmarks.out_of_core", ["--log2-elements", "--chunk-log2", "--save"])])
+def test_the_other_commands_help_is_plain_text_with_defaults(
+        module: str, options: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    command = importlib.import_module(module)
+    with pytest.raises(SystemExit) as exit_info:
+        command.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "``" not in out and not re.search(r"::$", out, re.M) and ":func:" not in out
+    assert out.count("(default: ") == len(options)
+    assert all(option in out for option in options)
+
+
+def test_plain_text_drops_restructuredtext_markup() -> None:
+    from benchmarks._cli import plain_text
+
+    assert plain_text("Run ``python -m x``, see :func:`~a.b`::\n\n    x\n") == (
+        "Run python -m x, see a.b:\n\n    x\n")
