@@ -11,6 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sphinx.errors import ConfigError  # noqa: E402
+
 import arrayloss  # noqa: E402
 
 project = "arrayloss"
@@ -68,7 +70,7 @@ def _local_mathjax() -> str | None:
     source = Path(choice) if choice else (
         Path(__file__).parent / "_mathjax" / "node_modules" / "mathjax" / "es5")
     if not (source / "tex-chtml.js").is_file():
-        raise RuntimeError(
+        raise ConfigError(
             f"MathJax 3 is not installed at {source}: the formulas would need the network. "
             f"Run `{MATHJAX_INSTALL}` from the repository root (or set ARRAYLOSS_MATHJAX=cdn "
             "to load MathJax from the web)")
