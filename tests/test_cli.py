@@ -8,7 +8,9 @@ import re
 import subprocess
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -48,9 +50,22 @@ def test_every_loss_runs_every_call(capsys: pytest.CaptureFixture[str]) -> None:
     assert "formulas written in arrayloss/__main__.py (no arrayloss code)" in out
 
 
+#: PyTorch's version of each loss of the main job, as (loss, the inputs it differentiates)
+#: from float64 tensors of the job's inputs.  A loss added to LOSSES needs its line here.
+TORCH_LOSSES: dict[str, Callable[..., tuple[Any, list[Any]]]] = {
+    "gaussian_nll": lambda F, options, mean, target, var: (
+        F.gaussian_nll_loss(mean, target, var, **options), [mean, target, var]),
+    "nll": lambda F, options, log_probs, labels, weight: (
+        F.nll_loss(log_probs, labels, weight.detach(), **options), [log_probs]),
+    "cross_entropy": lambda F, options, logits, labels, weight: (
+        F.cross_entropy(logits, labels, weight.detach(), **options), [logits]),
+}
+
+
 @pytest.mark.parametrize("loss", LOSSES, ids=[loss.name for loss in LOSSES])
 def test_the_references_are_pytorchs_losses(loss: cli.LossCheck) -> None:
     # The job's float64 formulas, against PyTorch's autograd of its own loss.
+    assert loss.name in TORCH_LOSSES, f"add PyTorch's {loss.name} to TORCH_LOSSES"
     torch = pytest.importorskip("torch", reason="PyTorch is not installed")
     import torch.nn.functional as F
 
@@ -58,18 +73,7 @@ def test_the_references_are_pytorchs_losses(loss: cli.LossCheck) -> None:
     value, *grads = loss.reference(*inputs)
     tensors = [torch.tensor(a, dtype=torch.float64 if a.dtype.kind == "f" else torch.int64,
                             requires_grad=a.dtype.kind == "f") for a in inputs]
-    if loss.name == "gaussian_nll":
-        mean, target, var = tensors
-        expected = F.gaussian_nll_loss(mean, target, var)
-        differentiated = tensors
-    else:
-        first, labels, weight = tensors
-        weight = weight.detach()
-        if loss.name == "nll":
-            expected = F.nll_loss(first, labels, weight)
-        else:
-            expected = F.cross_entropy(first, labels, weight, **loss.options)
-        differentiated = [first]
+    expected, differentiated = TORCH_LOSSES[loss.name](F, loss.options, *tensors)
     torch_grads = torch.autograd.grad(expected, differentiated)
     np.testing.assert_allclose(value, expected.item(), rtol=1e-12)
     for mine, theirs in zip(grads, torch_grads, strict=True):
