@@ -124,7 +124,8 @@ def _problem_shape(size: int) -> tuple[int, int]:
 
 # ------------------------------------------------------------------------------ the losses
 # Each loss is one row of LOSSES: its three entry points, its float32 inputs and its float64
-# reference.  A new loss adds a row; the table, the checks and the timings follow from it.
+# reference.  A new loss adds a row; the table, the checks and the timings follow from it
+# (tests/test_cli.py checks each reference against PyTorch's loss: add it to TORCH_LOSSES).
 
 IGNORED = -100  # the targets of every 7th row, from the 4th: a single row still counts
 
