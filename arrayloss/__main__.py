@@ -1,9 +1,10 @@
-"""``python -m arrayloss``: find the array libraries here, run both losses on each, check them.
+"""``python -m arrayloss``: find the array libraries here, run every loss on each, check them.
 
 For every backend found it runs the forward pass, the backward pass and the fused
-loss-and-gradient of both losses, compares every result with float64 formulas written here
-(independent of arrayloss), and prints a table with the time per call.  It says why a library
-is missing, and exits non-zero if any result disagrees.
+loss-and-gradient of every loss in :data:`LOSSES` (Gaussian NLL, NLL, cross-entropy), compares
+every result with float64 formulas written in this file (independent of arrayloss), and
+prints a table with the time per call.  It says why a library is missing, and exits non-zero
+if any result disagrees.
 """
 
 from __future__ import annotations
@@ -20,6 +21,26 @@ import numpy as np
 from array_api_compat import array_namespace, to_device
 
 import arrayloss as al
+
+
+def shadowed_package_message(package: ModuleType) -> str | None:
+    """Why ``package`` is not arrayloss but a folder of the same name, or None.
+
+    Run from the folder that contains a checkout named ``arrayloss``, Python imports that
+    checkout's folder (no ``__init__.py``) as an empty namespace package, ahead of an
+    editable install's finder; only this file is still found, through the install.
+    """
+    if getattr(package, "__file__", None) is not None:
+        return None
+    folders = ", ".join(str(path) for path in getattr(package, "__path__", [])) or "?"
+    return (f"'import arrayloss' found the folder {folders}, not the arrayloss package: a "
+            "folder named arrayloss without __init__.py, most likely the checkout, seen from "
+            "the folder that contains it.  Run from inside the checkout (cd arrayloss), or "
+            "from any other folder once it is installed (pip install -e arrayloss).")
+
+
+if (_shadowed := shadowed_package_message(al)) is not None:  # before LOSSES reads al
+    sys.exit(_shadowed)
 
 
 @dataclass(frozen=True)
@@ -96,32 +117,62 @@ def _cupy_unavailable() -> str | None:
 
 
 def _problem_shape(size: int) -> tuple[int, int]:
-    """(rows, columns) with at most ``size`` elements: up to 100 columns (NLL's classes)."""
+    """(rows, columns) with at most ``size`` elements: up to 100 columns (the classes)."""
     columns = min(100, size)
     return max(size // columns, 1), columns
 
 
-def _problems(rng: np.random.Generator, size: int) -> dict[str, tuple[Callable, tuple, dict]]:
-    """The calls to run, each as (function, NumPy arguments, options)."""
-    rows, n_classes = _problem_shape(size)
-    mean = rng.normal(size=(rows, n_classes)).astype(np.float32)
-    target = rng.normal(size=(rows, n_classes)).astype(np.float32)
+# ------------------------------------------------------------------------------ the losses
+# Each loss is one row of LOSSES: its three entry points, its float32 inputs and its float64
+# reference.  A new loss adds a row; the table, the checks and the timings follow from it
+# (tests/test_cli.py checks each reference against PyTorch's loss: add it to TORCH_LOSSES).
+
+IGNORED = -100  # the targets of every 7th row, from the 4th: a single row still counts
+
+
+@dataclass(frozen=True)
+class LossCheck:
+    """One loss to run: its functions, how to make its inputs, and the reference."""
+
+    name: str
+    #: What the inputs are and which options are in play, for the problem line.
+    problem: str
+    forward: Callable[..., Any]
+    backward: Callable[..., Any]
+    loss_and_grad: Callable[..., Any]
+    #: ``(rng, rows, columns)`` to the positional NumPy arguments of the forward.
+    make_inputs: Callable[[np.random.Generator, int, int], tuple[np.ndarray, ...]]
+    #: The same arguments to ``(loss, gradients...)`` in float64, without arrayloss.
+    reference: Callable[..., tuple[np.ndarray, ...]]
+    options: dict[str, Any]
+
+
+def _gaussian_inputs(rng: np.random.Generator, rows: int, columns: int
+                     ) -> tuple[np.ndarray, ...]:
+    mean = rng.normal(size=(rows, columns)).astype(np.float32)
+    target = rng.normal(size=(rows, columns)).astype(np.float32)
     var = rng.uniform(0.1, 2.0, size=(rows, 1)).astype(np.float32)
-    logits = rng.normal(size=(rows, n_classes)).astype(np.float32)
+    return mean, target, var
+
+
+def _labels_and_weight(rng: np.random.Generator, rows: int, columns: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    labels = rng.integers(0, columns, size=rows)
+    labels[3::7] = IGNORED
+    weight = rng.uniform(0.5, 2.0, size=columns).astype(np.float32)
+    return labels, weight
+
+
+def _nll_inputs(rng: np.random.Generator, rows: int, columns: int) -> tuple[np.ndarray, ...]:
+    logits = rng.normal(size=(rows, columns)).astype(np.float32)
     log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-    labels = rng.integers(0, n_classes, size=rows)
-    labels[3::7] = -100  # every 7th ignored, from the 4th: a single row still counts
-    weight = rng.uniform(0.5, 2.0, size=n_classes).astype(np.float32)
-    gauss = (mean, target, var)
-    nll = (log_probs, labels, weight)
-    return {
-        "gaussian_nll forward": (al.gaussian_nll_loss, gauss, {}),
-        "gaussian_nll backward": (al.gaussian_nll_loss_backward, (np.float32(1.0), *gauss), {}),
-        "gaussian_nll loss_and_grad": (al.gaussian_nll_loss_and_grad, gauss, {}),
-        "nll forward": (al.nll_loss, nll, {}),
-        "nll backward": (al.nll_loss_backward, (np.float32(1.0), *nll), {}),
-        "nll loss_and_grad": (al.nll_loss_and_grad, nll, {}),
-    }
+    return (log_probs, *_labels_and_weight(rng, rows, columns))
+
+
+def _cross_entropy_inputs(rng: np.random.Generator, rows: int, columns: int
+                          ) -> tuple[np.ndarray, ...]:
+    logits = rng.normal(size=(rows, columns)).astype(np.float32)
+    return (logits, *_labels_and_weight(rng, rows, columns))
 
 
 def _gaussian_reference(mean: np.ndarray, target: np.ndarray,
@@ -141,7 +192,7 @@ def _nll_reference(log_probs: np.ndarray, labels: np.ndarray,
                    weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Weighted-mean NLL with ignore_index=-100 and its gradient in float64."""
     x, w = log_probs.astype(np.float64), weight.astype(np.float64)
-    kept = labels != -100
+    kept = labels != IGNORED
     rows = np.flatnonzero(kept)
     classes = labels[kept]
     total = w[classes].sum()
@@ -151,14 +202,65 @@ def _nll_reference(log_probs: np.ndarray, labels: np.ndarray,
     return np.asarray(loss), grad
 
 
-def _references(problems: dict[str, tuple[Callable, tuple, dict]]) -> dict[str, list[Any]]:
-    gauss = problems["gaussian_nll forward"][1]
-    nll = problems["nll forward"][1]
-    gaussian = _gaussian_reference(*gauss)
-    negative = _nll_reference(*nll)
-    return {"gaussian_nll forward": [gaussian[0]], "gaussian_nll backward": list(gaussian[1:]),
-            "gaussian_nll loss_and_grad": list(gaussian), "nll forward": [negative[0]],
-            "nll backward": [negative[1]], "nll loss_and_grad": list(negative)}
+CROSS_ENTROPY_SMOOTHING = 0.1
+
+
+def _cross_entropy_reference(logits: np.ndarray, labels: np.ndarray,
+                             weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted-mean cross-entropy of logits with ignore_index=-100 and label smoothing 0.1,
+    and its gradient, in float64: PyTorch's definition, written out."""
+    z, w, eps = logits.astype(np.float64), weight.astype(np.float64), CROSS_ENTROPY_SMOOTHING
+    n_classes = z.shape[1]
+    kept = labels != IGNORED
+    rows, classes = np.flatnonzero(kept), labels[kept]
+    shifted = z[rows] - z[rows].max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    total = w[classes].sum()
+    # (1 - eps) of the weighted NLL plus eps/C of every class's weighted -log p, both over
+    # the total weight of the kept targets.
+    nll = -(w[classes] * log_p[np.arange(rows.size), classes]).sum()
+    smooth = -(log_p * w).sum()
+    loss = ((1 - eps) * nll + eps / n_classes * smooth) / total
+    p = np.exp(log_p)
+    one_hot = np.zeros_like(p)
+    one_hot[np.arange(rows.size), classes] = 1.0
+    grad = np.zeros_like(z)
+    grad[rows] = ((1 - eps) * w[classes, None] * (p - one_hot)
+                  + eps / n_classes * (w.sum() * p - w)) / total
+    return np.asarray(loss), grad
+
+
+LOSSES = (
+    LossCheck("gaussian_nll", "Gaussian NLL 'mean' with one variance per row",
+              al.gaussian_nll_loss, al.gaussian_nll_loss_backward, al.gaussian_nll_loss_and_grad,
+              _gaussian_inputs, _gaussian_reference, {}),
+    LossCheck("nll", "NLL 'mean' of log-probabilities, class weights, every 7th target ignored",
+              al.nll_loss, al.nll_loss_backward, al.nll_loss_and_grad,
+              _nll_inputs, _nll_reference, {}),
+    LossCheck("cross_entropy", "cross-entropy 'mean' of logits, class weights, every 7th "
+              f"target ignored, label_smoothing={CROSS_ENTROPY_SMOOTHING}",
+              al.cross_entropy, al.cross_entropy_backward, al.cross_entropy_and_grad,
+              _cross_entropy_inputs, _cross_entropy_reference,
+              {"label_smoothing": CROSS_ENTROPY_SMOOTHING}),
+)
+
+#: A call to run: (function, NumPy arguments, options) and its float64 answers.
+Problem = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], list[np.ndarray]]
+
+
+def _problems(rng: np.random.Generator, size: int) -> dict[str, Problem]:
+    """Every call to run, by its name in the table, with the reference answers."""
+    rows, columns = _problem_shape(size)
+    problems: dict[str, Problem] = {}
+    for loss in LOSSES:
+        inputs = loss.make_inputs(rng, rows, columns)
+        value, *grads = loss.reference(*inputs)
+        problems[f"{loss.name} forward"] = (loss.forward, inputs, loss.options, [value])
+        problems[f"{loss.name} backward"] = (loss.backward, (np.float32(1.0), *inputs),
+                                             loss.options, grads)
+        problems[f"{loss.name} loss_and_grad"] = (loss.loss_and_grad, inputs, loss.options,
+                                                  [value, *grads])
+    return problems
 
 
 def _flatten(result: Any) -> list[Any]:
@@ -221,9 +323,10 @@ def _positive(kind: type) -> Callable[[str], Any]:
 
 
 DESCRIPTION = """\
-Find the array libraries installed here, run both losses (forward, backward, and the
-fused loss-and-gradient) on each, check every result against float64 formulas that do not
-use arrayloss, and print the time per call.  Exits with status 1 if any result disagrees.
+Find the array libraries installed here, run every loss (Gaussian NLL, NLL,
+cross-entropy: forward, backward, and the fused loss-and-gradient) on each, check every
+result against float64 formulas written in arrayloss/__main__.py that do not use arrayloss,
+and print the time per call.  Exits with status 1 if any result disagrees.
 """
 
 
@@ -245,16 +348,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  not used: {line}")
     rows_, columns = _problem_shape(args.size)
     print(f"problem: {rows_} x {columns} float32 = {rows_ * columns} elements "
-          f"(--size {args.size}); Gaussian NLL 'mean' with one variance per row; NLL 'mean' "
-          f"with C={columns}, class weights, every 7th target ignored")
+          f"(--size {args.size}), C={columns} classes:")
+    for loss in LOSSES:
+        print(f"  {loss.problem}")
+    print("reference: the same loss and gradients in float64, from formulas written in "
+          "arrayloss/__main__.py (no arrayloss code)")
     problems = _problems(np.random.default_rng(0), args.size)
-    references = _references(problems)
 
     rows = []
     failed = False
     for backend in backends:
         sync = _synchronizer(backend)
-        for name, (fn, inputs, options) in problems.items():
+        for name, (fn, inputs, options, reference) in problems.items():
             arrays = tuple(backend.asarray(a) if isinstance(a, np.ndarray) else a for a in inputs)
             if isinstance(arrays[0], np.float32):
                 arrays = (1.0, *arrays[1:])  # the upstream gradient as a Python number
@@ -263,22 +368,22 @@ def main(argv: list[str] | None = None) -> int:
                 with al.fused_kernels(fused):
                     return fn(*arrays, **options)
 
-            error = _max_relative_error(_flatten(run()), references[name])
+            error = _max_relative_error(_flatten(run()), reference)
             ok = error < 1e-4  # float32 against float64
             failed |= not ok
             seconds = _time_call(run, sync, args.budget)
             rows.append((backend.name, name, f"{error:.1e}", "ok" if ok else "MISMATCH",
                          f"{seconds * 1e6:,.1f}"))
 
-    header = ("backend", "call", "max rel. error vs float64", "check", "us/call")
+    header = ("backend", "call", "max rel. error vs float64 formula", "check", "us/call")
     right_aligned = {2, 4}
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths), *rows]:
         cells = [str(cell).rjust(width) if i in right_aligned else str(cell).ljust(width)
                  for i, (cell, width) in enumerate(zip(row, widths, strict=True))]
         print("  ".join(cells).rstrip())
-    print("all results agree with the float64 reference (relative error below 1e-4)"
-          if not failed else "SOME RESULTS DISAGREE with the float64 reference")
+    print("all results agree with the float64 formulas (relative error below 1e-4)"
+          if not failed else "SOME RESULTS DISAGREE with the float64 formulas")
     return 1 if failed else 0
 
 

@@ -101,9 +101,17 @@ def _fit_var(xp: ModuleType, var: Array, input_shape: tuple[int, ...]) -> Array:
                 "(var=float(v)) rather than a 0-d array")
     raise ValueError(
         f"var with shape {var_shape} does not fit input with shape {input_shape}; expected "
-        f"input's shape, input's shape without its last dimension ({input_shape[:-1]}), or "
-        f"input's shape with some dimensions set to 1{hint}"
+        f"{_var_shapes_text(input_shape)}{hint}"
     )
+
+
+def _var_shapes_text(input_shape: tuple[int, ...]) -> str:
+    """The variance shapes that fit ``input_shape``, each written out as a shape."""
+    if not input_shape:
+        return "shape () as the input, or var as a number"
+    ones = (*input_shape[:-1], 1)
+    return (f"{input_shape} (the input's shape), {input_shape[:-1]} (without its last "
+            f"dimension) or the input's shape with some dimensions set to 1, such as {ones}")
 
 
 def gaussian_nll_call(

@@ -51,11 +51,13 @@ Array = Any
 # --------------------------------------------------------------------------- class targets
 
 
-def class_layout(input: Array, target: Array) -> tuple[int, tuple[int, ...]]:
+def class_layout(input: Array, target: Array, *, probabilities: bool = False
+                 ) -> tuple[int, tuple[int, ...]]:
     """(C, the loss's shape) for class-index targets, PyTorch's layouts of NLL and cross-entropy.
 
     ``input`` is ``(C,)`` with a ``()`` or ``(1,)`` target, or ``(N, C, d1, ..., dK)`` with an
-    ``(N, d1, ..., dK)`` target.
+    ``(N, d1, ..., dK)`` target.  ``probabilities``: whether the loss also takes class
+    probabilities (cross-entropy), which the hint for a one-hot target then suggests.
     """
     input_shape, target_shape = _shape(input), _shape(target)
     if len(input_shape) == 0:
@@ -66,6 +68,7 @@ def class_layout(input: Array, target: Array) -> tuple[int, tuple[int, ...]]:
         if target_shape not in ((), (1,)):
             raise ValueError(
                 f"for 1-D input (C,) target must have shape () or (1,), got {target_shape}"
+                + _one_hot_hint(input_shape, target_shape, probabilities)
             )
         return input_shape[0], ()
     expected = (input_shape[0], *input_shape[2:])
@@ -73,8 +76,24 @@ def class_layout(input: Array, target: Array) -> tuple[int, tuple[int, ...]]:
         raise ValueError(
             f"target with shape {target_shape} does not match input with shape "
             f"{input_shape}; expected (N, d1, ..., dK) = {expected}"
+            + _one_hot_hint(input_shape, target_shape, probabilities)
         )
     return input_shape[1], expected
+
+
+def _one_hot_hint(input_shape: tuple[int, ...], target_shape: tuple[int, ...],
+                  probabilities: bool) -> str:
+    """What to do with an integer target of the input's shape: a one-hot encoding, most
+    likely, which is not a class index."""
+    if target_shape != input_shape:
+        return ""
+    axis = 0 if len(input_shape) == 1 else 1
+    indices = f"class indices with target.argmax(axis={axis})"
+    if not probabilities:
+        return f"; an integer target of the input's shape looks one-hot: pass {indices}"
+    return ("; an integer target of the input's shape looks one-hot: for class "
+            "probabilities cast it to the input's floating dtype "
+            f"(target.astype(input.dtype)), or pass {indices}")
 
 
 def check_class_weight(weight: Array, n_classes: int, input: Array) -> None:
@@ -257,7 +276,7 @@ def _cross_entropy_layout(xp: ModuleType, input: Array, target: Array, weight: A
             raise TypeError(f"input {input.dtype} and target {target.dtype} have no common type; "
                             "cast them to one dtype") from None
     elif _is_integer(xp, target.dtype):
-        n_classes, loss_shape = class_layout(input, target)
+        n_classes, loss_shape = class_layout(input, target, probabilities=True)
     else:
         raise TypeError("target must have an integer dtype (class indices) or a real floating "
                         f"dtype (class probabilities), got {target.dtype}")

@@ -1,14 +1,7 @@
 """``python -m benchmarks``: arrayloss against PyTorch and the copy roofline.
 
-Examples::
-
-    python -m benchmarks --quick                  # CPU or GPU, under a minute
-    python -m benchmarks --device gpu             # the full GPU sweep
-    python -m benchmarks --losses nll --ops backward --dtypes float32 float16
-
-Results go to ``benchmarks/results/_scratch/<device>/`` (git-ignored), or to the committed
-record ``benchmarks/results/<device>/`` with ``--save`` (after a complete run), or to
-``--out``: results.json, results.md and one PNG per loss.
+``python -m benchmarks --help`` lists the options (plain text: :data:`DESCRIPTION`);
+``benchmarks/README.md`` explains the method.
 """
 
 from __future__ import annotations
@@ -232,36 +225,79 @@ def _positive_float(text: str) -> float:
     return float(value)
 
 
+DESCRIPTION = """\
+Time arrayloss against PyTorch and against the copy roofline, on the CPU or a CUDA GPU.
+
+Results go to benchmarks/results/_scratch/<device>/ (git-ignored), to the committed record
+benchmarks/results/<device>/ with --save (after a complete run), or to --out: results.json,
+results.md (the targets and every case) and one PNG per loss.  benchmarks/README.md explains
+the method.
+"""
+
+EXAMPLES = """\
+examples:
+  python -m benchmarks --quick                   CPU or GPU, under a minute
+  python -m benchmarks --device gpu              the full GPU sweep
+  python -m benchmarks --losses nll --ops backward --dtypes float32 float16
+"""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m benchmarks``."""
     provider_names = sorted({p.name for providers in PROVIDERS.values() for p in providers})
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=DESCRIPTION,
+                                     epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
+    parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
+                        help="where to run (default: auto, the GPU if CuPy has a working "
+                             "one, else the CPU)")
     parser.add_argument("--losses", nargs="+", choices=["gaussian_nll", "nll", "cross_entropy"],
-                        default=["gaussian_nll", "nll", "cross_entropy"])
-    parser.add_argument("--ops", nargs="+", choices=OPERATIONS, default=list(OPERATIONS))
-    parser.add_argument("--reductions", nargs="+", choices=REDUCTIONS, default=list(REDUCTIONS))
-    parser.add_argument("--dtypes", nargs="+",
-                        choices=["float16", "bfloat16", "float32", "float64"])
+                        default=["gaussian_nll", "nll", "cross_entropy"], metavar="LOSS",
+                        help="losses to time: gaussian_nll, nll, cross_entropy (default: all)")
+    parser.add_argument("--ops", nargs="+", choices=OPERATIONS, default=list(OPERATIONS),
+                        metavar="OP",
+                        help=f"operations to time: {', '.join(OPERATIONS)} (default: all)")
+    parser.add_argument("--reductions", nargs="+", choices=REDUCTIONS, default=list(REDUCTIONS),
+                        metavar="REDUCTION",
+                        help=f"reductions to time: {', '.join(REDUCTIONS)} (default: all)")
+    parser.add_argument("--dtypes", nargs="+", metavar="DTYPE",
+                        choices=["float16", "bfloat16", "float32", "float64"],
+                        help="float16, bfloat16, float32, float64 (default: float32 on the "
+                             "CPU and with --quick, all four on a GPU)")
     parser.add_argument("--providers", nargs="+", default=[], choices=provider_names,
                         metavar="PROVIDER",
-                        help="providers to keep (default: all available): "
-                             + ", ".join(repr(name) for name in provider_names))
-    parser.add_argument("--quick", action="store_true", help="a few sizes, float32 only")
-    parser.add_argument("--max-elements", type=_at_least(1), default=1 << 30)
-    parser.add_argument("--budget", type=_positive_float, default=0.3,
-                        help="seconds per measurement")
-    parser.add_argument("--max-repeats", type=_at_least(1), default=200)
-    parser.add_argument("--warmup", type=_at_least(0), default=3)
+                        help="providers to keep: "
+                             + ", ".join(repr(name) for name in provider_names)
+                             + " (default: every one available)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a few sizes, float32 only: under a minute (default: the full "
+                             "sweep)")
+    parser.add_argument("--max-elements", type=_at_least(1), default=1 << 30, metavar="N",
+                        help="skip the cases with more input elements than N "
+                             "(default: %(default)s, 2^30)")
+    parser.add_argument("--budget", type=_positive_float, default=0.3, metavar="SECONDS",
+                        help="seconds of timing per provider and case (default: %(default)s)")
+    parser.add_argument("--max-repeats", type=_at_least(1), default=200, metavar="N",
+                        help="the most timed calls (GPU) or rounds (CPU) per case "
+                             "(default: %(default)s)")
+    parser.add_argument("--warmup", type=_at_least(0), default=3, metavar="N",
+                        help="untimed calls before a provider's timing (default: %(default)s)")
     parser.add_argument("--time-limit", type=_positive_float, default=float("inf"),
-                        help="stop starting new cases after this many seconds")
+                        metavar="SECONDS",
+                        help="start no new case after this many seconds (default: no limit)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--save", action="store_true",
                        help="write the committed record benchmarks/results/<device>/ "
                             "(default: the git-ignored benchmarks/results/_scratch/<device>/)")
-    where.add_argument("--out", help="output folder")
-    parser.add_argument("--no-progress", action="store_true")
-    return parser.parse_args(argv)
+    where.add_argument("--out", metavar="FOLDER",
+                       help="write the results to FOLDER (default: see --save)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (default: a progress bar on stderr)")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

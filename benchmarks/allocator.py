@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from .__main__ import ROOT, _device_description, _slug
+from ._cli import HelpFormatter, plain_text
 
 #: (name, setup, call): NumPy cases whose temporaries are large enough for the allocator to
 #: return them to the OS between calls.
@@ -100,8 +101,8 @@ def allocator_verdict(ratios: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.allocator",
-                                     description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     description=plain_text(__doc__),
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--budget", type=float, default=1.0, help="seconds per process")
     parser.add_argument("--pairs", type=int, default=3,
                         help="process pairs (without, with torch) per case")

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from ._cli import HelpFormatter, plain_text
+
 RESULTS = Path(__file__).resolve().parent / "results"
 CASES = ("gaussian_nll mean", "gaussian_nll loss+grad", "nll mean")
 N_CLASSES = 1000
@@ -101,8 +103,9 @@ def reference(case: str, chunk_elements: int, repeats: int = 3) -> dict[str, flo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.out_of_core",
+                                     description=plain_text(__doc__),
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--log2-elements", type=int, default=31, choices=range(20, 36),
                         metavar="{20..35}", help="elements per array, as a power of 2")
     parser.add_argument("--chunk-log2", type=int, default=23, choices=range(16, 28),

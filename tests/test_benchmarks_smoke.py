@@ -5,9 +5,12 @@ Timings are never asserted: only that every output exists and is sane.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,8 @@ pytest.importorskip("matplotlib")
 
 from benchmarks.__main__ import main
 from benchmarks.cases import Case, model_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_quick_cpu_run_writes_json_markdown_and_plots(tmp_path: Path) -> None:
@@ -61,7 +66,10 @@ def test_quick_cpu_run_writes_json_markdown_and_plots(tmp_path: Path) -> None:
         low, high = target["spread"]
         assert low <= target["value"] <= high and math.isfinite(target["value"])
     memory = [target for target in data["targets"] if target["metric"] == "cases_over"]
-    assert memory and all(target["cases"] > 0 for target in memory)
+    if importlib.util.find_spec("torch") is not None:
+        assert memory and all(target["cases"] > 0 for target in memory)
+    else:  # the memory targets are PyTorch's peak plus one output: none without PyTorch
+        assert not memory and "torch cpu" not in providers
 
 
 def test_verdicts_read_the_spread_of_the_round_ratios() -> None:
@@ -104,14 +112,16 @@ def test_cpu_targets_judge_every_nll_forward_shape_of_the_issue() -> None:
                                                                       ratio + 0.02]})
     verdicts = {target["target"]: target["status"] for target in evaluate_targets(rows, "cpu")
                 if target["target"].startswith("CPU NLL forward")}
-    assert verdicts["CPU NLL forward (10000, 1000): within 1.5x of PyTorch"] == "met"
-    assert verdicts["CPU NLL forward (100000, 100): no slower than PyTorch"] == "missed"
+    assert verdicts["CPU NLL forward (10000, 1000): speedup vs PyTorch at least 0.67x "
+                    "(time at most 1.5x PyTorch's)"] == "met"
+    assert verdicts["CPU NLL forward (100000, 100): speedup vs PyTorch at least 1x "
+                    "(no slower)"] == "missed"
     assert not any("(1000, 10)" in name for name in verdicts)
 
 
 def test_gaussian_variant_targets_read_the_interleaved_plain_rounds() -> None:
-    """Issue 14's "within 1.1x of plain GNLL" on the CPU: the per-round ratios against plain
-    GNLL timed in the same rounds, not the medians of two cases timed apart."""
+    """Issue 14's "within 1.1x of plain GNLL" on the CPU: the per-round ratios of the variant's
+    time to plain GNLL's timed in the same rounds, not the medians of two cases timed apart."""
     from benchmarks.report import PLAIN_GAUSSIAN, evaluate_targets
 
     def case(variant: str) -> dict[str, Any]:
@@ -132,7 +142,7 @@ def test_gaussian_variant_targets_read_the_interleaved_plain_rounds() -> None:
     # Without the interleaved provider (the GPU's runs): the rows case of the same run.
     [target] = [target for target in evaluate_targets(rows[::2], "cpu")
                 if target["target"].startswith("GNLL beta forward")]
-    assert target["value"] == 0.5 and target["status"] == "missed"
+    assert target["value"] == 2.0 and target["status"] == "missed"  # twice plain's time
 
 
 def test_allocator_verdicts_read_the_range_of_the_pairs() -> None:
@@ -203,3 +213,132 @@ def test_torch_memory_profile_keeps_stderr_clean_and_working(
     os.write(2, b"after the profile\n")
     err = capfd.readouterr().err
     assert "profiler_start" not in err and "after the profile" in err
+
+
+def test_help_is_plain_text_with_every_option_and_its_default(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.__main__ import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for markup in ("``", "::", ":func:", ":data:", ".. "):  # reStructuredText
+        assert markup not in out, markup
+    assert "Time arrayloss against PyTorch" in out and "examples:" in out
+    options = [action for action in build_parser()._actions if action.dest != "help"]
+    assert len(options) >= 14
+    for action in options:
+        assert action.help and "(default: " in action.help, action.option_strings
+        assert action.option_strings[0] in out
+
+
+def _target_rows() -> list[dict[str, Any]]:
+    """The measurements of a committed CPU record, with their derived figures."""
+    from benchmarks.report import add_derived
+
+    record = ROOT / "benchmarks" / "results" / "cpu-amd-epyc-2-cores" / "results.json"
+    rows = json.loads(record.read_text())["results"]
+    add_derived(rows, "cpu")
+    return rows
+
+
+def test_every_verdict_reads_the_same_way_as_its_number() -> None:
+    """A target says which way its figure must go ("at least 1x", "at most 1.1x"), and a
+    met (missed) verdict has its whole range on the right (wrong) side of that number."""
+    from benchmarks.report import evaluate_targets
+
+    targets = [target for target in evaluate_targets(_target_rows(), "cpu")
+               if target["metric"] in ("speedup_vs_baseline", "time_vs_plain")]
+    assert len(targets) >= 15
+    for target in targets:
+        worded = re.search(r"(at least|at most) (\d+(?:\.\d+)?)x", target["target"])
+        assert worded, target["target"]
+        bound = float(worded.group(2))
+        assert bound == pytest.approx(target["threshold"], rel=0.01), target["target"]
+        low, high = target["spread"]
+        right_side = (low >= target["threshold"] if worded.group(1) == "at least"
+                      else high <= target["threshold"])
+        wrong_side = (high < target["threshold"] if worded.group(1) == "at least"
+                      else low > target["threshold"])
+        assert (target["status"] == "met") == right_side, target
+        assert (target["status"] == "missed") == wrong_side, target
+    # The Gaussian variants: a time ratio against a ceiling, the variant's time over plain's.
+    variants = [t for t in targets if t["target"].startswith("GNLL ")]
+    assert len(variants) == 4 and all(t["metric"] == "time_vs_plain" for t in variants)
+
+
+def _noise_rows(ours_rounds: list[float], theirs_rounds: list[float]) -> list[dict[str, Any]]:
+    case = {"loss": "nll", "op": "forward", "reduction": "mean", "variant": "plain",
+            "dtype": "float32", "shape": [10000, 1000], "elements": 10_000_000}
+    rows = []
+    for provider, rounds in (("arrayloss numpy", ours_rounds), ("torch cpu", theirs_rounds)):
+        ordered = sorted(rounds)
+        rows.append({"case_key": "k", "case": case, "provider": provider, "model_bytes": 1e6,
+                     "median_s": ordered[len(ordered) // 2], "round_s": rounds})
+    return rows
+
+
+def test_a_wide_spread_of_round_ratios_is_flagged_noisy() -> None:
+    from benchmarks.report import add_derived, evaluate_targets, markdown
+
+    # Median times 5.3 vs 4.8 ms, but one provider's slow rounds are the other's fast ones:
+    # per-round ratios 0.41x at the median, with a range of more than 1.5x.
+    ours = [11.7e-3, 11.7e-3, 11.7e-3, 5.3e-3, 5.3e-3, 5.3e-3, 2.0e-3]
+    theirs = [4.8e-3, 4.8e-3, 4.8e-3, 2.0e-3, 9.0e-3, 9.0e-3, 1.0e-3]
+    rows = _noise_rows(ours, theirs)
+    add_derived(rows, "cpu")
+    mine = rows[0]
+    ratios = sorted(t / o for t, o in zip(theirs, ours, strict=True))
+    assert mine["speedup_vs_baseline"] == pytest.approx(ratios[3])
+    assert mine["speedup_vs_baseline"] == pytest.approx(0.41, abs=0.005)
+    assert 4.8e-3 / 5.3e-3 == pytest.approx(0.906, abs=1e-3)  # what the medians give
+    assert mine["noise"].startswith("noisy: ") and "the median times give 0.91x" in mine["noise"]
+    targets = evaluate_targets(rows, "cpu")
+    [judged] = [t for t in targets if t["target"].startswith("CPU NLL forward (10000, 1000)")]
+    assert judged["noise"] == mine["noise"]
+    meta = {"device_kind": "cpu", "device_name": "test", "date": "today", "versions": "-",
+            "command": "-"}
+    report = markdown(meta, rows, targets)
+    assert "0.41x, noisy" in report and "; noisy: " in report
+    # Steady rounds: no warning.
+    quiet = _noise_rows([5.3e-3] * 7, [4.8e-3] * 7)
+    add_derived(quiet, "cpu")
+    assert "noise" not in quiet[0]
+    assert "noisy" not in markdown(meta, quiet, evaluate_targets(quiet, "cpu")).split(
+        "## nll forward")[1]
+
+
+def test_plots_keep_unrelated_shapes_apart() -> None:
+    """A loss over classes gets a panel per number of classes: cases of different C are
+    never points of one line."""
+    from benchmarks.report import plot_panels
+
+    rows = _target_rows()
+    panels = plot_panels(rows, "cross_entropy")
+    assert {family for _, family in panels} == {(10,), (1000,), (32000,)}
+    for (_, family), selected in panels.items():
+        assert {row["case"]["shape"][1] for row in selected} == set(family)
+    assert {family for _, family in plot_panels(rows, "gaussian_nll")} == {()}
+
+
+@pytest.mark.parametrize(("module", "options"), [
+    ("benchmarks.allocator", ["--budget", "--pairs", "--save"]),
+    ("benchmarks.out_of_core", ["--log2-elements", "--chunk-log2", "--save"])])
+def test_the_other_commands_help_is_plain_text_with_defaults(
+        module: str, options: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    command = importlib.import_module(module)
+    with pytest.raises(SystemExit) as exit_info:
+        command.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "``" not in out and not re.search(r"::$", out, re.M) and ":func:" not in out
+    assert out.count("(default: ") == len(options)
+    assert all(option in out for option in options)
+
+
+def test_plain_text_drops_restructuredtext_markup() -> None:
+    from benchmarks._cli import plain_text
+
+    assert plain_text("Run ``python -m x``, see :func:`~a.b`::\n\n    x\n") == (
+        "Run python -m x, see a.b:\n\n    x\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,22 @@ class TestGaussianErrors:
         var = from_numpy(xp, np.ones(var_shape))
         with pytest.raises(ValueError, match=r"var with shape .* does not fit input"):
             al.gaussian_nll_loss(input, target, var)
+
+    @pytest.mark.parametrize(("input_shape", "var_shape"),
+                             [((4, 3), (3,)), ((4,), (3,)), ((2, 3, 5), (3, 5)), ((), (2,))])
+    def test_var_shape_hint_names_shapes_that_fit(self, xp: Any, input_shape: tuple[int, ...],
+                                                  var_shape: tuple[int, ...]) -> None:
+        input, target, _ = _gaussian_arrays(xp, input_shape)
+        with pytest.raises(ValueError, match="does not fit") as error:
+            al.gaussian_nll_loss(input, target, from_numpy(xp, np.ones(var_shape)))
+        message = str(error.value)
+        assert "((" not in message and "))" not in message, message  # no doubled parentheses
+        hint = message.split("; expected ", 1)[1]
+        suggested = [tuple(int(n) for n in text.split(",") if n.strip())
+                     for text in re.findall(r"\(([\d, ]*)\)", hint)]
+        assert suggested, message
+        for shape in suggested:  # every shape the hint names is one that the loss accepts
+            al.gaussian_nll_loss(input, target, from_numpy(xp, np.ones(shape)))
 
     def test_var_with_a_zero_sized_mismatch(self, xp: Any) -> None:
         # PyTorch's size check lets (0, 1) through for (2, 3) and then fails in broadcasting.
@@ -178,6 +195,34 @@ class TestNLLErrors:
         target = from_numpy(xp, np.zeros(target_shape, dtype=np.int64))
         with pytest.raises(ValueError, match=r"target with shape .* does not match input"):
             al.nll_loss(input, target)
+
+    @pytest.mark.parametrize("loss", ["nll_loss", "cross_entropy"])
+    @pytest.mark.parametrize("shape", [(4, 3), (2, 3, 5), (3,)])
+    def test_one_hot_integer_target_gets_a_hint(self, xp: Any, loss: str,
+                                               shape: tuple[int, ...]) -> None:
+        rng = np.random.default_rng(1)
+        axis = 0 if len(shape) == 1 else 1
+        labels = rng.integers(0, shape[axis], size=shape[:axis] + shape[axis + 1:])
+        one_hot = np.moveaxis(np.eye(shape[axis], dtype=np.int64)[labels], -1, axis)
+        logits = rng.normal(size=shape)
+        log_probs = logits - np.log(np.exp(logits).sum(axis=axis, keepdims=True))
+        input = from_numpy(xp, log_probs if loss == "nll_loss" else logits)
+        with pytest.raises(ValueError, match=r"does not match|must have shape") as error:
+            getattr(al, loss)(input, from_numpy(xp, one_hot))
+        message = str(error.value)
+        assert "looks one-hot: " in message and f"target.argmax(axis={axis})" in message
+        # Following the hint gives the loss of those classes: -mean log p[label], in float64.
+        expected = -np.take_along_axis(log_probs, np.expand_dims(labels, axis), axis).mean()
+        indices = from_numpy(xp, one_hot.argmax(axis=axis))
+        np.testing.assert_allclose(float(getattr(al, loss)(input, indices)), expected,
+                                   rtol=1e-12)
+        if loss == "cross_entropy":
+            assert "cast it to the input's floating dtype (target.astype(input.dtype))" in message
+            probabilities = from_numpy(xp, one_hot.astype(log_probs.dtype))
+            np.testing.assert_allclose(float(al.cross_entropy(input, probabilities)), expected,
+                                       rtol=1e-12)
+        else:
+            assert "astype" not in message  # NLL takes no probabilities
 
     def test_unbatched_target_shape(self, xp: Any) -> None:
         input = from_numpy(xp, np.zeros(3))
