@@ -14,7 +14,7 @@ from ._linear_cross_entropy import (
     linear_cross_entropy_backward,
 )
 from ._gaussian_nll import gaussian_nll_loss, gaussian_nll_loss_and_grad, gaussian_nll_loss_backward
-from ._modules import CrossEntropyLoss, GaussianNLLLoss, NLLLoss
+from ._modules import CrossEntropyLoss, GaussianNLLLoss, LinearCrossEntropyLoss, NLLLoss
 from ._nll import nll_loss, nll_loss_and_grad, nll_loss_backward
 from ._validation import TargetOutOfRangeError
 
@@ -29,6 +29,7 @@ TargetOutOfRangeError.__module__ = __name__
 __all__ = [
     "CrossEntropyLoss",
     "GaussianNLLLoss",
+    "LinearCrossEntropyLoss",
     "NLLLoss",
     "TargetOutOfRangeError",
     "__version__",

@@ -84,7 +84,7 @@ def _accumulate_weight(grad_weight: np.ndarray, dz: np.ndarray, h: np.ndarray,
 
 def run(call: LinearCrossEntropyCall, want_loss: bool, upstream: Array | float | None
         ) -> tuple[Array | None, Array | None, Gradients | None]:
-    """(loss, lse, gradients) as :func:`.linear_cross_entropy._generic` returns them."""
+    """(loss, lse, gradients) as :func:`.linear_cross_entropy.run_chunks` returns them."""
     prep = prepare(call)
     dtype, n, n_classes = prep.dtype, call.n_tokens, call.n_classes
     d = call.input.shape[1]

@@ -17,7 +17,7 @@ beyond the inputs and the gradients.  16-bit inputs are computed and accumulated
 and rounded once.  The chunks run in order and their sums are added in order, so a fixed chunk
 size gives the same bits every time.
 
-Every library but NumPy runs :func:`_generic` (new arrays per step: JAX arrays are immutable);
+Every library but NumPy runs :func:`run_chunks` (new arrays per step: JAX arrays are immutable);
 NumPy runs the same steps in place in reused buffers (:mod:`._linear_cross_entropy_numpy`).
 The cross-entropy of a chunk is the backend's own (``ce``): this module's for the generic
 libraries, the CuPy kernels for CuPy.
@@ -148,10 +148,14 @@ def _lse_and_softmax(xp: ModuleType, z: Array) -> tuple[Array, Array]:
     return (top + xp.log(total))[:, 0], exp / total
 
 
-def _generic(call: LinearCrossEntropyCall, want_loss: bool, upstream: Array | float | None,
-             ce: ModuleType) -> tuple[Array | None, Array | None, Gradients | None]:
+def run_chunks(call: LinearCrossEntropyCall, want_loss: bool, upstream: Array | float | None,
+               ce: ModuleType, in_place: bool = False
+               ) -> tuple[Array | None, Array | None, Gradients | None]:
     """(loss, lse, gradients): the loss if ``want_loss``, the gradients if ``upstream`` is
-    given (per token for 'none', else a number or a 0-d array)."""
+    given (per token for 'none', else a number or a 0-d array).
+
+    ``ce`` is the cross-entropy backend of the chunks' logits; with ``in_place`` it writes
+    their gradient over them (``out=``: the CuPy kernels), else into a new array."""
     xp = call.xp
     prep = prepare(call)
     want_grad = upstream is not None
@@ -181,7 +185,8 @@ def _generic(call: LinearCrossEntropyCall, want_loss: bool, upstream: Array | fl
             if kept is not None:
                 z_term = z_term * kept
         if want_grad:
-            loss, dz = ce.loss_and_grad(chunk_call(call, prep, z, rows, "sum"))
+            chunk = chunk_call(call, prep, z, rows, "sum")
+            loss, dz = ce.loss_and_grad(chunk, z) if in_place else ce.loss_and_grad(chunk)
             if call.z_loss:
                 assert lse is not None and softmax is not None
                 factor = 2 * call.z_loss * lse if kept is None else 2 * call.z_loss * lse * kept
@@ -257,7 +262,7 @@ def _run(call: LinearCrossEntropyCall, want_loss: bool, upstream: Array | float 
             from . import _linear_cross_entropy_numpy
 
             return _linear_cross_entropy_numpy.run(call, want_loss, upstream)
-        return _generic(call, want_loss, upstream, generic_cross_entropy)
+        return run_chunks(call, want_loss, upstream, generic_cross_entropy)
 
 
 def forward(call: LinearCrossEntropyCall) -> tuple[Array, Array | None]:
