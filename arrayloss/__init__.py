@@ -8,12 +8,12 @@ and the backward pass in one trip over memory.  The semantics are PyTorch's.
 from . import losses as _losses
 from ._cross_entropy import cross_entropy, cross_entropy_and_grad, cross_entropy_backward
 from ._dispatch import fused_kernels
+from ._gaussian_nll import gaussian_nll_loss, gaussian_nll_loss_and_grad, gaussian_nll_loss_backward
 from ._linear_cross_entropy import (
     linear_cross_entropy,
     linear_cross_entropy_and_grad,
     linear_cross_entropy_backward,
 )
-from ._gaussian_nll import gaussian_nll_loss, gaussian_nll_loss_and_grad, gaussian_nll_loss_backward
 from ._modules import CrossEntropyLoss, GaussianNLLLoss, LinearCrossEntropyLoss, NLLLoss
 from ._nll import nll_loss, nll_loss_and_grad, nll_loss_backward
 from ._validation import TargetOutOfRangeError

@@ -20,8 +20,8 @@ import dask
 import dask.array as da
 import numpy as np
 
-from ._dask import _chunk_library, _compute, _meta
 from ._agnostic._helpers import quiet_floating_point
+from ._dask import _chunk_library, _compute, _meta
 from ._linear_calls import LinearCrossEntropyCall
 
 Array = Any

@@ -92,7 +92,7 @@ def prepare(call: LinearCrossEntropyCall) -> Prepared:
 def chunk_call(call: LinearCrossEntropyCall, prep: Prepared, logits: Array, rows: slice,
                reduction: str) -> CrossEntropyCall:
     """The cross-entropy call of one chunk's logits (its targets already checked)."""
-    target = call.target[rows]
+    target = call.target[rows, ...]
     if call.probabilities:
         target = as_compute(call.xp, target, prep.dtype)
     b = rows.stop - rows.start
@@ -130,7 +130,7 @@ def _logits(call: LinearCrossEntropyCall, prep: Prepared, rows: slice
             ) -> tuple[Array, Array, Array | None]:
     """(the chunk's tokens, its (softcapped) logits, tanh(z / c) or None)."""
     xp = call.xp
-    h = as_compute(xp, call.input[rows], prep.dtype)
+    h = as_compute(xp, call.input[rows, ...], prep.dtype)
     z = xp.matmul(h, xp.matrix_transpose(prep.linear_weight))
     if prep.linear_bias is not None:
         z = z + prep.linear_bias
