@@ -39,8 +39,8 @@ Array = Any
 
 #: The default chunk's logits, in bytes of the compute dtype: chunk x V x itemsize is about
 #: this (64 MiB: 524 tokens of a 32,000-word vocabulary in float32, 130 of a 128,256-word one),
-#: divided by the number of chunk-sized buffers the options need (softcap and z-loss keep one
-#: more each), and never more tokens than there are.
+#: divided by the number of chunk-sized buffers the options need (softcap, and z-loss or
+#: return_lse, keep one more each), and never more tokens than there are.
 CHUNK_BYTES = 64 << 20
 
 
@@ -82,12 +82,6 @@ class LinearCrossEntropyCall:
     target_shape: tuple[int, ...]
     chunk_size: int
     dtype: Any
-
-    @property
-    def buffers(self) -> int:
-        """Chunk-sized buffers a gradient pass keeps: the logits, and one more each for
-        softcap's tanh and z-loss's softmax."""
-        return 1 + (self.softcap is not None) + (self.z_loss != 0.0)
 
 
 def _bits(xp: ModuleType, dtype: Any) -> int:
@@ -208,7 +202,9 @@ def linear_cross_entropy_call(
 
     input2 = xp.reshape(input, (n_tokens, in_features))
     itemsize = max(4, _bits(xp, input.dtype) // 8)  # 16-bit inputs compute in float32
-    buffers = 1 + (cap is not None) + (z != 0.0)
+    # The chunk-sized buffers a pass keeps: the logits, and one more each for the softcap's
+    # tanh and the lse's exponentials (z-loss or return_lse).
+    buffers = 1 + (cap is not None) + (z != 0.0 or return_lse)
     chunk = size if size is not None else default_chunk_size(n_tokens, n_classes, itemsize,
                                                              buffers)
     return LinearCrossEntropyCall(

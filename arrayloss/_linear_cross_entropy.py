@@ -80,9 +80,9 @@ def linear_cross_entropy(
     chunk_size : int, optional
         Tokens per chunk.  By default the chunk's logits take about 64 MiB in the compute
         dtype (float32 for 16-bit inputs): ``64 MiB // (V * itemsize * buffers)`` tokens
-        (``buffers`` is 1, plus 1 for softcap and 1 for z-loss), a multiple of 16, at most
-        the number of tokens.  Results are deterministic for a fixed chunk size; another
-        size sums in another order (float rounding).
+        (``buffers`` is 1, plus 1 for softcap and 1 for z-loss or ``return_lse``), a
+        multiple of 16, at most the number of tokens.  Results are deterministic for a
+        fixed chunk size; another size sums in another order (float rounding).
     validate : bool, default True
         Check that every index target lies in ``[0, V)`` or equals ``ignore_index``.
 
