@@ -505,3 +505,30 @@ def test_out_of_range_target_raises_and_inputs_are_not_modified() -> None:
     with pytest.raises(ValueError, match="grad_output"):
         al.linear_cross_entropy_backward(np.ones(3), data["h"], data["W"], data["t"],
                                          reduction="none")
+
+
+def test_torch_cuda_tensors_reach_the_device_backend_through_the_bridge(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The DLPack bridge of torch CUDA tensors, with test_torch_cuda's NumPy stand-in for the
+    # device library: every field of the call crosses, and the nested results come back.
+    torch = pytest.importorskip("torch")
+    from test_torch_cuda import StandIn
+
+    from arrayloss import _dispatch, _torch_cuda
+
+    recorder = StandIn()
+    bridge = _torch_cuda.Bridge("linear_cross_entropy", recorder.device(),
+                                on_device=lambda tensor: True)
+    monkeypatch.setattr(_torch_cuda, "cupy_available", lambda: True)
+    monkeypatch.setattr(_dispatch, "_bridge", lambda loss: bridge)
+    data = _data(17)
+    h, W, b, t = (torch.tensor(data[k]) for k in ("h", "W", "b", "t"))
+    kwargs = {"linear_bias": b, "z_loss": 0.01, "chunk_size": 8}
+    (loss, lse), grads = al.linear_cross_entropy_and_grad(h, W, t, return_lse=True, **kwargs)
+    assert isinstance(loss, torch.Tensor) and isinstance(grads[1], torch.Tensor)
+    assert isinstance(recorder.calls[-1].input, np.ndarray)  # the device library's arrays
+    want_loss, want_grads = al.linear_cross_entropy_and_grad(
+        data["h"], data["W"], data["t"], linear_bias=data["b"], z_loss=0.01, chunk_size=8)
+    np.testing.assert_allclose(loss.numpy(), want_loss, rtol=1e-13)
+    _assert_grads(tuple(g.numpy() for g in grads), list(want_grads), rtol=1e-12, atol=1e-15)
+    assert lse.shape == (N,)
