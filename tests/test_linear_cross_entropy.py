@@ -532,3 +532,49 @@ def test_torch_cuda_tensors_reach_the_device_backend_through_the_bridge(
     np.testing.assert_allclose(loss.numpy(), want_loss, rtol=1e-13)
     _assert_grads(tuple(g.numpy() for g in grads), list(want_grads), rtol=1e-12, atol=1e-15)
     assert lse.shape == (N,)
+
+
+@pytest.mark.hostcuda
+def test_cupy_chunks_run_the_cross_entropy_kernels_in_place_on_the_host_harness() -> None:
+    # The CuPy backend is the chunk loop of the generic code with CuPy's namespace: cuBLAS
+    # matmuls around the fused cross-entropy kernels, which write each chunk's gradient over
+    # its logits.  The host harness runs those kernels on the CPU but has no cuBLAS (nor
+    # array arithmetic), so here the matmuls run on the host and the kernels on the harness,
+    # each chunk's call built by the very `chunk_call` the backend uses.
+    pytest.importorskip("cupy", reason="CuPy is not installed (pip install '.[kernels]')")
+    import dataclasses
+
+    import array_api_compat.cupy as cupy_namespace
+    import hostcuda
+
+    from arrayloss._cupy import cross_entropy as kernels
+
+    reason = hostcuda.unavailable()
+    if reason:
+        pytest.skip(reason)
+    data = _data(18)
+    h, W, b, t, w = data["h"], data["W"], data["b"], data["t"], data["w"]
+    options = {"linear_bias": b, "weight": w, "label_smoothing": 0.1, "reduction": "mean",
+               "chunk_size": 8}
+    want_loss, want_grads = al.linear_cross_entropy_and_grad(h, W, t, **options)
+    call = linear_cross_entropy_call(h, W, t, ignore_index=-100, z_loss=0.0, softcap=None,
+                                     return_lse=False, validate=True, **options)
+    prep = generic.prepare(call)  # the divisor and the compute dtype, from NumPy
+    with hostcuda.activated():
+        device_call = dataclasses.replace(call, xp=cupy_namespace, target=hostcuda.asarray(t))
+        device_prep = dataclasses.replace(prep, weight=hostcuda.asarray(w))
+        total, grad_h, grad_w, grad_b = 0.0, np.empty_like(h), np.zeros_like(W), np.zeros_like(b)
+        for rows in generic.chunks(call.n_tokens, call.chunk_size):
+            logits = hostcuda.asarray(h[rows] @ W.T + b)
+            chunk = generic.chunk_call(device_call, device_prep, logits, rows, "sum")
+            loss, dz_device = kernels.loss_and_grad(chunk, logits)
+            assert dz_device is logits  # written over the logits
+            dz = hostcuda.asnumpy(dz_device)
+            total += float(hostcuda.asnumpy(loss))
+            grad_h[rows] = dz @ W
+            grad_w += dz.T @ h[rows]
+            grad_b += dz.sum(axis=0)
+    scale = 1 / float(prep.divisor)
+    np.testing.assert_allclose(total * scale, want_loss, rtol=1e-12)
+    _assert_grads((grad_h * scale, grad_w * scale, grad_b * scale), list(want_grads),
+                  rtol=1e-11, atol=1e-14)
