@@ -44,10 +44,6 @@ __all__ = ["backend"]
 
 def backend(loss: str) -> Any:
     """The adapter for ``loss``: an object with the backend functions of that loss."""
-    if loss == "linear_cross_entropy":
-        from ._dask_linear import LinearCrossEntropy
-
-        return LinearCrossEntropy
     return {"gaussian_nll": _GaussianNLL, "nll": _ClassLoss("nll"),
             "cross_entropy": _ClassLoss("cross_entropy")}[loss]
 

@@ -7,9 +7,10 @@ computes the head's logits a chunk of tokens at a time and never holds all of th
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from . import _autograd, _validation
+from . import _autograd, _registry, _validation
 from ._dispatch import backend
 from ._linear_calls import LinearCrossEntropyCall, linear_cross_entropy_call
 
@@ -20,6 +21,19 @@ Array = Any
 Gradients = tuple[Array, Array, Array | None]
 
 _LOSS = "linear_cross_entropy"
+
+
+def _dask_backend() -> Any:
+    from ._dask_linear import LinearCrossEntropy
+
+    return LinearCrossEntropy
+
+
+# The backends, looked up on first use (CuPy and Dask are imported only by their users).
+_registry.register(_LOSS, _registry.Backends(
+    generic=lambda: importlib.import_module("arrayloss._agnostic.linear_cross_entropy"),
+    cupy=lambda: importlib.import_module("arrayloss._cupy.linear_cross_entropy"),
+    dask=_dask_backend))
 
 
 def linear_cross_entropy(
