@@ -130,7 +130,8 @@ def linear_cross_entropy(
     loss is differentiable by autograd; for ``'mean'`` and ``'sum'`` the gradients are
     computed in the forward pass (one pass over the chunks, as PyTorch's chunked head does)
     and scaled by the upstream gradient in the backward.  JAX arrays are differentiable
-    under ``jax.grad`` and ``jax.jit``.
+    under ``jax.grad`` and ``jax.jit``.  The target (class probabilities too) and the class
+    weights receive no gradient.
 
     Examples
     --------
