@@ -9,7 +9,12 @@ from . import losses as _losses
 from ._cross_entropy import cross_entropy, cross_entropy_and_grad, cross_entropy_backward
 from ._dispatch import fused_kernels
 from ._gaussian_nll import gaussian_nll_loss, gaussian_nll_loss_and_grad, gaussian_nll_loss_backward
-from ._modules import CrossEntropyLoss, GaussianNLLLoss, NLLLoss
+from ._linear_cross_entropy import (
+    linear_cross_entropy,
+    linear_cross_entropy_and_grad,
+    linear_cross_entropy_backward,
+)
+from ._modules import CrossEntropyLoss, GaussianNLLLoss, LinearCrossEntropyLoss, NLLLoss
 from ._nll import nll_loss, nll_loss_and_grad, nll_loss_backward
 from ._validation import TargetOutOfRangeError
 
@@ -24,6 +29,7 @@ TargetOutOfRangeError.__module__ = __name__
 __all__ = [
     "CrossEntropyLoss",
     "GaussianNLLLoss",
+    "LinearCrossEntropyLoss",
     "NLLLoss",
     "TargetOutOfRangeError",
     "__version__",
@@ -34,6 +40,9 @@ __all__ = [
     "gaussian_nll_loss",
     "gaussian_nll_loss_and_grad",
     "gaussian_nll_loss_backward",
+    "linear_cross_entropy",
+    "linear_cross_entropy_and_grad",
+    "linear_cross_entropy_backward",
     "nll_loss",
     "nll_loss_and_grad",
     "nll_loss_backward",

@@ -15,9 +15,14 @@ from ._gaussian_nll import (
     gaussian_nll_loss_and_grad,
     gaussian_nll_loss_backward,
 )
+from ._linear_cross_entropy import (
+    linear_cross_entropy,
+    linear_cross_entropy_and_grad,
+    linear_cross_entropy_backward,
+)
 from ._nll import nll_loss, nll_loss_and_grad, nll_loss_backward
 
-__all__ = ["CrossEntropyLoss", "GaussianNLLLoss", "NLLLoss"]
+__all__ = ["CrossEntropyLoss", "GaussianNLLLoss", "LinearCrossEntropyLoss", "NLLLoss"]
 
 Array = Any
 Gradients = tuple[Array | None, Array | None, Array | None]
@@ -267,3 +272,105 @@ class CrossEntropyLoss:
         return (f"CrossEntropyLoss(weight={weight}, ignore_index={self.ignore_index}, "
                 f"reduction={self.reduction!r}, label_smoothing={self.label_smoothing}, "
                 f"validate={self.validate})")
+
+
+class LinearCrossEntropyLoss:
+    """Fused linear cross-entropy (a language model's head and its loss) with its options
+    held by the object.
+
+    ``loss(input, linear_weight, target, linear_bias=None)`` is :func:`linear_cross_entropy`,
+    ``loss.backward(grad_output, input, linear_weight, target, linear_bias=None)`` is
+    :func:`linear_cross_entropy_backward` and ``loss.loss_and_grad(...)`` is
+    :func:`linear_cross_entropy_and_grad`, all with the options given here (checked when the
+    object is built; ``weight``'s fit when it is used).
+
+    Parameters
+    ----------
+    weight : array, optional
+        Class weights of shape ``(V,)``, held by reference (not copied).
+    ignore_index : int, default -100
+        Index targets equal to it are skipped.
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+        How the per-token losses are combined.
+    label_smoothing : float, default 0.0
+        The share of the uniform distribution in the target, in ``[0, 1]``.
+    z_loss : float, default 0.0
+        The weight of ``lse**2`` per kept token.
+    softcap : float, optional
+        Logits become ``softcap * tanh(logits / softcap)``.
+    return_lse : bool, default False
+        The call also returns the per-token log-sum-exp.
+    chunk_size : int, optional
+        Tokens per chunk (see :func:`linear_cross_entropy` for the default).
+    validate : bool, default True
+        Check that index targets lie in ``[0, V)`` or equal ``ignore_index``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import arrayloss as al
+    >>> loss_fn = al.LinearCrossEntropyLoss(z_loss=1e-4)
+    >>> h, W = np.ones((2, 3)), np.zeros((4, 3))
+    >>> float(loss_fn(h, W, np.array([0, 1])).round(4))
+    1.3865
+    """
+
+    weight: Array | None
+    ignore_index: int
+    reduction: str
+    validate: bool
+
+    def __init__(
+        self,
+        weight: Array | None = None,
+        *,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+        return_lse: bool = False,
+        chunk_size: int | None = None,
+        validate: bool = True,
+    ) -> None:
+        from ._linear_calls import _check_options
+
+        _set_class_options(self, weight, ignore_index, reduction, validate)
+        self.label_smoothing = _validation.check_label_smoothing(label_smoothing)
+        self.z_loss, self.softcap, self.chunk_size = _check_options(z_loss, softcap,
+                                                                    chunk_size)
+        self.return_lse = _validation.check_flag("return_lse", return_lse)
+
+    def _options(self) -> dict[str, Any]:
+        return {"weight": self.weight, "ignore_index": self.ignore_index,
+                "reduction": self.reduction, "label_smoothing": self.label_smoothing,
+                "z_loss": self.z_loss, "softcap": self.softcap, "chunk_size": self.chunk_size,
+                "validate": self.validate}
+
+    def __call__(self, input: Array, linear_weight: Array, target: Array,
+                 linear_bias: Array | None = None) -> Array:
+        """The loss (and the lse with ``return_lse``); see :func:`linear_cross_entropy`."""
+        return linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias,
+                                    return_lse=self.return_lse, **self._options())
+
+    def backward(self, grad_output: Array | float, input: Array, linear_weight: Array,
+                 target: Array, linear_bias: Array | None = None) -> Gradients:
+        """``(grad_input, grad_linear_weight, grad_linear_bias)``; see
+        :func:`linear_cross_entropy_backward`."""
+        return linear_cross_entropy_backward(grad_output, input, linear_weight, target,
+                                             linear_bias=linear_bias, **self._options())
+
+    def loss_and_grad(self, input: Array, linear_weight: Array, target: Array,
+                      linear_bias: Array | None = None) -> tuple[Array, Gradients]:
+        """``(loss, (grad_input, grad_linear_weight, grad_linear_bias))``; see
+        :func:`linear_cross_entropy_and_grad`."""
+        return linear_cross_entropy_and_grad(input, linear_weight, target,
+                                             linear_bias=linear_bias,
+                                             return_lse=self.return_lse, **self._options())
+
+    def __repr__(self) -> str:
+        weight = "None" if self.weight is None else f"<array of shape {tuple(self.weight.shape)}>"
+        return (f"LinearCrossEntropyLoss(weight={weight}, ignore_index={self.ignore_index}, "
+                f"reduction={self.reduction!r}, label_smoothing={self.label_smoothing}, "
+                f"z_loss={self.z_loss}, softcap={self.softcap}, return_lse={self.return_lse}, "
+                f"chunk_size={self.chunk_size}, validate={self.validate})")

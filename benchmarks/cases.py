@@ -27,14 +27,15 @@ REDUCTIONS = ("none", "mean", "sum")
 class Case:
     """One benchmarked call."""
 
-    loss: str  # "gaussian_nll", "nll" or "cross_entropy"
+    loss: str  # "gaussian_nll", "nll", "cross_entropy" or "linear_cross_entropy"
     op: str  # "forward", "backward" or "loss_and_grad"
     reduction: str
     variant: str  # gaussian: var "full" | "rows" | "scalar" | "log_var" | "beta" (both with
     # one variance per row); nll: "plain" | "weighted-ignored"; cross_entropy: "plain" |
-    # "in-place" (loss_and_grad with out=input: the gradient over the logits)
+    # "in-place" (loss_and_grad with out=input: the gradient over the logits);
+    # linear_cross_entropy: "d<features>" (the hidden size d)
     dtype: str
-    shape: tuple[int, ...]  # input shape
+    shape: tuple[int, ...]  # input shape; linear_cross_entropy: (N, V), the logits it avoids
     elements: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -70,6 +71,11 @@ def model_bytes(case: Case) -> int:
         upstream = n * size if (case.op == "backward" and case.reduction == "none") else 0
         grads = (n + var) * size  # grad_input and grad_var, as a training step asks
         return inputs + upstream + grads
+    if case.loss == "linear_cross_entropy":
+        # The tokens and the head read once, the int64 targets, both gradients written once.
+        n, v = case.shape
+        arrays = (n + v) * features(case) * size
+        return arrays + n * 8 + (0 if case.op == "forward" else arrays)
     targets = math.prod(_target_shape(case.shape))
     if case.loss == "cross_entropy":
         # Every logit read once, the int64 targets, the gradient written once.
@@ -96,6 +102,11 @@ CPU_NLL_SHAPES = [(32, 10), (1000, 10), (65536, 10), (1024, 1000), (10000, 1000)
 OVERHEAD_SHAPES = {"nll": [(32, 10), (1000, 10)], "gaussian_nll": [(1, 100), (100, 100)]}
 
 
+def features(case: Case) -> int:
+    """The hidden size ``d`` of a linear cross-entropy case (its variant, ``"d1024"``)."""
+    return int(case.variant.removeprefix("d"))
+
+
 def output_bytes(case: Case) -> int:
     """Bytes of what a call returns: the loss for ``'none'``, the gradients of a backward or
     loss-and-gradient call (none for cross-entropy's in-place gradient).  Issue 16's memory
@@ -111,6 +122,8 @@ def output_bytes(case: Case) -> int:
         var = case.shape[0] if case.variant in ("rows", "log_var", "beta") else {
             "full": case.elements, "scalar": 0}[case.variant]
         return (case.elements + var) * size
+    if case.loss == "linear_cross_entropy":
+        return sum(case.shape) * features(case) * size  # grad_input and grad_W
     return 0 if case.variant == "in-place" else case.elements * size
 
 
@@ -140,6 +153,16 @@ def cross_entropy_shapes(device: str, quick: bool) -> list[tuple[int, ...]]:
     return [(65536, 10), (4096, 32000), (8192, 128256)]
 
 
+def linear_cross_entropy_shapes(device: str, quick: bool) -> list[tuple[int, int, int]]:
+    """(N, V, d) of a language model's head: issue 30's CPU case (4096 tokens, d 1024, V
+    32,000) and GPU case (8192 tokens, d 4096, Llama 3's 128,256: Liger's and CCE's size)."""
+    if quick:
+        return [(256, 4096, 64)]
+    if device == "cpu":
+        return [(4096, 32000, 1024)]
+    return [(4096, 32000, 1024), (8192, 128256, 4096)]
+
+
 def build_cases(device: str, losses: list[str], ops: list[str], reductions: list[str],
                 dtypes: list[str], quick: bool) -> list[Case]:
     """Every case of a run, smallest first."""
@@ -152,6 +175,11 @@ def build_cases(device: str, losses: list[str], ops: list[str], reductions: list
                         else ["rows"])
             for variant, shape in itertools.product(variants, gaussian_shapes(device, quick)):
                 cases.append(Case(loss, op, reduction, variant, dtype, shape))
+        elif loss == "linear_cross_entropy":
+            if reduction != "mean" or op == "backward":
+                continue
+            for n, v, d in linear_cross_entropy_shapes(device, quick):
+                cases.append(Case(loss, op, reduction, f"d{d}", dtype, (n, v)))
         elif loss == "cross_entropy":
             if reduction != "mean":
                 continue
@@ -178,6 +206,8 @@ def is_overhead_case(case: Case) -> bool:
 
 def is_target_case(case: Case, device: str = "gpu") -> bool:
     """Whether ``case`` is one the targets in ``report.evaluate_targets`` read."""
+    if case.loss == "linear_cross_entropy":
+        return case.op == "loss_and_grad"
     if case.dtype != "float32" or case.reduction != "mean":
         return False
     if device == "cpu":
@@ -214,6 +244,13 @@ def make_inputs(case: Case, seed: int = 0, xp: Any = np) -> dict[str, Any]:
         if case.reduction == "none":
             inputs["grad_output"] = rng.uniform(0.5, 1.5, case.shape).astype(storage)
         return inputs
+    if case.loss == "linear_cross_entropy":
+        n, v = case.shape
+        d = features(case)
+        # A trained head's scale: logits of a few units (0.02 is GPT-2's initialisation).
+        return {"input": rng.standard_normal((n, d), dtype=storage),
+                "linear_weight": rng.standard_normal((v, d), dtype=storage) * 0.02,
+                "target": rng.integers(0, v, n, dtype=np.int64)}
     n_classes = case.shape[1]
     logits = rng.standard_normal(case.shape, dtype=storage)
     target = rng.integers(0, n_classes, _target_shape(case.shape), dtype=np.int64)

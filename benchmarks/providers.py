@@ -59,12 +59,25 @@ VALIDATED = Provider("arrayloss numpy validated", "cpu", "numpy")
 #: ``-x[arange(N), t].mean()`` for NLL and clamp-log-divide-mean for GNLL (overhead cases).
 BARE = Provider("numpy bare", "cpu", "numpy")
 TORCH_CPU = Provider("torch cpu", "cpu", "torch")
+#: PyTorch 2.13's chunked ``F.linear_cross_entropy`` (``options=LinearCrossEntropyOptions()``;
+#: the default ``options=None`` is the unfused composite, which "torch cpu"/"torch eager" run):
+#: the linear cross-entropy cases only.
+TORCH_CHUNKED_CPU = Provider("torch chunked cpu", "cpu", "torch")
+TORCH_CHUNKED = Provider("torch chunked", "gpu", "torch")
 #: Plain Gaussian NLL (one variance per row) on a log_var or beta case's arrays, timed in
 #: the same interleaved rounds: the baseline of issue 14's "within 1.1x of plain" target.
 PLAIN_GAUSSIAN = Provider("numpy plain GNLL", "cpu", "numpy")
 
-PROVIDERS = {"gpu": [FUSED, VIA_TORCH, GENERIC, TORCH_CUDA, COPY],
-             "cpu": [NUMPY, VALIDATED, BARE, TORCH_CPU, PLAIN_GAUSSIAN]}
+PROVIDERS = {"gpu": [FUSED, VIA_TORCH, GENERIC, TORCH_CUDA, TORCH_CHUNKED, COPY],
+             "cpu": [NUMPY, VALIDATED, BARE, TORCH_CPU, TORCH_CHUNKED_CPU, PLAIN_GAUSSIAN]}
+
+
+def _torch_has_chunked_head() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return hasattr(torch.nn, "LinearCrossEntropyOptions")
 
 
 def _ml_bfloat16() -> Any:
@@ -91,6 +104,11 @@ def _bare_numpy_call(case: Case, arrays: dict[str, Any]) -> Call:
 def _arrayloss_call(case: Case, arrays: dict[str, Any], validate: bool = False) -> Call:
     import arrayloss as al
 
+    if case.loss == "linear_cross_entropy":
+        head = (arrays["input"], arrays["linear_weight"], arrays["target"])
+        if case.op == "forward":
+            return lambda: al.linear_cross_entropy(*head, validate=validate)
+        return lambda: al.linear_cross_entropy_and_grad(*head, validate=validate)
     if case.loss == "gaussian_nll":
         args = (arrays["input"], arrays["target"], arrays["var"])
         options: dict[str, Any] = {"reduction": case.reduction, "validate": validate,
@@ -151,7 +169,13 @@ def _arrayloss_autograd_call(case: Case, arrays: dict[str, Any]) -> Call:
     if case.op == "forward":
         return _arrayloss_call(case, arrays)
     upstream = arrays.get("grad_output")
-    if case.loss == "gaussian_nll":
+    if case.loss == "linear_cross_entropy":
+        h, W = (arrays[k].detach().requires_grad_() for k in ("input", "linear_weight"))
+        leaves = [h, W]
+
+        def loss() -> Any:
+            return al.linear_cross_entropy(h, W, arrays["target"], validate=False)
+    elif case.loss == "gaussian_nll":
         x = arrays["input"].detach().requires_grad_()
         var = arrays["var"]
         if not isinstance(var, float):
@@ -183,10 +207,33 @@ def _arrayloss_autograd_call(case: Case, arrays: dict[str, Any]) -> Call:
     return forward_backward
 
 
+def _torch_linear_call(case: Case, arrays: dict[str, Any], chunked: bool) -> Call:
+    """PyTorch's head: ``F.linear_cross_entropy``, unfused (``options=None``, the composite
+    ``cross_entropy(input @ W.T)``) or chunked; forward, or forward and ``backward()``."""
+    import torch
+    import torch.nn.functional as F
+
+    options = torch.nn.LinearCrossEntropyOptions() if chunked else None
+    h, W, target = arrays["input"], arrays["linear_weight"], arrays["target"]
+    if case.op == "forward":
+        return lambda: F.linear_cross_entropy(h, W, target, options=options)
+    h, W = h.detach().requires_grad_(), W.detach().requires_grad_()
+
+    def forward_backward() -> Any:
+        loss = F.linear_cross_entropy(h, W, target, options=options)
+        loss.backward()
+        h.grad = W.grad = None
+        return loss.detach()
+
+    return forward_backward
+
+
 def _torch_call(case: Case, arrays: dict[str, Any]) -> Call:
     import torch
     import torch.nn.functional as F
 
+    if case.loss == "linear_cross_entropy":
+        return _torch_linear_call(case, arrays, chunked=False)
     if case.loss == "gaussian_nll":
         x, t, var = arrays["input"], arrays["target"], arrays["var"]
 
@@ -281,6 +328,8 @@ def make_call(provider: Provider, case: Case, arrays: dict[str, Any]) -> Call:
         return _arrayloss_call(case, arrays, validate=True)
     if provider is PLAIN_GAUSSIAN:
         return _plain_gaussian_call(case, arrays)
+    if provider in (TORCH_CHUNKED, TORCH_CHUNKED_CPU):
+        return _torch_linear_call(case, arrays, chunked=True)
     if provider.library == "torch":
         return _torch_call(case, arrays)
     if provider is GENERIC:
@@ -304,6 +353,10 @@ def supports(provider: Provider, case: Case) -> bool:
         return is_overhead_case(case)
     if provider is PLAIN_GAUSSIAN:
         return case.loss == "gaussian_nll" and case.variant in GAUSSIAN_VARIANTS
+    if provider in (TORCH_CHUNKED, TORCH_CHUNKED_CPU):
+        return case.loss == "linear_cross_entropy" and _torch_has_chunked_head()
+    if provider is COPY and case.loss == "linear_cross_entropy":
+        return False  # compute-bound: three matmuls, no bandwidth roofline to compare with
     if case.dtype != "bfloat16" or provider.library == "torch" or provider is COPY:
         return True
     try:

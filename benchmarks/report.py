@@ -184,7 +184,59 @@ def evaluate_targets(rows: list[dict[str, Any]], device: str) -> list[dict[str, 
     else:
         _cpu_targets(rows, targets, check)
     _variant_targets(rows, ours, targets)
+    _linear_targets(rows, device, targets)
     return targets
+
+
+#: PyTorch's chunked ``F.linear_cross_entropy``, the time baseline of issue 30.
+CHUNKED = {"gpu": "torch chunked", "cpu": "torch chunked cpu"}
+#: The cases issue 30 judges: (N, V) and the variant (d); smaller ones fit one chunk.
+LINEAR_TARGET_CASES = {"cpu": [((4096, 32000), "d1024")],
+                       "gpu": [((4096, 32000), "d1024"), ((8192, 128256), "d4096")]}
+
+
+def _linear_targets(rows: list[dict[str, Any]], device: str,
+                    targets: list[dict[str, Any]]) -> None:
+    """Issue 30's targets on every linear cross-entropy loss+grad case: a peak extra memory
+    at most 1/8 of PyTorch's unfused head, a time within 1.2x of its chunked head.
+
+    The memory compared is the head's working memory, the peak beyond the gradients every
+    implementation returns (``grad_input`` and ``grad_W``: 141 MiB at 4096 x 1024 x 32000,
+    themselves more than 1/8 of the unfused head's whole peak)."""
+    for providers in _rows_by_case(rows).values():
+        mine = providers.get(OURS[device])
+        if mine is None or mine["case"]["loss"] != "linear_cross_entropy" or (
+                mine["case"]["op"] != "loss_and_grad") or (
+                (tuple(mine["case"]["shape"]), mine["case"]["variant"])
+                not in LINEAR_TARGET_CASES[device]):
+            continue
+        case = mine["case"]
+        label = (f"linear CE loss+grad {case['dtype']} N x V = "
+                 f"{'x'.join(map(str, case['shape']))}, {case['variant']}")
+        unfused, chunked = providers.get(BASELINE[device]), providers.get(CHUNKED[device])
+        ratio = None
+        outputs = output_bytes(Case(**{k: v for k, v in case.items() if k != "elements"}))
+        if unfused is not None and mine.get("peak_extra_bytes") and unfused.get(
+                "peak_extra_bytes", 0) > outputs:
+            ratio = max(0, mine["peak_extra_bytes"] - outputs) / (
+                unfused["peak_extra_bytes"] - outputs)
+        targets.append({"target": f"{label}: peak extra memory beyond the gradients <= 1/8 "
+                                  "of PyTorch's unfused head's", "metric": "memory_ratio",
+                        "threshold": 0.125,
+                        "value": ratio, "spread": None,
+                        "status": verdict(ratio, None, 0.125, higher_is_better=False)})
+        speed = spread = None
+        if chunked is not None:
+            ratios = _round_ratios(chunked, mine)
+            if ratios:
+                speed = _percentile(ratios, 50)
+                spread = [_percentile(ratios, 20), _percentile(ratios, 80)]
+            elif mine["median_s"] > 0:
+                speed = chunked["median_s"] / mine["median_s"]
+        targets.append({"target": f"{label}: within 1.2x of PyTorch's chunked "
+                                  "F.linear_cross_entropy", "metric": "speedup_vs_chunked",
+                        "threshold": 1 / 1.2, "value": speed, "spread": spread,
+                        "status": verdict(speed, spread, 1 / 1.2)})
 
 
 def _cpu_targets(rows: list[dict[str, Any]], targets: list[dict[str, Any]], check: Any) -> None:

@@ -13,7 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "arrayloss"
 CALLERS = ("arrayloss._dispatch", "arrayloss._gaussian_nll", "arrayloss._nll",
            "arrayloss._cross_entropy", "arrayloss._modules", "arrayloss._autograd",
            "arrayloss._dask", "arrayloss._torch_cuda", "arrayloss.losses",
-           "arrayloss._elementwise", "arrayloss._cupy", "arrayloss._registry")
+           "arrayloss._elementwise", "arrayloss._cupy", "arrayloss._registry",
+           "arrayloss._linear_cross_entropy", "arrayloss._dask_linear")
 
 
 def _module_name(path: Path) -> str:

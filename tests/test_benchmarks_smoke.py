@@ -145,6 +145,42 @@ def test_gaussian_variant_targets_read_the_interleaved_plain_rounds() -> None:
     assert target["value"] == 2.0 and target["status"] == "missed"  # twice plain's time
 
 
+def test_linear_cross_entropy_targets_read_memory_and_the_chunked_rounds() -> None:
+    """Issue 30: peak extra memory against PyTorch's unfused head, time against its chunked
+    F.linear_cross_entropy round by round; only at the issue's sizes."""
+    from benchmarks.cases import Case, build_cases, model_bytes, output_bytes
+    from benchmarks.report import evaluate_targets
+
+    [cpu] = [case for case in build_cases("cpu", ["linear_cross_entropy"], ["loss_and_grad"],
+                                          ["mean"], ["float32"], quick=False)]
+    assert (cpu.shape, cpu.variant) == ((4096, 32000), "d1024")
+    assert output_bytes(cpu) == (4096 + 32000) * 1024 * 4
+    assert model_bytes(cpu) == 2 * output_bytes(cpu) + 4096 * 8
+
+    def rows_for(shape: list[int]) -> list[dict[str, Any]]:
+        case = {"loss": "linear_cross_entropy", "op": "loss_and_grad", "reduction": "mean",
+                "variant": "d1024", "dtype": "float32", "shape": shape,
+                "elements": math.prod(shape)}
+        outputs = (shape[0] + shape[1]) * 1024 * 4  # the gradients, returned by all
+        runs = {"arrayloss numpy": (outputs + 100, [1.0, 1.0, 1.0]),
+                "torch cpu": (outputs + 1000, [3.0] * 3),
+                "torch chunked cpu": (outputs + 300, [1.0, 0.6, 1.2])}
+        return [{"case_key": "k", "case": case, "provider": name, "median_s": 1.0,
+                 "peak_extra_bytes": peak, "round_s": rounds, "model_bytes": 1}
+                for name, (peak, rounds) in runs.items()]
+
+    found = {target["metric"]: target for target in evaluate_targets(rows_for([4096, 32000]),
+                                                                      "cpu")
+             if target["target"].startswith("linear CE")}
+    assert found["memory_ratio"]["value"] == 0.1 and found["memory_ratio"]["status"] == "met"
+    speed = found["speedup_vs_chunked"]
+    assert speed["value"] == 1.0 and speed["status"] == "inconclusive"  # 0.76-1.12 crosses 1/1.2
+    assert not [target for target in evaluate_targets(rows_for([256, 4096]), "cpu")
+                if target["target"].startswith("linear CE")]
+    assert Case("linear_cross_entropy", "forward", "mean", "d64", "float32",
+                (2, 3)).key.startswith("linear_cross_entropy/forward")
+
+
 def test_allocator_verdicts_read_the_range_of_the_pairs() -> None:
     from benchmarks.allocator import allocator_verdict
 

@@ -13,7 +13,7 @@ import pytest
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 MODULES = ["arrayloss._gaussian_nll", "arrayloss._nll", "arrayloss._cross_entropy",
-           "arrayloss._modules", "arrayloss._dispatch"]
+           "arrayloss._modules", "arrayloss._dispatch", "arrayloss._linear_cross_entropy"]
 PAGES = sorted(DOCS.glob("*.rst"))
 
 
