@@ -104,12 +104,12 @@ def row_blocks(xp: Any, shape: tuple[int, ...]) -> list[Block] | None:
 SMALLEST_BLOCK, LARGEST_BLOCK = 1 << 14, 1 << 17
 
 
-def plan_blocks(shape: tuple[int, ...]) -> list[Block]:
+def plan_blocks(shape: tuple[int, ...], largest: int = LARGEST_BLOCK) -> list[Block]:
     """Blocks of about an equal share of the work per worker, within the bounds above: whole
     rows where a row fits, else parts of every row along the last axis (the elementwise
     losses' planner)."""
     count = math.prod(shape)
-    block = min(LARGEST_BLOCK, max(SMALLEST_BLOCK, -(-count // worker_count())))
+    block = min(largest, max(SMALLEST_BLOCK, -(-count // worker_count())))
     rows = shape[0]
     if count <= block:
         return [Block(0, slice(0, rows))]

@@ -29,6 +29,7 @@ from .._agnostic._helpers import (
 )
 from .._validation import NDARRAY
 from .call import ElementwiseCall
+from .numpy_ops import ScratchOps, Value
 from .spec import ElementwiseLoss
 from .trace import ArrayOps
 
@@ -39,6 +40,9 @@ Array = Any
 #: From this many loss elements, NumPy runs the math in blocks (in threads): below, the
 #: temporaries of the whole call fit in cache and a thread hand-off costs more than it saves.
 BLOCKED_ELEMENTS = 1 << 16
+#: The largest block: the few buffers alive at once (128 KiB each in float32) stay in a
+#: core's L2 cache.
+BLOCK_ELEMENTS = 1 << 15
 
 
 def range_error(spec: ElementwiseLoss, name: str) -> ValueError:
@@ -46,6 +50,11 @@ def range_error(spec: ElementwiseLoss, name: str) -> ValueError:
     check = next(check for check in spec.checks if check.argument == name)
     return ValueError(f"{name} has entries outside [{check.low:g}, {check.high:g}] (or NaN): "
                       f"{check.message}")
+
+
+def _array(value: Any) -> Any:
+    """A block's result as a NumPy array (a number where the math gave one)."""
+    return value.array if isinstance(value, Value) else np.asarray(value)
 
 
 def divisor(spec: ElementwiseLoss, call: ElementwiseCall) -> int:
@@ -168,30 +177,42 @@ class ElementwiseBackend:
         outputs = {name: np.empty(call.arrays[name].shape, dtype=call.arrays[name].dtype)
                    for name, is_split in split.items() if is_split}
 
+        dtype = compute_dtype(call.xp, call.dtype)
+
         def work(part: Block) -> tuple[float, dict[str, Array]]:
-            arrays = {name: part_of(array, part, ndim) for name, array in call.arrays.items()}
             shape = list(call.loss_shape)
             shape[part.axis] = part.extent(shape[part.axis])
+            block_shape = tuple(shape)
+            # Every result in this thread's reused buffers (see numpy_ops): a Value's array
+            # is valid while the Value is referenced, so each is copied out before it goes.
+            ops = ScratchOps(dtype)
+            arrays = {name: ops.wrap(as_compute(call.xp, part_of(array, part, ndim), dtype))
+                      for name, array in call.arrays.items()}
             total = 0.0
+            shared = {}
             with quiet_floating_point():
                 if want_loss:
-                    loss = self._loss(call, dict(arrays), tuple(shape))
+                    loss = self.spec.forward(ops, **arrays, **call.options)
+                    values = np.broadcast_to(_array(loss), block_shape)
                     if losses is not None:
-                        losses[part.index()] = loss
+                        losses[part.index()] = values
                     else:
-                        total = float(np.add.reduce(loss, axis=None))
-                shared = {}
+                        total = float(np.add.reduce(values, axis=None))
+                    del loss, values
                 if wanted:
-                    block_upstream = upstream
+                    block_upstream: Any = upstream
                     if isinstance(upstream, NDARRAY) and upstream.ndim == ndim:
-                        block_upstream = part_of(upstream, part, ndim)
-                    grads = self._gradients(call, arrays, block_upstream, wanted, tuple(shape))
-                    for name, grad in grads.items():
+                        block_upstream = ops.wrap(part_of(upstream, part, ndim))
+                    grads = self.spec.gradients(ops, block_upstream, **arrays, **call.options)
+                    for name in wanted:
+                        grad = np.broadcast_to(_array(grads[name]), block_shape)
+                        summed = sum_to_shape(call.xp, grad, tuple(arrays[name].array.shape))
                         if name in outputs:
                             index = part.index() if part.axis == 0 else (..., part.span)
-                            outputs[name][index] = grad
-                        else:
-                            shared[name] = grad
+                            outputs[name][index] = summed
+                        else:  # a copy: the buffer is the next block's
+                            shared[name] = np.array(summed, copy=True)
+                    del grads
             return total, shared
 
         results = run_blocks(work, blocks)
@@ -212,7 +233,7 @@ class ElementwiseBackend:
              wanted: frozenset[str]) -> tuple[Array | None, dict[str, Array]]:
         self._check_values(call)
         if (isinstance(call.input, NDARRAY) and call.numel >= BLOCKED_ELEMENTS
-                and (blocks := plan_blocks(call.loss_shape)) is not None and len(blocks) > 1):
+                and len(blocks := plan_blocks(call.loss_shape, largest=BLOCK_ELEMENTS)) > 1):
             return self._blocked(call, blocks, want_loss, upstream, wanted)
         with quiet_floating_point():
             return self._whole(call, want_loss, upstream, wanted)
