@@ -108,7 +108,7 @@ def jax_call(loss: str, arrays: dict[str, Any]) -> Call:
     step = jax.jit(jax.value_and_grad(lambda x, t: function(x, t, validate=False, **keywords)))
 
     def run() -> Any:
-        value, grad = step(arrays["input"], arrays["target"])
+        _, grad = step(arrays["input"], arrays["target"])
         return grad.block_until_ready()
 
     return run
@@ -189,7 +189,7 @@ def _memory_verdict(ours: int | None, theirs: int | None) -> str:
 
 def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     providers = list(rows[0]["times_s"]) if rows else []
-    ours, theirs = (providers + ["", ""])[:2]
+    ours, theirs = [*providers, "", ""][:2]
     lines = [f"# Elementwise losses: loss and gradient, {meta['device']}", "",
              f"Measured {meta['date']} with `{meta['command']}`; {meta['versions']}.  "
              "float32, the gradient with respect to the input; 'mean' ('batchmean' for "

@@ -9,7 +9,6 @@ the last test runs the real thing: CuPy kernels on PyTorch's current stream.
 from __future__ import annotations
 
 import contextlib
-import importlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 from array_api_compat import array_namespace
 
 import arrayloss as al
-from arrayloss import _dispatch, _torch_cuda
+from arrayloss import _dispatch, _registry, _torch_cuda
 
 torch = pytest.importorskip("torch")
 
@@ -33,7 +32,7 @@ class StandIn:
 
     def device(self) -> _torch_cuda.Device:
         def backend(loss: str) -> Any:
-            generic = importlib.import_module(f"arrayloss._agnostic.{loss}")
+            generic = _registry.backends(loss).generic()
             stand_in = self
 
             class Spy:
@@ -67,7 +66,8 @@ def stand_in(monkeypatch: pytest.MonkeyPatch) -> StandIn:
     as on the device)."""
     recorder = StandIn()
     bridges = {loss: _torch_cuda.Bridge(loss, recorder.device(), on_device=lambda t: True)
-               for loss in ("gaussian_nll", "nll", "cross_entropy")}
+               for loss in ("gaussian_nll", "nll", "cross_entropy", "mse_loss",
+                            "binary_cross_entropy_with_logits")}
     monkeypatch.setattr(_torch_cuda, "cupy_available", lambda: True)
     monkeypatch.setattr(_dispatch, "_bridge", lambda loss: bridges[loss])
     return recorder
@@ -114,6 +114,33 @@ def _flat(value: Any) -> list[Any]:
     if isinstance(value, tuple):
         return [item for part in value for item in _flat(part)]
     return [value]
+
+
+def test_elementwise_losses_cross_the_bridge(stand_in: StandIn) -> None:
+    """An elementwise loss's call (its arrays in a dict) reaches the device backend as device
+    arrays, and its results come back as tensors equal to the CPU path's."""
+    rng = np.random.default_rng(4)
+    x, t = (torch.tensor(rng.normal(size=(6, 5))) for _ in "xt")
+    pos_weight = torch.tensor(rng.uniform(0.5, 2, 5))
+    for function, keywords in ((al.mse_loss, {}),
+                               (al.binary_cross_entropy_with_logits,
+                                {"pos_weight": pos_weight})):
+        name = function.__name__
+        before = len(stand_in.calls)
+        loss = function(x, t.sigmoid(), reduction="none", **keywords)
+        grads = getattr(al, name + "_backward")(torch.ones(6, 5, dtype=torch.float64), x,
+                                                t.sigmoid(), reduction="none", **keywords)
+        both = getattr(al, name + "_and_grad")(x, t.sigmoid(), **keywords)
+        assert len(stand_in.calls) == before + 3
+        assert all(isinstance(array, np.ndarray)
+                   for array in stand_in.calls[-1].arrays.values()), "not device arrays"
+        with al.fused_kernels(False):
+            want = function(x, t.sigmoid(), reduction="none", **keywords)
+            want_both = getattr(al, name + "_and_grad")(x, t.sigmoid(), **keywords)
+        assert isinstance(loss, torch.Tensor) and isinstance(grads[0], torch.Tensor)
+        torch.testing.assert_close(loss, want)
+        torch.testing.assert_close(both[0], want_both[0])
+        torch.testing.assert_close(both[1][0], want_both[1][0])
 
 
 def test_views_are_zero_copy_both_ways(stand_in: StandIn) -> None:
