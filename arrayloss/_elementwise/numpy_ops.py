@@ -122,12 +122,16 @@ class ScratchOps:
         return scratch(shape, dtype, slot[1]), slot
 
     def ufunc(self, function: Any, *operands: Operand, boolean: bool = False) -> Any:
-        raw = [_raw(operand) for operand in operands]
-        arrays = [value for value in raw if isinstance(value, np.ndarray)]
-        if not arrays:  # numbers only: a number, as ArrayOps would give a 0-d array of it
+        raw = [operand.array if type(operand) is Value else operand for operand in operands]
+        shape = None
+        for value in raw:
+            if type(value) is np.ndarray:
+                if shape is None:
+                    shape = value.shape
+                elif value.shape != shape:  # broadcast (a weight per column, say): rare
+                    shape = np.broadcast_shapes(shape, value.shape)
+        if shape is None:  # numbers only: a number, as ArrayOps would give a 0-d array of it
             return function(*(np.asarray(value, dtype=self.dtype) for value in raw))
-        shape = arrays[0].shape if len(arrays) == 1 else np.broadcast_shapes(
-            *(array.shape for array in arrays))
         out, slot = self._out(shape, boolean)
         return Value(self, function(*raw, out=out), slot)
 
