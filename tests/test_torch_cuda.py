@@ -29,6 +29,7 @@ class StandIn:
     def __init__(self) -> None:
         self.streams: list[tuple[int, int]] = []
         self.calls: list[Any] = []
+        self.converted: list[Any] = []  # the dtypes of the tensors handed to from_dlpack
         self.active = False
 
     def device(self) -> _torch_cuda.Device:
@@ -55,8 +56,13 @@ class StandIn:
             finally:
                 self.active = False
 
+        def from_dlpack(tensor: Any) -> Any:
+            assert self.active, "a tensor was converted outside the stream context"
+            self.converted.append(tensor.dtype)
+            return np.from_dlpack(tensor)
+
         return _torch_cuda.Device(
-            from_dlpack=np.from_dlpack,
+            from_dlpack=from_dlpack,
             namespace=lambda: array_namespace(np.empty(0)),
             backend=backend, stream=stream, current_stream=lambda device: 0xBEEF)
 
@@ -149,6 +155,67 @@ def test_autograd_goes_through_the_bridge(stand_in: StandIn) -> None:
     torch.nn.functional.cross_entropy(reference, a["labels"], label_smoothing=0.2).backward()
     torch.testing.assert_close(logits.grad, reference.grad)
     assert len(stand_in.calls) == 4  # two forwards and two backwards, all on the "device"
+
+
+def test_results_come_back_inside_the_stream_context(stand_in: StandIn,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    returned: list[bool] = []
+    original = torch.from_dlpack
+
+    def from_dlpack(array: Any) -> Any:
+        returned.append(stand_in.active)
+        return original(array)
+
+    monkeypatch.setattr(torch, "from_dlpack", from_dlpack)
+    a = _tensors(5)
+    al.cross_entropy_and_grad(a["x"], a["labels"])
+    al.gaussian_nll_loss(a["x"], a["t"], a["v"], reduction="none")
+    assert returned and all(returned), "a result was converted outside the stream context"
+    assert stand_in.converted  # and the inputs inside it (the stand-in asserts that)
+
+
+def test_bfloat16_runs_the_device_backend_through_its_bits(stand_in: StandIn) -> None:
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    rng = np.random.default_rng(6)
+    logits = torch.tensor(rng.normal(size=(7, 11)), dtype=torch.bfloat16)
+    labels = torch.tensor(rng.integers(0, 11, 7))
+    reference = logits.float().requires_grad_()
+    want_loss = torch.nn.functional.cross_entropy(reference, labels)
+    want_loss.backward()
+    consumed = logits.clone()
+    loss, grad = al.cross_entropy_and_grad(consumed, labels, out=consumed)
+    assert grad is consumed and loss.dtype == torch.bfloat16
+    # bfloat16's 8 bits of mantissa: within two of its units of the float32 reference.
+    torch.testing.assert_close(loss.float(), want_loss.detach(), rtol=2 ** -7, atol=0)
+    torch.testing.assert_close(grad.float(), reference.grad, rtol=2 ** -7, atol=2 ** -10)
+    variance = torch.tensor(rng.uniform(0.5, 2, (7, 1)), dtype=torch.bfloat16)
+    gaussian = al.gaussian_nll_loss(logits, logits * 0.5, variance, reduction="none")
+    assert gaussian.dtype == torch.bfloat16 and gaussian.shape == logits.shape
+    torch.testing.assert_close(gaussian.float(), torch.nn.functional.gaussian_nll_loss(
+        logits.float(), (logits * 0.5).float(), variance.float(), reduction="none"),
+        rtol=2 ** -6, atol=2 ** -8)
+    # The device backend ran on ml_dtypes' bfloat16 arrays; no tensor went as bfloat16.
+    assert len(stand_in.calls) == 2
+    for call in stand_in.calls:
+        assert call.input.dtype == np.dtype(ml_dtypes.bfloat16)
+        assert call.dtype == np.dtype(ml_dtypes.bfloat16)
+    assert torch.bfloat16 not in stand_in.converted and torch.int16 in stand_in.converted
+
+
+def test_a_call_the_kernels_cannot_take_warns_and_runs_the_generic_code(
+        stand_in: StandIn, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "ml_dtypes" else find_spec(name,
+                                                                                       *args))
+    logits = torch.tensor(np.linspace(-2, 2, 12).reshape(3, 4), dtype=torch.bfloat16)
+    labels = torch.tensor([0, 3, 1])
+    with pytest.warns(RuntimeWarning, match="bfloat16 tensors need ml_dtypes"):
+        loss = al.cross_entropy(logits, labels)
+    assert not stand_in.calls, "the device backend ran"
+    torch.testing.assert_close(loss, _generic(al.cross_entropy, logits, labels))
 
 
 def test_cpu_tensors_never_touch_the_device_library() -> None:
