@@ -102,19 +102,19 @@ class Bridge:
         self.on_device = on_device or (lambda tensor: bool(tensor.is_cuda))
 
     def __getattr__(self, method: str) -> Callable[..., Any]:
-        if method not in ("forward", "backward", "loss_and_grad"):
+        if method not in _METHODS:
             raise AttributeError(method)
         return functools.partial(self._call, method)
 
     def _call(self, method: str, call: Any, *args: Any) -> Any:
         generic = importlib.import_module(f"arrayloss._agnostic.{self.loss}")
         if not self.on_device(call.input):
-            return getattr(generic, method)(call, *args)
+            return _method(generic, method)(call, *args)
         reason = _unsupported(call)
         if reason is not None:
             warnings.warn(f"arrayloss.{self.loss}: {reason}; the generic code runs instead of "
                           "the fused kernels", RuntimeWarning, stacklevel=4)
-            return getattr(generic, method)(call, *args)
+            return _method(generic, method)(call, *args)
         where = call.input.device
         # The views both ways are made on the tensors' device and PyTorch's stream: a
         # conversion that copies or synchronises does so in order with the kernels.
@@ -125,9 +125,22 @@ class Bridge:
             device_args = [views.to_device(argument) for argument in args]
             changes["xp"] = self.device.namespace()
             device_call = dataclasses.replace(call, **changes)
-            result = getattr(self.device.backend(self.loss), method)(device_call,
+            result = _method(self.device.backend(self.loss), method)(device_call,
                                                                      *device_args)
             return views.to_torch(result)
+
+
+#: What a bridge runs; the last two (a forward that saves what its backward needs, as the
+#: fused cross-entropy does) fall back to the first two where a module has none.
+_METHODS = ("forward", "backward", "loss_and_grad", "forward_saving", "backward_saved")
+
+
+def _method(module: Any, method: str) -> Callable[..., Any]:
+    if hasattr(module, method) or method not in ("forward_saving", "backward_saved"):
+        return getattr(module, method)  # type: ignore[no-any-return]
+    if method == "forward_saving":
+        return lambda call, *args: (module.forward(call, *args), None)
+    return lambda call, grad_output, saved, *args: module.backward(call, grad_output, *args)
 
 
 def _unsupported(call: Any) -> str | None:
@@ -182,8 +195,8 @@ class _Views:
 
         if isinstance(value, tuple):
             return tuple(self.to_torch(item) for item in value)
-        if value is None or isinstance(value, (float, int)):
-            return value
+        if value is None or isinstance(value, (float, int)) or not hasattr(value, "dtype"):
+            return value  # a backend's saved state stays on the device, as it is
         if id(value) in self.tensors:  # `out`, handed back as the caller's own tensor
             return self.tensors[id(value)]
         if value.dtype == _bfloat16():

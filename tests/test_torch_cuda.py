@@ -30,6 +30,7 @@ class StandIn:
         self.streams: list[tuple[int, int]] = []
         self.calls: list[Any] = []
         self.converted: list[Any] = []  # the dtypes of the tensors handed to from_dlpack
+        self.methods: list[str] = []  # the backend's methods, in call order
         self.active = False
 
     def device(self) -> _torch_cuda.Device:
@@ -39,10 +40,13 @@ class StandIn:
 
             class Spy:
                 def __getattr__(self, method: str) -> Any:
+                    function = getattr(generic, method)  # the generic module's methods only
+
                     def run(call: Any, *args: Any) -> Any:
                         assert stand_in.active, "the kernels ran outside the stream context"
                         stand_in.calls.append(call)
-                        return getattr(generic, method)(call, *args)
+                        stand_in.methods.append(method)
+                        return function(call, *args)
                     return run
 
             return Spy()
@@ -216,6 +220,40 @@ def test_a_call_the_kernels_cannot_take_warns_and_runs_the_generic_code(
         loss = al.cross_entropy(logits, labels)
     assert not stand_in.calls, "the device backend ran"
     torch.testing.assert_close(loss, _generic(al.cross_entropy, logits, labels))
+
+
+def test_autograd_hands_the_forwards_saved_rows_to_its_backward(
+        stand_in: StandIn, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A device backend with a saving forward (as the fused cross-entropy has): its backward
+    # gets the very object its forward saved, which stays a device-side object, untouched.
+    from arrayloss._agnostic import cross_entropy as generic
+
+    saved: list[Any] = []
+
+    def forward_saving(call: Any) -> Any:
+        saved.append(object())
+        return generic.forward(call), saved[-1]
+
+    def backward_saved(call: Any, grad_output: Any, rows: Any) -> Any:
+        assert rows is saved[-1]
+        saved.append("used")
+        return generic.backward(call, grad_output)
+
+    monkeypatch.setattr(generic, "forward_saving", forward_saving, raising=False)
+    monkeypatch.setattr(generic, "backward_saved", backward_saved, raising=False)
+    a = _tensors(7)
+    logits = a["x"].clone().requires_grad_()
+    al.cross_entropy(logits, a["labels"], label_smoothing=0.1).backward()
+    reference = a["x"].clone().requires_grad_()
+    torch.nn.functional.cross_entropy(reference, a["labels"], label_smoothing=0.1).backward()
+    torch.testing.assert_close(logits.grad, reference.grad)
+    assert stand_in.methods == ["forward_saving", "backward_saved"]
+    assert saved[-1] == "used"
+    # A backend without them (the generic one, for JAX or NumPy) is called as before.
+    monkeypatch.delattr(generic, "forward_saving")
+    monkeypatch.delattr(generic, "backward_saved")
+    al.cross_entropy(logits, a["labels"]).backward()
+    assert stand_in.methods[2:] == ["forward", "backward"]
 
 
 def test_cpu_tensors_never_touch_the_device_library() -> None:

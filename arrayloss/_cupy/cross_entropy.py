@@ -244,6 +244,38 @@ def loss_and_grad(call: CrossEntropyCall, out: Array | None = None) -> tuple[Arr
     return reduce.as_result(totals, call.dtype), grad
 
 
+@dataclass(frozen=True)
+class Saved:
+    """What a forward leaves for its backward (autograd): the layout, the loss totals and the
+    rows' (max, log-sum-exp, scale, on-target) factors, so the backward reads the logits once
+    (the gradient pass) instead of three times (both row passes again, then the gradient)."""
+
+    layout: _Layout
+    totals: cupy.ndarray
+    row_info: cupy.ndarray
+
+
+def forward_saving(call: CrossEntropyCall) -> tuple[Array, Saved | None]:
+    """:func:`forward`, and what :func:`backward_saved` needs (None where it falls back)."""
+    if _degenerate(call) or call.dtype != call.input.dtype:
+        return forward(call), None
+    with call.input.device:
+        layout, result, row_info = _checked_rows(call)
+    if call.reduction == "none":
+        return result.reshape(call.loss_shape), Saved(layout, result, row_info)
+    return reduce.as_result(result, call.dtype), Saved(layout, result, row_info)
+
+
+def backward_saved(call: CrossEntropyCall, grad_output: Array | float,
+                   saved: Saved | None) -> Array:
+    """:func:`backward` from a forward's :class:`Saved` rows: the gradient pass alone."""
+    if saved is None:
+        return backward(call, grad_output)
+    with call.input.device:
+        return _grad(call, saved.layout, saved.row_info, grad_output,
+                     saved.totals if call.reduction == "mean" else None, None)
+
+
 # ------------------------------------------------------------------ the kernels
 #
 # Rows are the (n, s) samples of an (N, C, S) input: row r reads x[base + c * S] with
