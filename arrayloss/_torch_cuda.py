@@ -137,7 +137,7 @@ _METHODS = ("forward", "backward", "loss_and_grad", "forward_saving", "backward_
 
 def _method(module: Any, method: str) -> Callable[..., Any]:
     if hasattr(module, method) or method not in ("forward_saving", "backward_saved"):
-        return getattr(module, method)  # type: ignore[no-any-return]
+        return getattr(module, method)
     if method == "forward_saving":
         return lambda call, *args: (module.forward(call, *args), None)
     return lambda call, grad_output, saved, *args: module.backward(call, grad_output, *args)
