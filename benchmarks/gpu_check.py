@@ -34,6 +34,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import time
 import traceback
@@ -43,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from arrayloss import _torch_cuda
 
 from .cases import Case, make_inputs, model_bytes
 
@@ -58,6 +61,8 @@ IN_PLACE_PEAK_SHARE = 0.05
 COMPILE_RESERVE_S = 45.0
 
 Call = Callable[[], Any]
+#: The backends' entry points the torch bridge may call.
+METHODS = _torch_cuda._METHODS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,8 +222,9 @@ class Platform:
 
         for loss in losses:
             generic = importlib.import_module(f"arrayloss._agnostic.{loss}")
-            for method in ("forward", "backward", "loss_and_grad"):
-                count(generic, method, "generic")
+            for method in METHODS:
+                if hasattr(generic, method):
+                    count(generic, method, "generic")
         if self.dry_run:
             from array_api_compat import array_namespace
 
@@ -240,8 +246,9 @@ class Platform:
         else:
             for loss in losses:
                 fused = importlib.import_module(f"arrayloss._cupy.{loss}")
-                for method in ("forward", "backward", "loss_and_grad"):
-                    count(fused, method, "fused")
+                for method in METHODS:
+                    if hasattr(fused, method):
+                        count(fused, method, "fused")
         try:
             yield counts
         finally:
@@ -568,6 +575,7 @@ def summarize(out: Path) -> tuple[str, list[str]]:
         lines.append(f"| {row['case']} | {row['provider']} | {row['median_s'] * 1e3:.3f} | "
                      f"{row['gbps']:.1f} | {'-' if peak is None else f'{peak / 1e6:.1f}'} |")
     lines += _speedups(timings)
+    lines += _against_proxy(timings)
     measured = {row["case"] for row in timings if row["provider"] == "arrayloss fused"}
     if not measured:
         problems.append("targets: no fused target case was measured")
@@ -581,6 +589,7 @@ def summarize(out: Path) -> tuple[str, list[str]]:
             problems.append(f"memory: {record['case']} {record['provider']} peak "
                             f"{record['peak_share_of_logits']:.0%} of the logits")
     lines += _tests_summary(out, problems)
+    lines += _script_stages(out, problems)
     sweep = out / "sweep.json"
     if sweep.exists():
         data = json.loads(sweep.read_text())
@@ -609,6 +618,44 @@ def _speedups(timings: list[dict[str, Any]]) -> list[str]:
                      f"{ratio('torch compile', 'arrayloss fused')} | "
                      f"{ratio('torch eager', 'arrayloss via torch')} |")
     return lines
+
+
+def _against_proxy(timings: list[dict[str, Any]]) -> list[str]:
+    """The fused times against the CPU proxy's prediction (``benchmarks/results/proxy.json``:
+    bytes / 4.3 TB/s + 4 us a launch), where the case is one of its."""
+    path = Path(__file__).resolve().parent / "results" / "proxy.json"
+    if not path.exists():
+        return []
+    predicted = {row["case"]: row for row in json.loads(path.read_text())}
+    lines = ["", "| case | fused us | proxy's prediction us | measured / predicted | "
+                 "roofline fraction |", "|---|---|---|---|---|"]
+    rows = 0
+    for row in timings:
+        proxy = predicted.get(row["case"])
+        if row["provider"] != "arrayloss fused" or proxy is None:
+            continue
+        measured_us = row["median_s"] * 1e6
+        least_us = proxy["min_bytes"] / 4.3e12 * 1e6
+        lines.append(f"| {row['case']} | {measured_us:,.1f} | {proxy['predicted_us']:,.1f} | "
+                     f"{measured_us / proxy['predicted_us']:.2f} | "
+                     f"{least_us / measured_us:.0%} |")
+        rows += 1
+    return lines if rows else []
+
+
+def _script_stages(out: Path, problems: list[str]) -> list[str]:
+    """Each stage's exit status and seconds as ``gpu_check.sh`` logged them; the test and
+    sweep stages, which leave no records of their own, fail the check by their status."""
+    log = out / "log.txt"
+    if not log.exists():
+        return []
+    ended = re.findall(r"^== (\w+): exit (\d+) after (\d+)s$", log.read_text(), re.M)
+    for stage, status, _ in ended:
+        if stage in ("tests", "sweep") and status != "0":
+            problems.append(f"{stage}: exit {status}" + (
+                " (its budget ran out)" if status in ("124", "130", "137", "2") else ""))
+    return ["", "| stage (script) | exit | seconds |", "|---|---|---|",
+            *(f"| {stage} | {status} | {seconds} |" for stage, status, seconds in ended)]
 
 
 def _tests_summary(out: Path, problems: list[str]) -> list[str]:

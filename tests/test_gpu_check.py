@@ -117,6 +117,8 @@ def test_the_verdict_fails_when_everything_skipped(tmp_path: Path) -> None:
     records.write("timing", case="c", provider="arrayloss fused", median_s=1e-3, gbps=1.0)
     _junit(tmp_path, 5, 0, 1)
     assert gpu_check.summarize(tmp_path)[1] == []
+    (tmp_path / "log.txt").write_text("== tests: exit 2 after 120s\n== sweep: exit 0 after 9s\n")
+    assert gpu_check.summarize(tmp_path)[1] == ["tests: exit 2 (its budget ran out)"]
     records.write("bridge", case="c", ok=False, fused_calls=0, generic_calls=1)
     for name in "abcdefgh":  # more files than come back
         (tmp_path / name).write_text("")
@@ -136,3 +138,18 @@ def test_a_failed_probe_stops_the_check(tmp_path: Path) -> None:
     assert done.returncode == 2
     log = (out / "log.txt").read_text()
     assert "the probe failed" in log and "== targets" not in log
+
+
+def test_on_a_gpu_every_entry_point_of_the_fused_backends_is_counted() -> None:
+    pytest.importorskip("cupy")
+    import importlib
+
+    modules = [importlib.import_module(f"arrayloss._cupy.{loss}")
+               for loss in ("gaussian_nll", "nll", "cross_entropy")]
+    entry_points = {(module, name) for module in modules for name in gpu_check.METHODS
+                    if hasattr(module, name)}
+    assert (modules[2], "backward_saved") in entry_points  # the autograd pair
+    before = {key: getattr(*key) for key in entry_points}
+    with gpu_check.Platform(dry_run=False).bridge():
+        assert all(getattr(*key) is not before[key] for key in entry_points)
+    assert all(getattr(*key) is before[key] for key in entry_points)
