@@ -649,7 +649,7 @@ def _script_stages(out: Path, problems: list[str]) -> list[str]:
     log = out / "log.txt"
     if not log.exists():
         return []
-    ended = re.findall(r"^== (\w+): exit (\d+) after (\d+)s$", log.read_text(), re.M)
+    ended = re.findall(r"^== (\w+): exit (\d+) after (\d+)s", log.read_text(), re.M)
     for stage, status, _ in ended:
         if stage in ("tests", "sweep") and status != "0":
             problems.append(f"{stage}: exit {status}" + (

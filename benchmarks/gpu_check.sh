@@ -11,8 +11,11 @@
 #
 # Each stage runs under `timeout -s INT` with its own budget (the seconds above, each an
 # environment variable), so that pytest and the benchmarks write their results before they
-# stop; the budgets add up to 530 s.  Results are written as they come, into $OUT (or
-# ./gpu-check-out when OUT is unset), at most 8 files, flat:
+# stop (KILL 10 s later).  A budget is cut to what is left of TOTAL_S (540 s, 9 minutes)
+# less 35 s kept for the summary, and a stage with under 10 s left is not started: the call
+# stays within TOTAL_S whatever the stages do, leaving about 4 of the session's 15 minutes
+# (after the machine's start) for a rerun of some stages.  Results are written as they
+# come, into $OUT (or ./gpu-check-out when OUT is unset), at most 8 files, flat:
 #   log.txt      everything printed          check.jsonl  the stage records, line by line
 #   tests.xml    the JUnit report            sweep.json, sweep.md  the benchmark suite
 #   summary.md   the table and the verdict
@@ -38,20 +41,36 @@ DRY=()
 exec > >(tee -a "$OUT/log.txt") 2>&1
 STARTED=$SECONDS
 
+TOTAL_S="${TOTAL_S:-540}"   # the whole call, whatever the stages' budgets say
+RESERVE_S=35                 # kept back for the summary (and the kill grace before it)
+# The output reaches log.txt through tee: let it drain before the call returns.
+trap 'exec 1>&- 2>&-; sleep 1' EXIT
+
 wanted() { [[ " $STAGES " == *" $1 "* ]]; }
-# stage NAME SECONDS COMMAND...: the command under its budget; INT first, KILL 15 s later.
+# budget SECONDS: a stage's budget, cut to what the call has left (the summary's reserve
+# kept back for every other stage); 0 when too little is left to start it.
+budget() {
+    local left=$(( TOTAL_S - (SECONDS - STARTED) - ${2:-$RESERVE_S} ))
+    if [ "$left" -lt 10 ]; then echo 0; elif [ "$1" -gt "$left" ]; then echo "$left"
+    else echo "$1"; fi
+}
+# stage NAME SECONDS COMMAND...: the command under its budget; INT first, KILL 10 s later.
 stage() {
-    local name=$1 budget=$2 began=$SECONDS status
+    local name=$1 seconds=$2 began=$SECONDS status
     shift 2
-    echo "== $name (budget ${budget}s, at $((SECONDS - STARTED))s)"
-    timeout -s INT -k 15 "$budget" "$@"
+    if [ "$seconds" -eq 0 ]; then
+        echo "== $name: exit 124 after 0s (not started: the call's ${TOTAL_S}s are spent)"
+        return 124
+    fi
+    echo "== $name (budget ${seconds}s, at $((SECONDS - STARTED))s)"
+    timeout -s INT -k 10 "$seconds" "$@"
     status=$?
     echo "== $name: exit $status after $((SECONDS - began))s"
     return $status
 }
 
 if wanted setup && compgen -G ".whl/*.whl" > /dev/null; then
-    stage setup "${SETUP_S:-45}" "$PYTHON" -m pip install -q --no-index --no-deps \
+    stage setup "$(budget "${SETUP_S:-45}")" "$PYTHON" -m pip install -q --no-index --no-deps \
         --no-compile --no-cache-dir --upgrade --target /tmp/arrayloss-site .whl/*.whl \
         || exit 1
     export PYTHONPATH="/tmp/arrayloss-site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -60,8 +79,9 @@ else
 fi
 
 if wanted probe; then
-    stage probe "${PROBE_S:-60}" "$PYTHON" -m benchmarks.gpu_check probe --out "$OUT" \
-        "${DRY[@]}" --budget "${PROBE_S:-60}"
+    PROBE_BUDGET="$(budget "${PROBE_S:-60}")"
+    stage probe "$PROBE_BUDGET" "$PYTHON" -m benchmarks.gpu_check probe --out "$OUT" \
+        "${DRY[@]}" --budget "$PROBE_BUDGET"
     status=$?
     if [ $status -ne 0 ]; then
         echo "!! the probe failed (exit $status): CuPy cannot launch a kernel here; stopping"
@@ -70,13 +90,18 @@ if wanted probe; then
     fi
 fi
 
-wanted targets && stage targets "${TARGETS_S:-200}" "$PYTHON" -m benchmarks.gpu_check \
-    targets --out "$OUT" "${DRY[@]}" --budget "$(( ${TARGETS_S:-200} - 10 ))" \
-    --case-budget "${CASE_BUDGET_S:-0.5}"
+if wanted targets; then
+    TARGETS_BUDGET="$(budget "${TARGETS_S:-200}")"
+    stage targets "$TARGETS_BUDGET" "$PYTHON" -m benchmarks.gpu_check targets --out "$OUT" \
+        "${DRY[@]}" --budget "$(( TARGETS_BUDGET - 10 ))" \
+        --case-budget "${CASE_BUDGET_S:-0.5}"
+fi
 
-wanted determinism && stage determinism "${DETERMINISM_S:-30}" "$PYTHON" \
-    -m benchmarks.gpu_check determinism --out "$OUT" "${DRY[@]}" \
-    --budget "$(( ${DETERMINISM_S:-30} - 5 ))"
+if wanted determinism; then
+    DETERMINISM_BUDGET="$(budget "${DETERMINISM_S:-30}")"
+    stage determinism "$DETERMINISM_BUDGET" "$PYTHON" -m benchmarks.gpu_check determinism \
+        --out "$OUT" "${DRY[@]}" --budget "$(( DETERMINISM_BUDGET - 5 ))"
+fi
 
 if wanted tests; then
     if [ "$DRY_RUN" = 1 ]; then  # the bridge's own tests, on the stand-in device
@@ -85,7 +110,7 @@ if wanted tests; then
         TEST_ARGS=(-m "not nvrtc and not hostcuda" -n "${TEST_WORKERS:-4}"
                    tests/test_cupy_gpu.py tests/test_torch_cuda.py tests/test_parity.py)
     fi
-    ARRAYLOSS_BACKENDS="${ARRAYLOSS_BACKENDS:-cupy,torch}" stage tests "${TESTS_S:-120}" \
+    ARRAYLOSS_BACKENDS="${ARRAYLOSS_BACKENDS:-cupy,torch}" stage tests "$(budget "${TESTS_S:-120}")" \
         "$PYTHON" -m pytest -q -p no:cacheprovider --junitxml="$OUT/tests.xml" \
         "${TEST_ARGS[@]}"
 fi
@@ -98,14 +123,17 @@ if wanted sweep; then
     else
         SWEEP_ARGS=(--device gpu --budget "${BUDGET:-0.1}")
     fi
-    stage sweep "${SWEEP_S:-60}" "$PYTHON" -m benchmarks --no-progress \
-        --time-limit "$(( ${SWEEP_S:-60} - 20 ))" "${SWEEP_ARGS[@]}" --out "$SWEEP_DIR"
+    SWEEP_BUDGET="$(budget "${SWEEP_S:-60}")"
+    stage sweep "$SWEEP_BUDGET" "$PYTHON" -m benchmarks --no-progress \
+        --time-limit "$(( SWEEP_BUDGET > 30 ? SWEEP_BUDGET - 20 : 10 ))" "${SWEEP_ARGS[@]}" \
+        --out "$SWEEP_DIR"
     [ -f "$SWEEP_DIR/results.json" ] && cp "$SWEEP_DIR/results.json" "$OUT/sweep.json"
     [ -f "$SWEEP_DIR/results.md" ] && cp "$SWEEP_DIR/results.md" "$OUT/sweep.md"
 fi
 
 echo "== total $((SECONDS - STARTED))s"
 if wanted summary; then
-    stage summary "${SUMMARY_S:-15}" "$PYTHON" -m benchmarks.gpu_check summary --out "$OUT"
+    stage summary "$(budget "${SUMMARY_S:-15}" 0)" "$PYTHON" -m benchmarks.gpu_check summary \
+        --out "$OUT"
     exit $?
 fi
