@@ -303,5 +303,16 @@ def test_cuda_tensors_run_the_fused_kernels_on_torchs_stream() -> None:
     torch.testing.assert_close(gaussian.cpu(), al.gaussian_nll_loss(
         logits, logits * 0.5, torch.ones_like(logits)), rtol=1e-5, atol=1e-6)
     x = logits.cuda().requires_grad_()
-    al.cross_entropy(x, labels.cuda()).backward()
+    al.cross_entropy(x, labels.cuda()).backward()  # the saved rows' backward
     torch.testing.assert_close(x.grad.cpu(), want_grad, rtol=1e-5, atol=1e-7)
+    # bfloat16 on the fused kernels (a fallback would warn, and warnings are errors here),
+    # out=input, against float32 PyTorch on the same bfloat16 values.
+    bf16 = logits.to(torch.bfloat16)
+    reference = bf16.float().requires_grad_()
+    torch.nn.functional.cross_entropy(reference, labels).backward()
+    device_bf16 = bf16.cuda()
+    bf16_loss, bf16_grad = al.cross_entropy_and_grad(device_bf16, labels.cuda(), out=device_bf16)
+    assert bf16_grad is device_bf16 and bf16_loss.dtype == torch.bfloat16
+    scale = float(reference.grad.abs().max())
+    torch.testing.assert_close(bf16_grad.cpu().float(), reference.grad, rtol=2 ** -6,
+                               atol=2 ** -8 * scale)
