@@ -270,13 +270,30 @@ def _differentiable(call: _class_calls.CrossEntropyCall,
         return _class_calls.cross_entropy_call(arrays["input"], arrays["target"],
                                                arrays.get("weight"), **options)
 
+    # A backend that can (the fused kernels) hands its forward's row statistics to the
+    # backward of the same call (PyTorch's autograd); a JAX backward validates a new call,
+    # and every other backend recomputes.
+    saved: dict[str, Any] = {}
+
+    def forward(call: _class_calls.CrossEntropyCall) -> Array:
+        module = backend(call.xp, "cross_entropy")
+        if not hasattr(module, "forward_saving"):
+            return module.forward(call)
+        loss, saved["rows"] = module.forward_saving(call)
+        saved["call"] = call
+        return loss
+
     def backward(call: _class_calls.CrossEntropyCall, grad_output: Array,
                  wanted: frozenset[str]) -> dict[str, Array | None]:
         upstream = _validation.check_grad_output(grad_output, call.input, call.xp,
                                                  call.loss_shape, call.reduction)
         grads: dict[str, Array | None] = {}
-        if "input" in wanted:
-            grads["input"] = backend(call.xp, "cross_entropy").backward(call, upstream)
+        module = backend(call.xp, "cross_entropy")
+        if "input" in wanted and saved.get("call") is call:
+            grads["input"] = module.backward_saved(call, upstream, saved.pop("rows"))
+            del saved["call"]
+        elif "input" in wanted:
+            grads["input"] = module.backward(call, upstream)
         if "target" in wanted and call.probabilities:
             # The generic code: a soft target's gradient is rare and needs log-softmax only.
             from ._agnostic import cross_entropy as generic
@@ -286,4 +303,4 @@ def _differentiable(call: _class_calls.CrossEntropyCall,
 
     return _autograd.Differentiable(
         arrays=named, make_call=make_call,
-        forward=lambda call: backend(call.xp, "cross_entropy").forward(call), backward=backward)
+        forward=forward, backward=backward)

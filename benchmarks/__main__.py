@@ -128,39 +128,52 @@ def run(args: argparse.Namespace) -> Path:
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     skipped = 0
+    interrupted = False
     for case in tqdm(cases, desc=f"benchmarks ({device})", unit="case", disable=args.no_progress):
-        if time.perf_counter() - started > args.time_limit:
+        if interrupted or time.perf_counter() - started > args.time_limit:
             skipped += 1
             continue
-        # Large GPU inputs are made on the device, in seconds rather than minutes.
-        generator: Any = importlib.import_module("cupy") if device == "gpu" else np
-        inputs = [make_inputs(case, seed, generator)
-                  for seed in range(_input_sets(case, device))]
-        if device == "cpu":
-            rows += _measure_cpu_case(case, providers, inputs, args)
-            continue
-        for provider in providers:
-            if not supports(provider, case):
-                continue
-            try:
-                calls = [make_call(provider, case, convert(provider, case, arrays))
-                         for arrays in inputs]
-                timing = time_gpu(calls, provider.library, args.warmup, args.budget,
-                                  args.max_repeats)
-            except Exception as error:  # a provider that cannot run a case is reported
-                rows.append(_error_row(case, provider, error))
-                continue
-            finally:
-                _free_gpu_memory(provider)
-            rows.append({"case_key": case.key, "case": case.to_dict(), "provider": provider.name,
-                         "model_bytes": model_bytes(case), **timing.to_dict()})
+        try:
+            rows += _measure_case(case, device, providers, args)
+        except KeyboardInterrupt:  # `timeout -s INT`: write what was measured
+            interrupted = True
+            skipped += 1
     meta["cases_run"] = len(cases) - skipped
     meta["cases_skipped_for_time"] = skipped
+    meta["interrupted"] = interrupted
     files = report.write(out, meta, rows)
     print(f"wrote {', '.join(str(path) for path in files.values())}")
     sections = (out / "results.md").read_text().split("\n## ")
     print("## " + next(section for section in sections if section.startswith("Targets")))
     return out
+
+
+def _measure_case(case: Case, device: str, providers: list[Provider],
+                  args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The rows of every provider of one case."""
+    rows: list[dict[str, Any]] = []
+    # Large GPU inputs are made on the device, in seconds rather than minutes.
+    generator: Any = importlib.import_module("cupy") if device == "gpu" else np
+    inputs = [make_inputs(case, seed, generator)
+              for seed in range(_input_sets(case, device))]
+    if device == "cpu":
+        return _measure_cpu_case(case, providers, inputs, args)
+    for provider in providers:
+        if not supports(provider, case):
+            continue
+        try:
+            calls = [make_call(provider, case, convert(provider, case, arrays))
+                     for arrays in inputs]
+            timing = time_gpu(calls, provider.library, args.warmup, args.budget,
+                              args.max_repeats)
+        except Exception as error:  # a provider that cannot run a case is reported
+            rows.append(_error_row(case, provider, error))
+            continue
+        finally:
+            _free_gpu_memory(provider)
+        rows.append({"case_key": case.key, "case": case.to_dict(), "provider": provider.name,
+                     "model_bytes": model_bytes(case), **timing.to_dict()})
+    return rows
 
 
 def _error_row(case: Any, provider: Provider, error: Exception) -> dict[str, Any]:

@@ -217,3 +217,33 @@ def test_every_launched_source_compiles_with_nvrtc() -> None:
                 for source in hostcuda.COUNTERS.sources.values()}
     assert launched, "no kernel was launched before this test"
     assert launched <= _nvrtc.compiled
+
+
+@pytest.mark.parametrize("reduction", kc.REDUCTIONS)
+def test_cross_entropy_backward_from_the_saved_rows_is_the_gradient_pass_alone(
+        reduction: str) -> None:
+    # What the torch autograd bridge does: forward_saving, then backward_saved, which must
+    # launch only the gradient kernel and give the bits of a backward that recomputes.
+    from arrayloss._class_calls import cross_entropy_call
+    from arrayloss._cupy import cross_entropy as fused
+
+    rng = np.random.default_rng(11)
+    values = rng.normal(size=(33, 70)).astype(np.float32)
+    targets = rng.integers(0, 70, 33)
+    targets[3] = -100
+    logits, labels = hostcuda.asarray(values), hostcuda.asarray(targets)
+    call = cross_entropy_call(logits, labels, None, ignore_index=-100, reduction=reduction,
+                              label_smoothing=0.1, validate=True)
+    upstream_values = rng.uniform(0.5, 1.5, 33).astype(np.float32)
+    upstream: Any = hostcuda.asarray(upstream_values) if reduction == "none" else 0.75
+    want = hostcuda.asnumpy(fused.backward(call, upstream))
+    loss, saved = fused.forward_saving(call)
+    np.testing.assert_array_equal(hostcuda.asnumpy(loss), hostcuda.asnumpy(fused.forward(call)))
+    hostcuda.COUNTERS.launches.clear()
+    got = hostcuda.asnumpy(fused.backward_saved(call, upstream, saved))
+    assert set(hostcuda.COUNTERS.launches) == {"arrayloss_cross_entropy_grad"}
+    np.testing.assert_array_equal(got, want)
+    reference = al.cross_entropy_backward(
+        upstream_values.astype(np.float64) if reduction == "none" else 0.75,
+        values.astype(np.float64), targets, reduction=reduction, label_smoothing=0.1)
+    np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-7)

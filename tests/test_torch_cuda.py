@@ -28,6 +28,8 @@ class StandIn:
     def __init__(self) -> None:
         self.streams: list[tuple[int, int]] = []
         self.calls: list[Any] = []
+        self.converted: list[Any] = []  # the dtypes of the tensors handed to from_dlpack
+        self.methods: list[str] = []  # the backend's methods, in call order
         self.active = False
 
     def device(self) -> _torch_cuda.Device:
@@ -37,10 +39,13 @@ class StandIn:
 
             class Spy:
                 def __getattr__(self, method: str) -> Any:
+                    function = getattr(generic, method)  # the generic module's methods only
+
                     def run(call: Any, *args: Any) -> Any:
                         assert stand_in.active, "the kernels ran outside the stream context"
                         stand_in.calls.append(call)
-                        return getattr(generic, method)(call, *args)
+                        stand_in.methods.append(method)
+                        return function(call, *args)
                     return run
 
             return Spy()
@@ -54,8 +59,13 @@ class StandIn:
             finally:
                 self.active = False
 
+        def from_dlpack(tensor: Any) -> Any:
+            assert self.active, "a tensor was converted outside the stream context"
+            self.converted.append(tensor.dtype)
+            return np.from_dlpack(tensor)
+
         return _torch_cuda.Device(
-            from_dlpack=np.from_dlpack,
+            from_dlpack=from_dlpack,
             namespace=lambda: array_namespace(np.empty(0)),
             backend=backend, stream=stream, current_stream=lambda device: 0xBEEF)
 
@@ -178,6 +188,101 @@ def test_autograd_goes_through_the_bridge(stand_in: StandIn) -> None:
     assert len(stand_in.calls) == 4  # two forwards and two backwards, all on the "device"
 
 
+def test_results_come_back_inside_the_stream_context(stand_in: StandIn,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    returned: list[bool] = []
+    original = torch.from_dlpack
+
+    def from_dlpack(array: Any) -> Any:
+        returned.append(stand_in.active)
+        return original(array)
+
+    monkeypatch.setattr(torch, "from_dlpack", from_dlpack)
+    a = _tensors(5)
+    al.cross_entropy_and_grad(a["x"], a["labels"])
+    al.gaussian_nll_loss(a["x"], a["t"], a["v"], reduction="none")
+    assert returned and all(returned), "a result was converted outside the stream context"
+    assert stand_in.converted  # and the inputs inside it (the stand-in asserts that)
+
+
+def test_bfloat16_runs_the_device_backend_through_its_bits(stand_in: StandIn) -> None:
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    rng = np.random.default_rng(6)
+    logits = torch.tensor(rng.normal(size=(7, 11)), dtype=torch.bfloat16)
+    labels = torch.tensor(rng.integers(0, 11, 7))
+    reference = logits.float().requires_grad_()
+    want_loss = torch.nn.functional.cross_entropy(reference, labels)
+    want_loss.backward()
+    consumed = logits.clone()
+    loss, grad = al.cross_entropy_and_grad(consumed, labels, out=consumed)
+    assert grad is consumed and loss.dtype == torch.bfloat16
+    # bfloat16's 8 bits of mantissa: within two of its units of the float32 reference.
+    torch.testing.assert_close(loss.float(), want_loss.detach(), rtol=2 ** -7, atol=0)
+    torch.testing.assert_close(grad.float(), reference.grad, rtol=2 ** -7, atol=2 ** -10)
+    variance = torch.tensor(rng.uniform(0.5, 2, (7, 1)), dtype=torch.bfloat16)
+    gaussian = al.gaussian_nll_loss(logits, logits * 0.5, variance, reduction="none")
+    assert gaussian.dtype == torch.bfloat16 and gaussian.shape == logits.shape
+    torch.testing.assert_close(gaussian.float(), torch.nn.functional.gaussian_nll_loss(
+        logits.float(), (logits * 0.5).float(), variance.float(), reduction="none"),
+        rtol=2 ** -6, atol=2 ** -8)
+    # The device backend ran on ml_dtypes' bfloat16 arrays; no tensor went as bfloat16.
+    assert len(stand_in.calls) == 2
+    for call in stand_in.calls:
+        assert call.input.dtype == np.dtype(ml_dtypes.bfloat16)
+        assert call.dtype == np.dtype(ml_dtypes.bfloat16)
+    assert torch.bfloat16 not in stand_in.converted and torch.int16 in stand_in.converted
+
+
+def test_a_call_the_kernels_cannot_take_warns_and_runs_the_generic_code(
+        stand_in: StandIn, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "ml_dtypes" else find_spec(name,
+                                                                                       *args))
+    logits = torch.tensor(np.linspace(-2, 2, 12).reshape(3, 4), dtype=torch.bfloat16)
+    labels = torch.tensor([0, 3, 1])
+    with pytest.warns(RuntimeWarning, match="bfloat16 tensors need ml_dtypes"):
+        loss = al.cross_entropy(logits, labels)
+    assert not stand_in.calls, "the device backend ran"
+    torch.testing.assert_close(loss, _generic(al.cross_entropy, logits, labels))
+
+
+def test_autograd_hands_the_forwards_saved_rows_to_its_backward(
+        stand_in: StandIn, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A device backend with a saving forward (as the fused cross-entropy has): its backward
+    # gets the very object its forward saved, which stays a device-side object, untouched.
+    from arrayloss._agnostic import cross_entropy as generic
+
+    saved: list[Any] = []
+
+    def forward_saving(call: Any) -> Any:
+        saved.append(object())
+        return generic.forward(call), saved[-1]
+
+    def backward_saved(call: Any, grad_output: Any, rows: Any) -> Any:
+        assert rows is saved[-1]
+        saved.append("used")
+        return generic.backward(call, grad_output)
+
+    monkeypatch.setattr(generic, "forward_saving", forward_saving, raising=False)
+    monkeypatch.setattr(generic, "backward_saved", backward_saved, raising=False)
+    a = _tensors(7)
+    logits = a["x"].clone().requires_grad_()
+    al.cross_entropy(logits, a["labels"], label_smoothing=0.1).backward()
+    reference = a["x"].clone().requires_grad_()
+    torch.nn.functional.cross_entropy(reference, a["labels"], label_smoothing=0.1).backward()
+    torch.testing.assert_close(logits.grad, reference.grad)
+    assert stand_in.methods == ["forward_saving", "backward_saved"]
+    assert saved[-1] == "used"
+    # A backend without them (the generic one, for JAX or NumPy) is called as before.
+    monkeypatch.delattr(generic, "forward_saving")
+    monkeypatch.delattr(generic, "backward_saved")
+    al.cross_entropy(logits, a["labels"]).backward()
+    assert stand_in.methods[2:] == ["forward", "backward"]
+
+
 def test_cpu_tensors_never_touch_the_device_library() -> None:
     def refuse(tensor: Any) -> Any:
         raise AssertionError("a CPU tensor was converted")
@@ -225,5 +330,16 @@ def test_cuda_tensors_run_the_fused_kernels_on_torchs_stream() -> None:
     torch.testing.assert_close(gaussian.cpu(), al.gaussian_nll_loss(
         logits, logits * 0.5, torch.ones_like(logits)), rtol=1e-5, atol=1e-6)
     x = logits.cuda().requires_grad_()
-    al.cross_entropy(x, labels.cuda()).backward()
+    al.cross_entropy(x, labels.cuda()).backward()  # the saved rows' backward
     torch.testing.assert_close(x.grad.cpu(), want_grad, rtol=1e-5, atol=1e-7)
+    # bfloat16 on the fused kernels (a fallback would warn, and warnings are errors here),
+    # out=input, against float32 PyTorch on the same bfloat16 values.
+    bf16 = logits.to(torch.bfloat16)
+    reference = bf16.float().requires_grad_()
+    torch.nn.functional.cross_entropy(reference, labels).backward()
+    device_bf16 = bf16.cuda()
+    bf16_loss, bf16_grad = al.cross_entropy_and_grad(device_bf16, labels.cuda(), out=device_bf16)
+    assert bf16_grad is device_bf16 and bf16_loss.dtype == torch.bfloat16
+    scale = float(reference.grad.abs().max())
+    torch.testing.assert_close(bf16_grad.cpu().float(), reference.grad, rtol=2 ** -6,
+                               atol=2 ** -8 * scale)

@@ -244,6 +244,38 @@ def loss_and_grad(call: CrossEntropyCall, out: Array | None = None) -> tuple[Arr
     return reduce.as_result(totals, call.dtype), grad
 
 
+@dataclass(frozen=True)
+class Saved:
+    """What a forward leaves for its backward (autograd): the layout, the loss totals and the
+    rows' (max, log-sum-exp, scale, on-target) factors, so the backward reads the logits once
+    (the gradient pass) instead of three times (both row passes again, then the gradient)."""
+
+    layout: _Layout
+    totals: cupy.ndarray
+    row_info: cupy.ndarray
+
+
+def forward_saving(call: CrossEntropyCall) -> tuple[Array, Saved | None]:
+    """:func:`forward`, and what :func:`backward_saved` needs (None where it falls back)."""
+    if _degenerate(call) or call.dtype != call.input.dtype:
+        return forward(call), None
+    with call.input.device:
+        layout, result, row_info = _checked_rows(call)
+    if call.reduction == "none":
+        return result.reshape(call.loss_shape), Saved(layout, result, row_info)
+    return reduce.as_result(result, call.dtype), Saved(layout, result, row_info)
+
+
+def backward_saved(call: CrossEntropyCall, grad_output: Array | float,
+                   saved: Saved | None) -> Array:
+    """:func:`backward` from a forward's :class:`Saved` rows: the gradient pass alone."""
+    if saved is None:
+        return backward(call, grad_output)
+    with call.input.device:
+        return _grad(call, saved.layout, saved.row_info, grad_output,
+                     saved.totals if call.reduction == "mean" else None, None)
+
+
 # ------------------------------------------------------------------ the kernels
 #
 # Rows are the (n, s) samples of an (N, C, S) input: row r reads x[base + c * S] with
@@ -251,6 +283,26 @@ def loss_and_grad(call: CrossEntropyCall, out: Array | None = None) -> tuple[Arr
 # per row (size = rows * splits * threads, block_size = threads, so each thread runs its body
 # once and the block's threads may synchronise); block b covers the columns
 # [part * chunk, part * chunk + chunk) of row b / splits, part = b % splits.
+
+#: Columns a thread loads before it computes (the row passes): four loads in flight.
+CE_BATCH = 4
+
+# One column of the statistics pass: the online (max, sum of exp), and the linear sums of
+# label smoothing (mode 1) or probability targets (mode 2).
+_CE_STATS_PUSH = f"\n#define CE_BATCH {CE_BATCH}\n" + """
+#define CE_STATS_PUSH(VALUE, COLUMN) do { \\
+    const A value_ = (VALUE); \\
+    const long long column_ = (COLUMN); \\
+    al::lse_push(top, sum, value_); \\
+    if (mode != 0) { \\
+        double share = has_weight ? static_cast<double>(A(w[column_])) : 1.0; \\
+        if (mode == 2) share *= static_cast<double>(al::ce_smoothed( \\
+            A(q[base + column_ * spatial]), smoothing, n_classes)); \\
+        linear += share * static_cast<double>(value_); \\
+        mass += share; \\
+    } \\
+} while (0)
+"""
 
 _CE_ROW_MAP = """
 const long long block = blockIdx.x;
@@ -275,17 +327,21 @@ A top = al::minus_infinity(A(0));
 A sum = 0;
 double linear = 0;
 double mass = 0;
-for (long long c = begin + threadIdx.x; c < end; c += blockDim.x) {
-    const long long at = base + c * spatial;
-    const A value = A(x[at]);
-    al::lse_push(top, sum, value);
-    if (mode != 0) {
-        double share = has_weight ? static_cast<double>(A(w[c])) : 1.0;
-        if (mode == 2) share *= static_cast<double>(al::ce_smoothed(A(q[at]), smoothing,
-                                                                     n_classes));
-        linear += share * static_cast<double>(value);
-        mass += share;
+const long long stride = blockDim.x;
+long long c = begin + threadIdx.x;
+// Batches of CE_BATCH columns: every load of a batch issued before any value is used (the
+// values go through lse_push in the order of the one-at-a-time loop: the same bits).
+for (; c + (CE_BATCH - 1) * stride < end; c += CE_BATCH * stride) {
+    A values[CE_BATCH];
+#pragma unroll
+    for (int k = 0; k < CE_BATCH; ++k) values[k] = A(x[base + (c + k * stride) * spatial]);
+#pragma unroll
+    for (int k = 0; k < CE_BATCH; ++k) {
+        CE_STATS_PUSH(values[k], c + k * stride);
     }
+}
+for (; c < end; c += stride) {
+    CE_STATS_PUSH(A(x[base + c * spatial]), c);
 }
 const A block_top = al::block_max(top);
 sum = al::block_sum(top == block_top ? sum : sum * exp(top - block_top));
@@ -301,7 +357,7 @@ if (threadIdx.x == 0) {
 }
 """,
         name="arrayloss_cross_entropy_row_stats",
-        preamble=preamble("al::compute_of<X>::type"),
+        preamble=preamble("al::compute_of<X>::type") + _CE_STATS_PUSH,
     )
 
 
@@ -380,6 +436,16 @@ def ce_rows_partials() -> cupy.ElementwiseKernel:
     )
 
 
+# One gradient entry from its loaded logit, class weight and (probability) target.
+_CE_GRAD = f"\n#define CE_BATCH {CE_BATCH}\n" + """
+#define CE_GRAD(VALUE, WEIGHT, TARGET, COLUMN) (upstream * al::ce_grad_element( \\
+    (VALUE), top, log_sum, scale, \\
+    probabilities ? (WEIGHT) * al::ce_smoothed((TARGET), smoothing, n_classes) \\
+                  : ((COLUMN) == cls ? on_target : A(0)), \\
+    probabilities ? A(0) : spread_share * (WEIGHT)))
+"""
+
+
 @kernel_factory
 def ce_grad() -> cupy.ElementwiseKernel:
     """The gradient, each entry written once (over ``x`` itself when ``grad`` is ``x``: each
@@ -410,21 +476,35 @@ if (!probabilities) {
     upstream = upstream / A(divisor);
 }
 const A spread_share = A(smoothing / static_cast<double>(n_classes));
-for (long long c = begin + threadIdx.x; c < end; c += blockDim.x) {
-    const long long at = base + c * spatial;
-    const A class_weight = has_weight ? A(w[c]) : A(1);
-    A target_part = 0;
-    A spread = 0;
-    if (probabilities) {
-        target_part = class_weight * al::ce_smoothed(A(q[at]), smoothing, n_classes);
-    } else {
-        target_part = c == cls ? on_target : A(0);
-        spread = spread_share * class_weight;
+const long long stride = blockDim.x;
+long long c = begin + threadIdx.x;
+// Batches of CE_BATCH columns: all their loads first, then the arithmetic, then the stores,
+// so no load waits on a store (``grad`` may be ``x``: each thread writes only the entries it
+// has read).
+for (; c + (CE_BATCH - 1) * stride < end; c += CE_BATCH * stride) {
+    A values[CE_BATCH];
+    A weights[CE_BATCH];
+    A targets[CE_BATCH];
+#pragma unroll
+    for (int k = 0; k < CE_BATCH; ++k) {
+        const long long at = base + (c + k * stride) * spatial;
+        values[k] = A(x[at]);
+        weights[k] = has_weight ? A(w[c + k * stride]) : A(1);
+        targets[k] = probabilities ? A(q[at]) : A(0);
     }
-    grad[at] = R(upstream * al::ce_grad_element(A(x[at]), top, log_sum, scale, target_part,
-                                                spread));
+#pragma unroll
+    for (int k = 0; k < CE_BATCH; ++k) {
+        values[k] = CE_GRAD(values[k], weights[k], targets[k], c + k * stride);
+    }
+#pragma unroll
+    for (int k = 0; k < CE_BATCH; ++k) grad[base + (c + k * stride) * spatial] = R(values[k]);
+}
+for (; c < end; c += stride) {
+    const long long at = base + c * spatial;
+    grad[at] = R(CE_GRAD(A(x[at]), has_weight ? A(w[c]) : A(1),
+                         probabilities ? A(q[at]) : A(0), c));
 }
 """,
         name="arrayloss_cross_entropy_grad",
-        preamble=header(),
+        preamble=header() + _CE_GRAD,
     )

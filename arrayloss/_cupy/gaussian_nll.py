@@ -193,13 +193,16 @@ def _gaussian_compute(scalar_var: bool) -> str:
 
 # `term` is max(var, eps), or the log-variance itself with log_var; `weight` the beta-NLL
 # weight, exactly 1 for beta = 0 (a uniform branch: no cost, the same bits as without it).
+# The three loads come first, before the check's branch: the invalid flag's atomic store
+# might alias x and t for all the compiler knows, so loads after it would wait for it (two
+# dependent memory round trips per element instead of one).
 _GAUSSIAN_PROLOGUE = """
 const A var_value = A(v);
+const A input_value = A(x);
+const A target_value = A(t);
 if (check && al::gaussian_var_is_invalid(var_value)) al::record_invalid(&invalid[0], i);
 const A term = al::gaussian_term(var_value, A(eps), log_var);
 const A weight = beta == 0 ? A(1) : al::beta_weight(term, A(beta), log_var);
-const A input_value = A(x);
-const A target_value = A(t);
 """
 
 _GAUSSIAN_OPTIONS = ", float64 eps, int32 log_var, float64 beta"

@@ -22,16 +22,53 @@ INDEX_32_BITS_LIMIT = [1 << 31]
 
 @dataclass
 class Counters:
-    """What the harness saw: launches per kernel, distinct sources, host reads."""
+    """What the harness saw: launches per kernel, distinct sources, host reads, and each
+    launch's memory traffic (:attr:`trace`, for the performance proxy)."""
 
     launches: dict[str, int] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)  # content hash -> source
     host_reads: int = 0
     execute: bool = True  # False: record sources without compiling or running them
+    #: Every launch in order: name, source digest (None for CuPy's own operations), and the
+    #: bytes its array arguments span, read and written (see :func:`traffic`).
+    trace: list[dict[str, Any]] = field(default_factory=list)
 
     def reset_launches(self) -> None:
         self.launches.clear()
         self.host_reads = 0
+
+    def record(self, name: str, reads: list[Any], writes: list[Any],
+               digest: str | None = None, read_names: list[str] | None = None,
+               write_names: list[str] | None = None) -> None:
+        arguments = []
+        for role, arrays, names in (("read", reads, read_names), ("write", writes, write_names)):
+            for position, array in enumerate(arrays):
+                if isinstance(array, HostArray):
+                    start, size = footprint(array)
+                    arguments.append({"param": names[position] if names else str(position),
+                                      "role": role, "start": start, "bytes": size,
+                                      "itemsize": array.itemsize})
+        self.trace.append({"name": name, "digest": digest, "read_bytes": traffic(reads),
+                           "write_bytes": traffic(writes), "arguments": arguments})
+
+
+def footprint(array: HostArray) -> tuple[int, int]:
+    """(start address, bytes) an array's elements span once each: a broadcast axis (stride 0)
+    adds nothing, so a variance broadcast over a row counts once."""
+    if array.size == 0:
+        return array.pointer, 0
+    elements = 1
+    for size, stride in zip(array.shape, array.strides, strict=True):
+        if stride != 0:
+            elements *= size
+    return array.pointer, elements * array.itemsize
+
+
+def traffic(arrays: list[Any]) -> int:
+    """Bytes that ``arrays`` span, each distinct span once: the minimum a launch moves for
+    them (the same buffer passed twice, as a stand-in argument, is read once)."""
+    spans = {footprint(array) for array in arrays if isinstance(array, HostArray)}
+    return sum(size for _, size in spans)
 
 
 COUNTERS = Counters()
@@ -169,23 +206,32 @@ class HostArray:
 
     def __setitem__(self, key: Any, value: Any) -> None:
         # CuPy copies on the device; here the host writes, and the buffer counts as written.
-        self._array[key] = value._array if isinstance(value, HostArray) else value
+        target = self[key]
+        COUNTERS.record("cupy setitem", [value], [target])
+        if COUNTERS.execute:
+            self._array[key] = value._array if isinstance(value, HostArray) else value
         self._buffer.written = True
 
     def astype(self, dtype: Any, copy: bool = True) -> HostArray:
         if not copy and np.dtype(dtype) == self.dtype:
             return self
         with np.errstate(all="ignore"):  # a device cast never warns: inf past the max
-            return HostArray.allocate(self._array.astype(dtype), written=True)
+            cast = HostArray.allocate(self._array.astype(dtype), written=True)
+        COUNTERS.record("cupy astype", [self], [cast])
+        return cast
 
     def copy(self) -> HostArray:
-        return HostArray.allocate(self._array.copy(), written=True)
+        copied = HostArray.allocate(self._array.copy(), written=True)
+        COUNTERS.record("cupy copy", [self], [copied])
+        return copied
 
     def sum(self, axis: Any = None, keepdims: bool = False, dtype: Any = None) -> HostArray:
         # CuPy's own reduction (not arrayloss's kernels), computed in the array's dtype.
         with np.errstate(all="ignore"):
             summed = np.asarray(self._array.sum(axis=axis, keepdims=keepdims, dtype=dtype))
-        return HostArray.allocate(summed, written=True)
+        result = HostArray.allocate(summed, written=True)
+        COUNTERS.record("cupy sum", [self], [result])
+        return result
 
     # ---------------------------------------------------------------- reads to the host
     def get(self) -> np.ndarray:
@@ -224,33 +270,43 @@ class HostArray:
 def empty(shape: Any, dtype: Any = float, order: str = "C") -> HostArray:
     """Uninitialised, as on the device: filled with a poison pattern (0xA5 bytes)."""
     array = np.empty(shape, dtype=dtype, order=order)
-    if array.size:
+    if array.size and COUNTERS.execute:  # recording only: untouched, so never in memory
         array.reshape(-1).view(np.uint8)[:] = 0xA5
     return HostArray.allocate(array, written=False)
 
 
+def _filled(array: np.ndarray, name: str) -> HostArray:
+    filled = HostArray.allocate(array, written=True)
+    COUNTERS.record(name, [], [filled])  # a fill kernel (or a memset) on the device
+    return filled
+
+
 def full(shape: Any, fill_value: Any, dtype: Any = None) -> HostArray:
-    return HostArray.allocate(np.full(shape, fill_value, dtype=dtype), written=True)
+    return _filled(np.full(shape, fill_value, dtype=dtype), "cupy full")
 
 
 def zeros(shape: Any, dtype: Any = float) -> HostArray:
-    return HostArray.allocate(np.zeros(shape, dtype=dtype), written=True)
+    return _filled(np.zeros(shape, dtype=dtype), "cupy zeros")
 
 
 def ones(shape: Any, dtype: Any = float) -> HostArray:
-    return HostArray.allocate(np.ones(shape, dtype=dtype), written=True)
+    return _filled(np.ones(shape, dtype=dtype), "cupy ones")
 
 
 def asarray(value: Any, dtype: Any = None) -> HostArray:
     if isinstance(value, HostArray):
         return value if dtype is None or np.dtype(dtype) == value.dtype else value.astype(dtype)
-    return HostArray.allocate(np.array(value, dtype=dtype, copy=True), written=True)
+    copied = HostArray.allocate(np.array(value, dtype=dtype, copy=True), written=True)
+    COUNTERS.record("cupy asarray (host to device)", [], [copied])
+    return copied
 
 
 def ascontiguousarray(value: HostArray, dtype: Any = None) -> HostArray:
     if value.c_contiguous and (dtype is None or np.dtype(dtype) == value.dtype):
         return value
-    return HostArray.allocate(np.ascontiguousarray(value._array, dtype=dtype), written=True)
+    copied = HostArray.allocate(np.ascontiguousarray(value._array, dtype=dtype), written=True)
+    COUNTERS.record("cupy ascontiguousarray", [value], [copied])
+    return copied
 
 
 def asnumpy(value: Any) -> np.ndarray:
@@ -260,7 +316,9 @@ def asnumpy(value: Any) -> np.ndarray:
 def concatenate(arrays: Any, axis: int = 0) -> HostArray:
     """``cupy.concatenate`` of host arrays (a device copy there, a host one here)."""
     parts = [a._array for a in arrays]
-    return HostArray.allocate(np.concatenate(parts, axis=axis), written=True)
+    joined = HostArray.allocate(np.concatenate(parts, axis=axis), written=True)
+    COUNTERS.record("cupy concatenate", list(arrays), [joined])
+    return joined
 
 
 def may_share_memory(a: HostArray, b: HostArray, max_work: Any = None) -> bool:

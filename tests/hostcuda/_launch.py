@@ -126,12 +126,17 @@ def _host_source(source: str, entries: list[str]) -> str:
 
 
 def _run(name: str, source: str, entry: int, entries: list[str], grid: int, block: int,
-         buffers: list[bytes], flush_to_zero: bool, raw_module: bool = False) -> None:
+         buffers: list[bytes], flush_to_zero: bool, raw_module: bool = False,
+         reads: list[Any] | None = None, writes: list[Any] | None = None,
+         read_names: list[str] | None = None, write_names: list[str] | None = None,
+         size: int = 0) -> None:
     digest = hashlib.sha256(source.encode()).hexdigest()[:20]
     if digest not in COUNTERS.sources and _nvrtc.unavailable() is None:
         _nvrtc.compile_for_device(source, tuple(entries) if raw_module else ())
     COUNTERS.sources.setdefault(digest, source)
     COUNTERS.launches[name] = COUNTERS.launches.get(name, 0) + 1
+    COUNTERS.record(name, reads or [], writes or [], digest, read_names, write_names)
+    COUNTERS.trace[-1].update(grid=grid, block=block, size=size or grid * block)
     if not COUNTERS.execute:
         return
     library = _compiler.load(_host_source(source, entries))
@@ -222,7 +227,10 @@ def launch_elementwise(kernel: Any, args: tuple[Any, ...], size: int = -1,
     total = math.prod(shape)
     grid = min(0x7FFFFFFF, -(-total // block_size))
     block = min(block_size, total)
-    _run(kernel.name, source, 0, [kernel.name], grid, block, buffers, _flush_to_zero(inout))
+    _run(kernel.name, source, 0, [kernel.name], grid, block, buffers, _flush_to_zero(inout),
+         reads=list(in_args), writes=out_args,
+         read_names=[p.name for p in kernel.in_params],
+         write_names=[p.name for p in kernel.out_params], size=total)
     for arg in out_args:
         arg._buffer.written = True
     return None
@@ -295,8 +303,12 @@ class HostFunction:
                 raise TypeError(f"{self.name}: pass NumPy scalars to a raw kernel, got "
                                 f"{type(arg).__name__}")
         entries = list(self.module.name_expressions)
+        # A raw kernel declares no directions: a buffer nothing wrote yet is its output.
+        arrays = [arg for arg in args if isinstance(arg, HostArray)]
         _run(self.name, self.module.code, entries.index(self.name), entries, grid[0], block[0],
-             buffers, flush_to_zero="<double>" not in self.name, raw_module=True)
+             buffers, flush_to_zero="<double>" not in self.name, raw_module=True,
+             reads=[a for a in arrays if a._buffer.written],
+             writes=[a for a in arrays if not a._buffer.written])
         for arg in args:
             if isinstance(arg, HostArray):
                 arg._buffer.written = True
