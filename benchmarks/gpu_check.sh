@@ -6,6 +6,7 @@
 #   targets      the target cases: fused, torch bridge, eager, torch.compile    TARGETS_S 200
 #   determinism  each fused target case 10 times, bitwise                       DETERMINISM_S 30
 #   tests        the GPU tests (cupy and torch CUDA)                            TESTS_S   120
+#   elementwise  the elementwise losses' loss+grad, fused against eager         ELEMENTWISE_S 30
 #   sweep        the benchmark suite, in what is left                           SWEEP_S    60
 #   summary      summary.md and the verdict (the exit status)                   SUMMARY_S  15
 #
@@ -18,7 +19,7 @@
 # come, into $OUT (or ./gpu-check-out when OUT is unset), at most 8 files, flat:
 #   log.txt      everything printed          check.jsonl  the stage records, line by line
 #   tests.xml    the JUnit report            sweep.json, sweep.md  the benchmark suite
-#   summary.md   the table and the verdict
+#   summary.md   the table and the verdict   elementwise.md  the elementwise losses
 # A rerun of some stages only: STAGES="targets determinism summary" (the records append).
 # The exit status is non-zero when a stage failed, no target was measured, or the tests all
 # skipped.
@@ -35,7 +36,7 @@ export PYTHONUNBUFFERED=1
 export JAX_PLATFORMS=cpu            # JAX must not take the GPU's memory
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 PYTHON="${PYTHON:-python3}"
-STAGES="${STAGES:-setup probe targets determinism tests sweep summary}"
+STAGES="${STAGES:-setup probe targets determinism tests elementwise sweep summary}"
 DRY=()
 [ "$DRY_RUN" = 1 ] && DRY=(--dry-run)
 exec > >(tee -a "$OUT/log.txt") 2>&1
@@ -113,6 +114,18 @@ if wanted tests; then
     ARRAYLOSS_BACKENDS="${ARRAYLOSS_BACKENDS:-cupy,torch}" stage tests "$(budget "${TESTS_S:-120}")" \
         "$PYTHON" -m pytest -q -p no:cacheprovider --junitxml="$OUT/tests.xml" \
         "${TEST_ARGS[@]}"
+fi
+
+if wanted elementwise; then
+    ELEMENTWISE_DIR="$(mktemp -d)"  # elementwise.md comes back, its .json stays behind
+    if [ "$DRY_RUN" = 1 ]; then
+        ELEMENTWISE_ARGS=(--device cpu --rows 8 --budget 0.05 --max-rounds 3)
+    else
+        ELEMENTWISE_ARGS=(--device gpu --rows 16384 --budget 1 --max-rounds 100)
+    fi
+    stage elementwise "$(budget "${ELEMENTWISE_S:-30}")" "$PYTHON" -m benchmarks.elementwise \
+        "${ELEMENTWISE_ARGS[@]}" --out "$ELEMENTWISE_DIR"
+    [ -f "$ELEMENTWISE_DIR/elementwise.md" ] && cp "$ELEMENTWISE_DIR/elementwise.md" "$OUT/"
 fi
 
 if wanted sweep; then
