@@ -119,6 +119,8 @@ def test_jax_grad_and_jit(variant: ec.Variant) -> None:
     jax = pytest.importorskip("jax", reason="JAX is not installed")
     import jax.numpy as jnp
 
+    jax.config.update("jax_enable_x64", True)  # as the backend matrix runs JAX (conftest)
+
     values = ec.make_arrays(variant, (3, 4), (3, 4))
     keywords = {name: jnp.asarray(values[name]) for name in variant.weights}
     function = variant.function()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from .. import _autograd, _registry, _validation
 from .._dispatch import backend
@@ -98,10 +98,7 @@ def define(spec: ElementwiseLoss) -> Defined:
         grads = backend(call.xp, name).backward(call, upstream, check_wrt(spec, asked, call))
         return dict(zip(spec.gradient_names, grads, strict=True))
 
-    def loss(*args: Any, **kwargs: Any) -> Array:
-        bound = forward_signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        values = bound.arguments
+    def loss(values: dict[str, Any]) -> Array:
         arrays, options = _split(spec, values)
         call = make_call(spec, arrays, reduction=values["reduction"],
                          validate=values["validate"], options=options)
@@ -119,10 +116,7 @@ def define(spec: ElementwiseLoss) -> Defined:
             return _autograd.loss(differentiable, call)
         return run_forward(call)
 
-    def loss_backward(*args: Any, **kwargs: Any) -> tuple[Array | None, ...]:
-        bound = backward_signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        values = bound.arguments
+    def loss_backward(values: dict[str, Any]) -> tuple[Array | None, ...]:
         arrays, options = _split(spec, values)
         call = make_call(spec, arrays, reduction=values["reduction"],
                          validate=values["validate"], options=options)
@@ -132,10 +126,7 @@ def define(spec: ElementwiseLoss) -> Defined:
         with _autograd.not_recorded(call.xp):
             return tuple(backend(call.xp, name).backward(call, upstream, wanted))
 
-    def loss_and_grad(*args: Any, **kwargs: Any) -> tuple[Array, tuple[Array | None, ...]]:
-        bound = and_grad_signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        values = bound.arguments
+    def loss_and_grad(values: dict[str, Any]) -> tuple[Array, tuple[Array | None, ...]]:
         _validation.require_scalar_loss(values["reduction"], f"{name}_and_grad", name)
         arrays, options = _split(spec, values)
         call = make_call(spec, arrays, reduction=values["reduction"],
@@ -145,19 +136,38 @@ def define(spec: ElementwiseLoss) -> Defined:
             result, grads = backend(call.xp, name).loss_and_grad(call, wanted)
             return result, tuple(grads)
 
-    for function, suffix, signature in ((loss, "", forward_signature),
-                                        (loss_backward, "_backward", backward_signature),
-                                        (loss_and_grad, "_and_grad", and_grad_signature)):
-        function.__name__ = function.__qualname__ = name + suffix
-        function.__signature__ = signature  # type: ignore[union-attr]
-        function.__module__ = "arrayloss"
-    loss.__doc__ = docs.forward_doc(spec)
-    loss_backward.__doc__ = docs.backward_doc(spec)
-    loss_and_grad.__doc__ = docs.and_grad_doc(spec)
-    functions = Defined(loss, loss_backward, loss_and_grad, type)
-    module = _module_class(spec, functions)
-    functions = Defined(loss, loss_backward, loss_and_grad, module)
+    made = [_with_signature(implementation, name + suffix, signature, doc)
+            for implementation, suffix, signature, doc in (
+                (loss, "", forward_signature, docs.forward_doc(spec)),
+                (loss_backward, "_backward", backward_signature, docs.backward_doc(spec)),
+                (loss_and_grad, "_and_grad", and_grad_signature, docs.and_grad_doc(spec)))]
+    functions = Defined(made[0], made[1], made[2], type)
+    functions = Defined(made[0], made[1], made[2], _module_class(spec, functions))
     return functions
+
+
+def _with_signature(implementation: Callable[[dict[str, Any]], Any], name: str,
+                    signature: inspect.Signature, doc: str) -> Callable[..., Any]:
+    """A function of this ``signature`` that hands its arguments, by name, to
+    ``implementation``: real parameters (``help``, IDEs, Python's own errors for a wrong or
+    missing argument) at the cost of a plain call, where ``Signature.bind`` costs
+    microseconds on every call."""
+    defaults = {f"_default_{position}": parameter.default
+                for position, parameter in enumerate(signature.parameters.values())}
+    listed, keyword_only = [], False
+    for position, parameter in enumerate(signature.parameters.values()):
+        if parameter.kind is _P.KEYWORD_ONLY and not keyword_only:
+            listed.append("*")
+            keyword_only = True
+        default = "" if parameter.default is _P.empty else f"=_default_{position}"
+        listed.append(parameter.name + default)
+    source = (f"def {name}({', '.join(listed)}):\n"
+              f"    return _implementation(locals())\n")
+    namespace: dict[str, Any] = {"_implementation": implementation, **defaults}
+    exec(source, namespace)  # the source is made here, from the parameters' names
+    function = namespace[name]
+    function.__doc__, function.__module__, function.__qualname__ = doc, "arrayloss", name
+    return cast(Callable[..., Any], function)
 
 
 class ElementwiseModule:
