@@ -71,11 +71,18 @@ def negative_var_error(value: float | None = None) -> ValueError:
 def target_out_of_range_error(
     value: int, n_classes: int, ignore_index: int
 ) -> TargetOutOfRangeError:
-    """The error for a class target outside ``[0, n_classes)`` that is not ``ignore_index``."""
+    """The error for a class target outside ``[0, n_classes)`` that is not ``ignore_index``.
+
+    It suggests ``ignore_index=value`` only where that is itself accepted (int64).
+    """
+    if _INT64_MIN <= value <= _INT64_MAX:
+        advice = f"pass ignore_index={value} to skip such targets"
+    else:
+        advice = ("ignore_index must fit in int64, so such targets cannot be skipped: use "
+                  "int64 targets")
     return TargetOutOfRangeError(
         f"target contains {value}, which is outside the class range [0, {n_classes}) "
-        f"(C={n_classes}) and is not ignore_index={ignore_index}; "
-        f"pass ignore_index={value} to skip such targets"
+        f"(C={n_classes}) and is not ignore_index={ignore_index}; {advice}"
     )
 
 

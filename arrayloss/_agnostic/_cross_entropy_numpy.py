@@ -10,14 +10,13 @@ runs this path on NumPy and the generic one on the other libraries.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
-from ._blocked import arange, run_blocks, scratch, worker_count
+from ._blocked import arange, ordered_sum, run_blocks, scratch, worker_count
 from ._helpers import quiet_floating_point
 
 if TYPE_CHECKING:
@@ -325,6 +324,6 @@ def run(call: CrossEntropyCall, prep: _Prepared, want_loss: bool, want_grad: boo
         grad = out
     if want_loss and losses is None:
         with quiet_floating_point():
-            losses = np.asarray(math.fsum(sums) if len(sums) > 1 else sums[0],
+            losses = np.asarray(ordered_sum(sums),
                                 dtype=prep.dtype)
     return losses, grad

@@ -22,7 +22,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._validation import NDARRAY
-from ._blocked import Block, filled, part_of, run_blocks, scratch, spans, worker_count
+from ._blocked import (
+    Block,
+    filled,
+    ordered_sum,
+    part_of,
+    run_blocks,
+    scratch,
+    spans,
+    worker_count,
+)
 from ._helpers import quiet_floating_point, restore_floating_point, silence_floating_point
 
 if TYPE_CHECKING:
@@ -333,7 +342,7 @@ def run(call: GaussianNLLCall, wrt: frozenset[str], want_loss: bool = True,
 def _reduced(call: GaussianNLLCall, results: list[tuple[float, Any]], numel: int) -> Array:
     """The blocks' loss sums (the first of each result) added in block order in double
     precision, then divided for 'mean'."""
-    total = math.fsum(total for total, _ in results) if len(results) > 1 else results[0][0]
+    total = ordered_sum(total for total, _ in results)
     if call.reduction == "mean":
         total = total / numel
     return _asarray(total, call.dtype)  # a float16 overflow is inf, as in PyTorch

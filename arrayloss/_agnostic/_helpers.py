@@ -19,13 +19,19 @@ def compute_dtype(xp: ModuleType, dtype: Any) -> Any:
     """The dtype arithmetic runs in: float32 for 16-bit floats, the dtype itself otherwise.
 
     Half and bfloat16 lose too much in intermediate rounding and overflow past 65504 in sums, so
-    they are computed and accumulated in float32 and rounded once at the end.
+    they are computed and accumulated in float32 and rounded once at the end.  A byte-swapped
+    NumPy dtype (``'>f4'`` on a little-endian machine) computes in its native twin: a ufunc's
+    ``dtype=`` takes no byte order.
     """
     try:
         bits = xp.finfo(dtype).bits
     except (TypeError, ValueError, AttributeError):  # ml_dtypes bfloat16 on NumPy, CuPy
         bits = np.dtype(dtype).itemsize * 8
-    return xp.float32 if bits < 32 else dtype
+    if bits < 32:
+        return xp.float32
+    if isinstance(dtype, np.dtype) and not dtype.isnative:
+        return dtype.newbyteorder("=")
+    return dtype
 
 
 def as_compute(xp: ModuleType, x: Array, dtype: Any) -> Array:

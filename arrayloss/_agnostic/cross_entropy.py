@@ -261,10 +261,12 @@ def _run(call: CrossEntropyCall, grad_output: Array | float | None, want_loss: b
         if want_grad:
             grad = xp.zeros(input_shape, dtype=call.input.dtype, device=dev)
             grad = _into(xp, grad, out)
-    elif is_numpy_namespace(xp):
+    elif is_numpy_namespace(xp) and not _infinite_weight_in_sums(call):
         # For 'mean' and 'sum', `losses` is their 0-d total, added per block.
         losses, grad = _cross_entropy_numpy.run(call, prep, want_loss, want_grad, out)
     else:
+        if prep.input3 is None:  # NumPy, a layout that is no (N, C, S) view: one copy
+            prep.input3 = xp.reshape(call.input, (prep.n, call.n_classes, prep.s))
         block_loss, block_grad = _block(call, prep, slice(0, prep.n), slice(0, prep.s),
                                         want_loss, want_grad)
         losses = block_loss
@@ -273,6 +275,17 @@ def _run(call: CrossEntropyCall, grad_output: Array | float | None, want_loss: b
             grad = xp.astype(xp.reshape(block_grad, input_shape), call.input.dtype, copy=False)
             grad = _into(xp, grad, out)
     return (_reduce(call, prep, losses) if want_loss else None), grad
+
+
+def _infinite_weight_in_sums(call: CrossEntropyCall) -> bool:
+    """Whether NumPy's blocks must leave this call to the generic code: an infinite (or NaN)
+    class weight in a sum over classes (label smoothing, probability targets).  The blocks
+    sum ``w[c] (z[c] - max)`` and subtract it from ``log_sum_exp * sum(w)``, which is 0 * inf
+    = NaN at the largest logit; the generic code sums ``w[c] logp[c]``, inf as in PyTorch."""
+    if call.weight is None or not (call.label_smoothing or call.probabilities):
+        return False
+    with quiet_floating_point():
+        return not bool(np.isfinite(call.weight).all())
 
 
 def _into(xp: Any, grad: Array, out: Array | None) -> Array:
@@ -289,7 +302,21 @@ def _reduce(call: CrossEntropyCall, prep: _Prepared, losses: Array) -> Array:
     total = as_0d(xp, xp.sum(losses))
     if call.reduction == "mean":
         total = as_0d(xp, total / prep.divisor)
+        if smoothed_weighted_mean(call):
+            total = xp.where(prep.divisor == 0, xp.asarray(math.nan, dtype=total.dtype,
+                                                           device=device(total)), total)
     return as_0d(xp, xp.astype(total, call.dtype))
+
+
+def smoothed_weighted_mean(call: CrossEntropyCall) -> bool:
+    """Whether ``call`` is a class-weighted ``'mean'`` of index targets with label smoothing,
+    whose total weight of 0 makes the loss NaN.
+
+    PyTorch divides its two parts separately, ``(1 - eps) * (sum_n w[t_n] nll_n / W) +
+    eps / C * (sum_n smooth_n / W)``: with ``W = 0`` the first is ``0 / 0`` (every counted
+    target has weight 0), NaN, where one division of the combined sum would give +inf.
+    """
+    return bool(call.label_smoothing and call.weight is not None and not call.probabilities)
 
 
 # --------------------------------------------------------------------------- entry points

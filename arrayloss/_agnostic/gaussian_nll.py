@@ -27,7 +27,7 @@ from array_api_compat import device
 from .._calls import GAUSSIAN_GRADIENTS, GaussianNLLCall
 from .._validation import NDARRAY, negative_var_error
 from . import _gaussian_numpy
-from ._blocked import Block, part_of, row_blocks, run_blocks, spans
+from ._blocked import Block, ordered_sum, part_of, row_blocks, run_blocks, spans
 from ._helpers import as_0d, as_compute, compute_dtype, quiet_floating_point, sum_to_shape
 
 Array = Any
@@ -261,8 +261,9 @@ def _block_call(call: GaussianNLLCall, block: Block) -> GaussianNLLCall:
 
 
 def _total(call: GaussianNLLCall, partials: list[Array]) -> Array:
-    """The reduced loss from per-block sums, added in block order in double precision."""
-    total = math.fsum(float(part) for part in partials)
+    """The reduced loss from per-block sums, added in block order in double precision
+    (see :func:`._blocked.ordered_sum`)."""
+    total = ordered_sum(float(part) for part in partials)
     if call.reduction == "mean":
         total = total / call.numel if call.numel else math.nan
     with quiet_floating_point():  # a float16 sum may overflow to inf, as in PyTorch

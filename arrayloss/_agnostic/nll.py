@@ -22,7 +22,7 @@ from array_api_compat import device, is_numpy_namespace
 
 from .._class_calls import NLLCall
 from . import _nll_numpy
-from ._blocked import BLOCK_ELEMENTS, MIN_ELEMENTS, run_blocks
+from ._blocked import BLOCK_ELEMENTS, MIN_ELEMENTS, ordered_sum, run_blocks
 from ._helpers import as_0d, as_compute, compute_dtype, quiet_floating_point
 from ._targets import class_targets
 
@@ -211,8 +211,8 @@ def _blocked_totals(call: NLLCall, blocks: list[slice], dtype: Any) -> tuple[Arr
 
     sums = run_blocks(block_sums, blocks)
     with quiet_floating_point():
-        return (np.asarray(math.fsum(loss for loss, _ in sums), dtype=dtype),
-                np.asarray(math.fsum(weight for _, weight in sums), dtype=dtype))
+        return (np.asarray(ordered_sum(loss for loss, _ in sums), dtype=dtype),
+                np.asarray(ordered_sum(weight for _, weight in sums), dtype=dtype))
 
 
 def _blocked_forward(call: NLLCall, blocks: list[slice], dtype: Any) -> Array:

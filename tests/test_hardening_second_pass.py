@@ -1,0 +1,294 @@
+"""The second adversarial pass (issue "No crash and no silently wrong answer, second pass")
+and NumPy's float16 fast paths (issue 34).  One test or class per item, named after it; each
+failed before its fix.  PyTorch 2.13 is the reference wherever it can give one."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+
+import arrayloss as al
+
+torch = pytest.importorskip("torch", reason="PyTorch is the reference for these items")
+F = torch.nn.functional
+
+#: Long enough for every NumPy loss to split its rows into blocks.
+BLOCKED_ROWS = 1 << 20
+
+
+def _torch_value(value: Any) -> float:
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+
+
+def _same(ours: Any, reference: Any) -> None:
+    """Equal as IEEE values: inf for inf, NaN for NaN, else to float rounding."""
+    ours, reference = float(np.asarray(ours)), _torch_value(reference)
+    if math.isnan(reference) or math.isinf(reference):
+        assert ours == reference or (math.isnan(ours) and math.isnan(reference)), (
+            ours, reference)
+    else:
+        assert ours == pytest.approx(reference, rel=1e-12, abs=1e-300)
+
+
+# --------------------------------------------------------------------------- item 1
+
+
+class TestItem1BlockedSumsFollowIEEE:
+    """Blocked NumPy sums added partials by ``math.fsum``, which raises on inf and on an
+    overflowing total: PyTorch gives inf and NaN."""
+
+    @staticmethod
+    def _class_case(values: dict[tuple[int, int], float], weight: Any = None,
+                    target_of: dict[int, int] | None = None) -> tuple[Any, ...]:
+        x = np.zeros((BLOCKED_ROWS, 2))
+        for position, value in values.items():
+            x[position] = value
+        target = np.zeros(BLOCKED_ROWS, dtype=np.int64)
+        for row, klass in (target_of or {}).items():
+            target[row] = klass
+        return x, target, weight
+
+    def test_cross_entropy_overflow_is_inf(self) -> None:
+        x = np.zeros((2, 2**19))
+        x[:, 1] = 1e308
+        target = np.zeros(2, dtype=np.int64)
+        _same(al.cross_entropy(x, target, reduction="sum"),
+              F.cross_entropy(torch.tensor(x), torch.tensor(target), reduction="sum"))
+
+    @pytest.mark.parametrize("reduction", ["sum", "mean"])
+    def test_cross_entropy_rows_overflow_and_inf_minus_inf(self, reduction: str) -> None:
+        for values in ({(r, 1): 1e308 for r in range(0, BLOCKED_ROWS, 2**15)},):
+            x, target, _ = self._class_case(values)
+            _same(al.cross_entropy(x, target, reduction=reduction),
+                  F.cross_entropy(torch.tensor(x), torch.tensor(target), reduction=reduction))
+        # Negative probability targets: -inf in one block, +inf in another.
+        x = np.zeros((BLOCKED_ROWS, 2))
+        x[0, 1] = x[-1, 1] = 1e308
+        q = np.zeros((BLOCKED_ROWS, 2))
+        q[:, 0] = 1.0
+        q[0] = (-1.0, 2.0)
+        q[-1] = (2.0, -1.0)
+        _same(al.cross_entropy(x, q, reduction=reduction),
+              F.cross_entropy(torch.tensor(x), torch.tensor(q), reduction=reduction))
+
+    @pytest.mark.parametrize("weighted", [False, True])
+    @pytest.mark.parametrize("reduction", ["sum", "mean"])
+    def test_nll(self, weighted: bool, reduction: str) -> None:
+        weight = np.array([1.0, -1.0]) if weighted else None
+        cases = [
+            self._class_case({(r, 0): -1e308 for r in range(0, BLOCKED_ROWS, 2**17)},
+                             weight),  # finite blocks, overflowing total
+            self._class_case({(0, 0): np.inf, (BLOCKED_ROWS - 1, 0): -np.inf}, weight),
+            # A negative weight: +inf in one block, -inf in another.
+            self._class_case({(0, 0): -np.inf, (BLOCKED_ROWS - 1, 1): -np.inf}, weight,
+                             {BLOCKED_ROWS - 1: 1}),
+        ]
+        for x, target, w in cases:
+            reference = F.nll_loss(torch.tensor(x), torch.tensor(target),
+                                   weight=None if w is None else torch.tensor(w),
+                                   reduction=reduction)
+            _same(al.nll_loss(x, target, w, reduction=reduction), reference)
+            _same(al.nll_loss_and_grad(x, target, w, reduction=reduction)[0], reference)
+            ignored = target.copy()
+            ignored[5] = -100  # the masked path
+            _same(al.nll_loss(x, ignored, w, reduction=reduction),
+                  F.nll_loss(torch.tensor(x), torch.tensor(ignored),
+                             weight=None if w is None else torch.tensor(w),
+                             reduction=reduction))
+
+    def test_nll_spatial_and_strided(self) -> None:
+        x = np.zeros((2**8, 2, 2**13))
+        x[::16, 0, 0] = -1e308
+        target = np.zeros((2**8, 2**13), dtype=np.int64)
+        for xs, ts in ((x, target), (x[:, :, ::2], target[:, ::2])):
+            _same(al.nll_loss(xs, ts, reduction="sum"),
+                  F.nll_loss(torch.tensor(xs), torch.tensor(ts), reduction="sum"))
+
+    @pytest.mark.parametrize("reduction", ["sum", "mean"])
+    def test_gaussian_nll(self, reduction: str) -> None:
+        size = 1 << 22
+        x, target = np.zeros(size), np.zeros(size)
+        x[:: 2**16] = 1.3e154  # each block's sum is finite, their total is not
+        inf_minus_inf = np.zeros(size)
+        inf_minus_inf[0], inf_minus_inf[-1] = np.inf, 1.0
+        var_inf = np.ones(size)
+        var_inf[-1] = np.inf  # log(inf) = inf in one block
+        var_inf[0] = 0.0  # and with eps=0 log(0) = -inf in another
+        for args, eps in (((x, target, np.ones(size)), 1e-6), ((x, target, 1.0), 1e-6),
+                          ((x[::2], target[::2], np.ones(size)[::2]), 1e-6),
+                          ((np.zeros(size), np.zeros(size), var_inf), 0.0)):
+            reference = F.gaussian_nll_loss(*(torch.tensor(a) if isinstance(a, np.ndarray)
+                                              else a for a in args), eps=eps,
+                                            reduction=reduction)
+            _same(al.gaussian_nll_loss(*args, eps=eps, reduction=reduction), reference)
+            _same(al.gaussian_nll_loss_and_grad(*args, eps=eps, reduction=reduction)[0],
+                  reference)
+        del inf_minus_inf
+
+    def test_ordered_sum_keeps_fsum_accuracy(self) -> None:
+        from arrayloss._agnostic._blocked import ordered_sum
+
+        partials = [1e16, 1.0, -1e16, 1.0]  # fsum: 2.0, plain addition: 1.0
+        assert ordered_sum(partials) == math.fsum(partials) == 2.0
+        assert ordered_sum([1e308, 1e308, -1e308]) == math.inf  # fsum raises
+        assert math.isnan(ordered_sum([math.inf, 1.0, -math.inf]))
+        assert ordered_sum([math.inf, 1.0]) == math.inf
+        assert ordered_sum([]) == 0.0
+
+
+# --------------------------------------------------------------------------- item 2
+
+
+class TestItem2Uint64TargetsDoNotWrap:
+    """``2**64 - 1`` read as -1 by NLL's small-batch fancy index: the loss of the last class,
+    and a backward written into it."""
+
+    def setup_method(self) -> None:
+        self.x = np.arange(12, dtype=np.float64).reshape(3, 4)
+        self.target = np.array([0, 1, 2**64 - 1], dtype=np.uint64)
+
+    @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+    def test_out_of_range(self, reduction: str) -> None:
+        with pytest.raises(al.TargetOutOfRangeError, match="18446744073709551615"):
+            al.nll_loss(self.x, self.target, reduction=reduction)
+        with pytest.raises(al.TargetOutOfRangeError, match="18446744073709551615"):
+            al.nll_loss_backward(1.0 if reduction != "none" else np.ones(3), self.x,
+                                 self.target, reduction=reduction)
+        if reduction != "none":
+            with pytest.raises(al.TargetOutOfRangeError):
+                al.nll_loss_and_grad(self.x, self.target, reduction=reduction)
+        with pytest.raises(al.TargetOutOfRangeError):
+            al.cross_entropy(self.x, self.target, reduction=reduction)
+
+    def test_unchecked_it_is_inactive(self) -> None:
+        # validate=False: out of range counts as ignored (the generic rule), never class C-1.
+        loss, grad = al.nll_loss_and_grad(self.x, self.target, reduction="sum", validate=False)
+        assert float(loss) == -(0.0 + 5.0)
+        assert np.array_equal(grad[2], np.zeros(4))
+
+    def test_suggestion_is_accepted_or_absent(self) -> None:
+        # The error suggested ignore_index=18446744073709551615, which is itself rejected.
+        with pytest.raises(al.TargetOutOfRangeError) as caught:
+            al.nll_loss(self.x, self.target)
+        assert "pass ignore_index=18446744073709551615" not in str(caught.value)
+
+    def test_in_range_uint64_still_fast_and_right(self) -> None:
+        target = np.array([0, 3, 2], dtype=np.uint64)
+        expected = F.nll_loss(torch.tensor(self.x), torch.tensor(target.astype(np.int64)))
+        _same(al.nll_loss(self.x, target), expected)
+
+
+# --------------------------------------------------------------------------- item 3
+
+
+class TestItem3ByteSwappedInput:
+    """``'>f4'`` input crashed NLL's blocked and masked paths in NumPy's ufunc ``dtype=``."""
+
+    @pytest.mark.parametrize("rows", [10, 5000])
+    @pytest.mark.parametrize("ignored", [False, True])
+    @pytest.mark.parametrize("weighted", [False, True])
+    def test_nll(self, rows: int, ignored: bool, weighted: bool) -> None:
+        rng = np.random.default_rng(3)
+        x = rng.standard_normal((rows, 3)).astype(">f4")
+        target = rng.integers(0, 3, rows)
+        if ignored:
+            target[0] = -100
+        weight = np.array([0.5, 1.0, 2.0], dtype=">f4") if weighted else None
+        tw = None if weight is None else torch.tensor(weight.astype("<f4"))
+        for reduction in ("none", "mean", "sum"):
+            expected = F.nll_loss(torch.tensor(x.astype("<f4")), torch.tensor(target),
+                                  weight=tw, reduction=reduction).numpy()
+            got = al.nll_loss(x, target, weight, reduction=reduction)
+            np.testing.assert_allclose(np.asarray(got, dtype="<f4"), expected, rtol=1e-5)
+        loss, grad = al.nll_loss_and_grad(x, target, weight)
+        tx = torch.tensor(x.astype("<f4"), requires_grad=True)
+        F.nll_loss(tx, torch.tensor(target), weight=tw).backward()
+        np.testing.assert_allclose(np.asarray(grad, dtype="<f4"), tx.grad.numpy(), rtol=1e-5)
+
+    def test_other_losses(self) -> None:
+        x = np.linspace(-2, 2, 6000, dtype=">f8").reshape(2000, 3)
+        target = np.arange(2000) % 3
+        expected = F.cross_entropy(torch.tensor(x.astype("<f8")), torch.tensor(target))
+        _same(al.cross_entropy(x, target), expected)
+        var = np.abs(x) + 0.5
+        expected = F.gaussian_nll_loss(torch.tensor(x.astype("<f8")),
+                                       torch.zeros(2000, 3, dtype=torch.float64),
+                                       torch.tensor(var.astype("<f8")))
+        _same(al.gaussian_nll_loss(x, np.zeros_like(x), var), expected)
+
+
+# --------------------------------------------------------------------------- items 5 and 6
+
+
+class TestItem5SmoothedWeightedMeanOfZeroWeight:
+    """Label smoothing, class weights, ``'mean'``, every counted target of weight 0: PyTorch
+    gives NaN (its NLL part is 0/0), arrayloss gave +inf."""
+
+    @pytest.mark.parametrize("library", ["numpy", "torch", "array_api_strict", "dask"])
+    @pytest.mark.parametrize("label_smoothing", [0.1, 1.0])
+    def test_nan(self, library: str, label_smoothing: float) -> None:
+        x = np.random.default_rng(5).standard_normal((4, 3))
+        target = np.array([0, 1, 0, 1])
+        weight = np.array([0.0, 0.0, 1.0])
+        expected = F.cross_entropy(torch.tensor(x), torch.tensor(target),
+                                   weight=torch.tensor(weight), label_smoothing=label_smoothing)
+        assert math.isnan(float(expected))
+        xp_args = _in_library(library, x, target, weight)
+        loss = al.cross_entropy(*xp_args, label_smoothing=label_smoothing)
+        assert math.isnan(float(np.asarray(_computed(loss))))
+        both = al.cross_entropy_and_grad(*xp_args, label_smoothing=label_smoothing)
+        assert math.isnan(float(np.asarray(_computed(both[0]))))
+
+    def test_nonzero_total_weight_unchanged(self) -> None:
+        x = np.random.default_rng(6).standard_normal((4, 3))
+        target = np.array([0, 1, 2, 1])
+        weight = np.array([0.0, 0.0, 1.0])
+        _same(al.cross_entropy(x, target, weight, label_smoothing=0.2),
+              F.cross_entropy(torch.tensor(x), torch.tensor(target),
+                              weight=torch.tensor(weight), label_smoothing=0.2))
+
+
+class TestItem6SmoothingWithInfiniteClassWeight:
+    """NumPy's blocks summed ``w[c] (z[c] - max)``: 0 * inf = NaN where PyTorch gives inf."""
+
+    @pytest.mark.parametrize("reduction", ["none", "sum"])
+    @pytest.mark.parametrize("probabilities", [False, True])
+    def test_inf(self, reduction: str, probabilities: bool) -> None:
+        x = np.random.default_rng(7).standard_normal((4, 3))
+        x[::2, 0] += 5.0  # the largest logit where the weight is inf: 0 * inf in the blocks
+        target: Any = np.array([0, 1, 0, 1])
+        if probabilities:
+            target = np.full((4, 3), 1 / 3)
+        weight = np.array([np.inf, 1.0, 1.0])
+        expected = F.cross_entropy(torch.tensor(x), torch.tensor(target),
+                                   weight=torch.tensor(weight), label_smoothing=0.1,
+                                   reduction=reduction).numpy()
+        got = al.cross_entropy(x, target, weight, label_smoothing=0.1, reduction=reduction)
+        np.testing.assert_array_equal(np.asarray(got), expected)
+        generic = al.cross_entropy(torch.tensor(x), torch.tensor(target),
+                                   torch.tensor(weight), label_smoothing=0.1,
+                                   reduction=reduction).numpy()
+        np.testing.assert_array_equal(np.asarray(got), generic)
+
+
+def _in_library(library: str, *arrays: np.ndarray) -> tuple[Any, ...]:
+    if library == "numpy":
+        return arrays
+    if library == "torch":
+        return tuple(torch.tensor(a) for a in arrays)
+    if library == "array_api_strict":
+        xps = pytest.importorskip("array_api_strict")
+        return tuple(xps.asarray(a) for a in arrays)
+    dask_array = pytest.importorskip("dask.array")
+    return tuple(dask_array.from_array(a, chunks=2) for a in arrays)
+
+
+def _computed(value: Any) -> Any:
+    if hasattr(value, "compute"):
+        return value.compute()
+    if isinstance(value, torch.Tensor):
+        return value.detach().numpy()
+    return np.from_dlpack(value) if not isinstance(value, np.ndarray) else value
