@@ -292,3 +292,74 @@ def _computed(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.detach().numpy()
     return np.from_dlpack(value) if not isinstance(value, np.ndarray) else value
+
+
+# --------------------------------------------------------------------------- item 12 and "Also"
+
+
+class TestItem12OutDtypeIsTypeError:
+    """``out=`` of the wrong dtype raised ValueError; the README promises TypeError."""
+
+    def test_numpy_and_torch(self) -> None:
+        x = np.random.default_rng(12).standard_normal((3, 4))
+        target = np.array([0, 1, 2])
+        with pytest.raises(TypeError, match="out must have the input's dtype float64"):
+            al.cross_entropy_and_grad(x, target, out=np.empty((3, 4), np.float32))
+        with pytest.raises(TypeError, match="dtype"):
+            al.CrossEntropyLoss().loss_and_grad(torch.tensor(x), torch.tensor(target),
+                                                out=torch.empty(3, 4))
+        with pytest.raises(ValueError, match=r"shape \(3, 4\), got \(3, 5\)"):
+            al.cross_entropy_and_grad(x, target, out=np.empty((3, 5)))
+
+
+class TestAlsoTorchOutAliasingTargetRejected:
+    """A torch ``out=`` sharing memory with the target overwrote it; NumPy rejects that."""
+
+    def test_rejected_unchanged(self) -> None:
+        x = torch.randn(3, 4, dtype=torch.float64)
+        q = torch.softmax(torch.randn(3, 4, dtype=torch.float64), dim=1)
+        before = q.clone()
+        for out in (q, q[:, :], q.view(12).view(3, 4)):
+            with pytest.raises(ValueError, match="out must not share memory with target"):
+                al.cross_entropy_and_grad(x, q, out=out)
+        assert torch.equal(q, before)
+        q_numpy = q.numpy()
+        with pytest.raises(ValueError, match="out must not share memory with target"):
+            al.cross_entropy_and_grad(x.numpy(), q_numpy, out=q_numpy)
+
+    def test_out_input_and_fresh_out_still_work(self) -> None:
+        x = torch.randn(3, 4, dtype=torch.float64)
+        q = torch.softmax(torch.randn(3, 4, dtype=torch.float64), dim=1)
+        tx = x.clone().requires_grad_(True)
+        expected = F.cross_entropy(tx, q)
+        expected.backward()
+        fresh = torch.empty(3, 4, dtype=torch.float64)
+        loss, grad = al.cross_entropy_and_grad(x, q, out=fresh)
+        assert grad is fresh and torch.allclose(grad, tx.grad)
+        in_place = x.clone()
+        loss, grad = al.cross_entropy_and_grad(in_place, q, out=in_place)
+        assert float(loss) == pytest.approx(float(expected.detach()))
+        assert torch.allclose(in_place, tx.grad)
+        storage = torch.randn(2, 3, 4, dtype=torch.float64)  # one storage, disjoint halves
+        al.cross_entropy_and_grad(storage[0], q, out=storage[1])
+        assert torch.allclose(storage[1], (F.softmax(storage[0], 1) - q) / 3)  # the mean
+        with pytest.raises(ValueError, match="overlaps input"):
+            al.cross_entropy_and_grad(storage.view(-1)[:12].view(3, 4), q,
+                                      out=storage.view(-1)[1:13].view(3, 4))
+
+
+class TestAlsoWeightRequiringGradIsAConstant:
+    """PyTorch raises for a class weight that requires grad; arrayloss documents it as a
+    constant: the input's gradient is PyTorch's and the weight's stays None."""
+
+    @pytest.mark.parametrize("loss", ["nll_loss", "cross_entropy"])
+    def test_documented_and_none(self, loss: str) -> None:
+        x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+        weight = torch.rand(4, dtype=torch.float64, requires_grad=True)
+        target = torch.tensor([0, 1, 2])
+        getattr(al, loss)(x, target, weight).backward()
+        assert weight.grad is None
+        reference_x = x.detach().clone().requires_grad_(True)
+        getattr(F, loss)(reference_x, target, weight=weight.detach()).backward()
+        assert torch.allclose(x.grad, reference_x.grad)
+        assert "requires grad gets no gradient" in " ".join(getattr(al, loss).__doc__.split())
