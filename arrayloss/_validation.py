@@ -256,6 +256,7 @@ def _namespace(named: dict[str, Any]) -> ModuleType:
         # array_namespace takes Python scalars; an argument documented as an array must be one.
         if not is_array_api_obj(value):
             raise TypeError(f"{name} must be an array, got {type_name(value)}")
+        check_known_shape(name, value)
     if len(named) > 1 and not is_numpy_namespace(xp):  # NumPy has a single device
         # A JAX tracer has no device (None) until it is run: nothing to compare.
         devices = {name: dev for name, value in named.items()
@@ -300,6 +301,25 @@ def _require_floating(xp: ModuleType, name: str, x: Array) -> None:
         raise TypeError(f"{name} must have a real floating dtype, got {x.dtype}")
 
 
+def check_known_shape(name: str, x: Array) -> None:
+    """Every dimension of ``x`` is known at call time: shapes decide the loss's layout and
+    the ``'mean'``'s divisor, and an unknown one (``None`` in the array API, NaN in Dask
+    after boolean indexing) would reach them as NaN."""
+    shape = x.shape
+    if type(shape) is tuple and all(type(size) is int for size in shape):
+        return  # the common case: a tuple of ints (NumPy, torch.Size)
+    shape = tuple(shape)
+    if all(size is not None and size == size for size in shape):
+        return
+    shown = tuple("?" if size is None or size != size else size for size in shape)
+    if "dask" in type(x).__module__:
+        raise ValueError(
+            f"{name} has unknown chunk sizes (shape {shown}), as after boolean indexing; "
+            f"call {name}.compute_chunk_sizes() first (or index with known sizes)")
+    raise ValueError(f"{name} has unknown (lazy) dimensions (shape {shown}); arrayloss needs "
+                     "every dimension at call time")
+
+
 def _shape(x: Array) -> tuple[int, ...]:
     if type(x) is NDARRAY:
         return x.shape  # a tuple of ints already
@@ -342,6 +362,7 @@ def check_grad_output(
         raise ValueError(f"grad_output must be on the inputs' device {device(input)}, "
                          f"got {device(grad_output)}")
     _require_floating(xp, "grad_output", grad_output)
+    check_known_shape("grad_output", grad_output)
     expected_shape = loss_shape if reduction == "none" else ()
     if _shape(grad_output) != expected_shape:
         raise ValueError(

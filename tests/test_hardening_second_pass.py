@@ -363,3 +363,48 @@ class TestAlsoWeightRequiringGradIsAConstant:
         getattr(F, loss)(reference_x, target, weight=weight.detach()).backward()
         assert torch.allclose(x.grad, reference_x.grad)
         assert "requires grad gets no gradient" in " ".join(getattr(al, loss).__doc__.split())
+
+
+# --------------------------------------------------------------------------- item 4
+
+
+class TestItem4DaskUnknownChunkSizes:
+    """After boolean indexing a Dask array's chunk sizes are NaN: cross-entropy's error
+    quoted ``(nan,)`` shapes, and Gaussian NLL's mean divided by a NaN count."""
+
+    @staticmethod
+    def _masked(values: np.ndarray, chunks: int = 3) -> Any:
+        dask_array = pytest.importorskip("dask.array")
+        keep = np.ones(values.shape[0], dtype=bool)
+        keep[2] = False
+        return dask_array.from_array(values, chunks=chunks)[dask_array.from_array(keep,
+                                                                                  chunks=chunks)]
+
+    def test_gaussian_nll_mean_is_not_nan(self) -> None:
+        dask_array = pytest.importorskip("dask.array")
+        x = self._masked(np.ones(6))
+        with pytest.raises(ValueError, match=r"input has unknown chunk sizes.*"
+                                             r"input\.compute_chunk_sizes\(\)"):
+            al.gaussian_nll_loss(x, dask_array.asarray(1.0), 2.0)
+        # The suggestion works, and gives PyTorch's answer.
+        loss = al.gaussian_nll_loss(x.compute_chunk_sizes(), dask_array.asarray(1.0), 2.0)
+        expected = F.gaussian_nll_loss(torch.ones(5, dtype=torch.float64),
+                                       torch.tensor(1.0, dtype=torch.float64), 2.0)
+        _same(loss.compute(), expected)
+
+    @pytest.mark.parametrize("loss", ["cross_entropy", "nll_loss"])
+    def test_class_losses_name_the_problem(self, loss: str) -> None:
+        x = self._masked(np.random.default_rng(4).standard_normal((8, 3)), chunks=4)
+        target = self._masked(np.arange(8) % 3, chunks=4)
+        with pytest.raises(ValueError, match="input has unknown chunk sizes") as caught:
+            getattr(al, loss)(x, target)
+        assert "nan" not in str(caught.value)
+        with pytest.raises(ValueError, match="unknown chunk sizes"):
+            getattr(al, f"{loss}_backward" if loss == "cross_entropy" else "nll_loss_backward")(
+                1.0, x, target)
+
+    def test_grad_output(self) -> None:
+        dask_array = pytest.importorskip("dask.array")
+        x = dask_array.from_array(np.ones(5), chunks=2)
+        with pytest.raises(ValueError, match="grad_output has unknown chunk sizes"):
+            al.gaussian_nll_loss_backward(self._masked(np.ones(6)), x, x, x, reduction="none")
