@@ -66,7 +66,9 @@ def recording(xp: ModuleType, arrays: tuple[Array, ...]) -> bool:
 def loss(spec: Differentiable, call: Call) -> Array:
     """The loss of ``call``, differentiable by ``call.xp``'s autograd (see the module doc)."""
     if is_torch_namespace(call.xp):
-        return _TorchLoss.get().apply(spec, call, *spec.arrays.values())
+        from ._torch_autograd import ArraylossLoss
+
+        return ArraylossLoss.apply(spec, call, *spec.arrays.values())
     return _jax_loss(spec)
 
 
@@ -83,49 +85,6 @@ def not_recorded(xp: ModuleType) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------ PyTorch
-
-
-class _TorchLoss:
-    """The ``torch.autograd.Function``, made on first use so that torch is imported lazily."""
-
-    _function: Any = None
-
-    @classmethod
-    def get(cls) -> Any:
-        if cls._function is None:
-            cls._function = _make_torch_function()
-        return cls._function
-
-
-def _make_torch_function() -> Any:
-    import torch
-
-    class ArraylossLoss(torch.autograd.Function):
-        """A loss whose backward is arrayloss's explicit backward."""
-
-        @staticmethod
-        def forward(ctx: Any, spec: Differentiable, call: Call, *tensors: Any) -> Any:
-            ctx.spec, ctx.call = spec, call
-            ctx.save_for_backward(*tensors)  # in-place changes before backward are caught
-            return spec.forward(call)
-
-        @staticmethod
-        def backward(ctx: Any, grad_output: Any) -> tuple[Any, ...]:
-            # Autograd runs a backward with grad mode on only for create_graph=True.
-            if torch.is_grad_enabled():
-                raise RuntimeError(
-                    "arrayloss's losses are differentiable once: their backward is the "
-                    "explicit first derivative, so create_graph=True (double backward, "
-                    "gradient penalties through the loss) is not supported")
-            ctx.saved_tensors  # noqa: B018 (raises if an input was modified in place)
-            names = list(ctx.spec.arrays)
-            wanted = frozenset(name for name, needed in zip(names, ctx.needs_input_grad[2:],
-                                                            strict=True) if needed)
-            grads = ctx.spec.backward(ctx.call, grad_output, wanted) if wanted else {}
-            return (None, None, *(grads.get(name) if name in wanted else None
-                                  for name in names))
-
-    return ArraylossLoss
 
 
 # ------------------------------------------------------------------ JAX

@@ -119,7 +119,9 @@ def _common_arguments(input: Array, target: Array, weight: Array | None, validat
         arrays["weight"] = weight
     xp = _namespace(arrays)
     _require_floating(xp, "input", input)
-    return xp, _value_checks(validate, arrays)
+    # Only class indices have values to check (a probability target has none).
+    checked = None if _is_floating(xp, target.dtype) else "target"
+    return xp, _value_checks(validate, arrays, checked)
 
 
 def _plain_numpy_layout(input: Array, target: Array, weight: Array | None

@@ -263,7 +263,8 @@ def _differentiable(call: _class_calls.CrossEntropyCall,
                     options: dict[str, Any]) -> _autograd.Differentiable:
     """This loss for the autograd bridges (see ``_autograd``).  ``input`` has a gradient, and
     so has a class-probability ``target`` (as in PyTorch); index targets and the class weights
-    are constants (PyTorch refuses a ``weight`` that requires grad; here it gets no gradient: None)."""
+    are constants (PyTorch refuses a ``weight`` that requires grad; here it gets no
+    gradient: None)."""
     named = {"input": call.input, "target": call.target}
     if call.weight is not None:
         named["weight"] = call.weight

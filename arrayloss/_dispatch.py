@@ -14,6 +14,7 @@ from array_api_compat import is_cupy_namespace, is_dask_namespace, is_torch_name
 
 from . import _torch_cuda
 from ._agnostic import cross_entropy, gaussian_nll, nll
+from ._agnostic._helpers import torch_compiling
 from ._validation import _numpy_namespace, check_flag
 
 #: The generic implementations (NumPy's backend), by loss.
@@ -76,6 +77,10 @@ def backend(xp: ModuleType, loss: str) -> Any:
         from . import _dask
 
         return _dask.backend(loss)
+    if is_torch_namespace(xp) and torch_compiling():
+        # TorchDynamo traces neither a ContextVar nor CuPy: a compiled graph runs the generic
+        # code (torch.compile(fullgraph=True) with validate=False has no graph break).
+        return _GENERIC[loss]
     if _use_fused.get() and is_torch_namespace(xp) and _torch_cuda.cupy_available():
         # CUDA tensors to the fused kernels through DLPack (the others to the generic code).
         return _bridge(loss)

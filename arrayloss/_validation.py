@@ -199,7 +199,7 @@ def check_ignore_index(ignore_index: object) -> int:
     return value
 
 
-def _value_checks(validate: bool, named: dict[str, Any]) -> bool:
+def _value_checks(validate: bool, named: dict[str, Any], checked: str | None = None) -> bool:
     """Whether the value checks (negative var, targets out of range) can run on these arrays.
 
     A torch tensor on the meta device has no values, so asking for the checks is a clear
@@ -216,7 +216,18 @@ def _value_checks(validate: bool, named: dict[str, Any]) -> bool:
             )
         if "jax" in sys.modules and isinstance(value, sys.modules["jax"].core.Tracer):
             return False
+    if checked is not None and is_torch_array(named[checked]) and _batched(named[checked]):
+        raise ValueError(
+            f"{checked} is batched by torch.func.vmap, and the value checks (validate=True) "
+            f"read its values, which vmap does not allow; pass validate=False (shapes and "
+            f"dtypes are checked either way)")
     return True
+
+
+def _batched(tensor: Any) -> bool:
+    """Whether a tensor is a ``torch.func.vmap`` batch (a BatchedTensor, at any level)."""
+    functorch = getattr(sys.modules["torch"]._C, "_functorch", None)
+    return bool(functorch is not None and functorch.is_batchedtensor(tensor))
 
 
 def _reject_masked(name: str, value: object) -> None:
@@ -232,7 +243,12 @@ def _reject_masked(name: str, value: object) -> None:
 
 @functools.cache
 def _numpy_namespace() -> ModuleType:
-    return array_namespace(np.empty(0))
+    # The module array_namespace gives NumPy arrays, imported rather than asked for: an
+    # array made here would stop TorchDynamo (which traces this function, ignoring the cache)
+    # at NumPy's ndarray.dtype in a torch.compile(fullgraph=True) graph.
+    import array_api_compat.numpy as namespace
+
+    return namespace
 
 
 def _namespace(named: dict[str, Any]) -> ModuleType:
@@ -259,8 +275,13 @@ def _namespace(named: dict[str, Any]) -> ModuleType:
         check_known_shape(name, value)
     if len(named) > 1 and not is_numpy_namespace(xp):  # NumPy has a single device
         # A JAX tracer has no device (None) until it is run: nothing to compare.
-        devices = {name: dev for name, value in named.items()
-                   if (dev := device(value)) is not None}
+        # A loop, not a comprehension with `:=`: TorchDynamo reads such a cell before it is
+        # set ("Read uninitialized cell"), which broke torch.compile(fullgraph=True).
+        devices = {}
+        for name, value in named.items():
+            value_device = device(value)
+            if value_device is not None:
+                devices[name] = value_device
         if not devices:
             return xp
         first_name, first_device = next(iter(devices.items()))

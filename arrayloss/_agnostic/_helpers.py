@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -110,7 +111,20 @@ def quiet_floating_point() -> contextlib.AbstractContextManager[Any]:
     """
     if _extobj_contextvar is None:  # pragma: no cover - another NumPy layout
         return np.errstate(all="ignore")
+    if torch_compiling():
+        # Inside a torch.compile graph only torch runs: NumPy's state does not matter, and
+        # TorchDynamo cannot trace a ContextVar (a graph break under fullgraph=True).
+        return contextlib.nullcontext()
     return _Quiet()
+
+
+def torch_compiling() -> bool:
+    """Whether TorchDynamo is tracing (False where torch was never imported)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and compiler.is_compiling())
 
 
 def sum_to_shape(xp: ModuleType, x: Array, shape: tuple[int, ...]) -> Array:
