@@ -18,6 +18,7 @@ PyTorch), not whatever autograd would make of the generic code's clamp and ``whe
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -114,9 +115,34 @@ def _jax_loss(spec: Differentiable) -> Array:
             if grad is None:  # integer arrays take float0 zeros, JAX's "no gradient"
                 grad = (jnp.zeros_like(array) if name in floating
                         else np.zeros(array.shape, dtype=jax.dtypes.float0))
+            else:
+                grad = _first_derivative_only()(grad)
             cotangents.append(grad)
         return tuple(cotangents)
 
     function = jax.custom_vjp(primal)
     function.defvjp(forward, backward)
     return function(*spec.arrays.values())
+
+
+@functools.cache
+def _first_derivative_only() -> Callable[[Array], Array]:
+    """The identity on a gradient, whose own derivative is an error: JAX differentiates a
+    ``custom_vjp`` backward for a second derivative (``jax.hessian``, ``grad`` of ``grad``),
+    and the explicit backward functions are first derivatives only (their clamps and
+    stop-gradient factors would give silently wrong curvature, as PyTorch's bridge
+    refuses ``create_graph=True``)."""
+    import jax
+
+    @jax.custom_jvp
+    def first_derivative_only(gradient: Array) -> Array:
+        return gradient
+
+    @first_derivative_only.defjvp
+    def refuse(primals: Any, tangents: Any) -> Any:
+        raise RuntimeError(
+            "arrayloss's losses are differentiable once: their backward is the explicit "
+            "first derivative, so second derivatives (jax.hessian, grad of grad, jacfwd of "
+            "jacrev) are not supported")
+
+    return first_derivative_only

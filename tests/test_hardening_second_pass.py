@@ -535,3 +535,81 @@ class TestItem8VmapOfGaussianVariants:
             reference = torch.stack([torch.func.grad(
                 lambda v: F.gaussian_nll_loss(x, x * 0.5, v))(v) for v in batch])
             assert torch.allclose(per_sample, reference)
+
+
+# --------------------------------------------------------------------------- items 10 and 11
+
+
+def _run_python(code: str) -> str:
+    import subprocess
+    import sys
+    import textwrap
+
+    result = subprocess.run([sys.executable, "-W", "error", "-c", textwrap.dedent(code)],
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+class TestItem10JaxWithoutX64Uint32Targets:
+    """JAX with x64 off: ``ignore_index=2**32 - 100`` raised JAX's OverflowError, a bad
+    uint32 target printed as 18446744073709551516 and the suggested ignore_index failed."""
+
+    def test_in_a_fresh_process(self) -> None:
+        pytest.importorskip("jax")
+        out = _run_python("""
+            import jax, jax.numpy as jnp, numpy as np, arrayloss as al
+            assert not jax.config.jax_enable_x64
+            x = np.random.default_rng(10).standard_normal((3, 4)).astype(np.float32)
+            t = np.array([0, 1, 2**32 - 100], dtype=np.uint32)
+            jx, jt = jnp.asarray(x), jnp.asarray(t)
+            for loss in (al.nll_loss, al.cross_entropy):
+                print(loss.__name__, float(loss(jx, jt, ignore_index=2**32 - 100)),
+                      float(loss(x, t, ignore_index=2**32 - 100)))
+            grad = jax.grad(lambda z: al.nll_loss(z, jt, ignore_index=2**32 - 100))(jx)
+            print("grad", np.asarray(grad).ravel().tolist())
+            try:
+                al.nll_loss(jx, jt)
+            except al.TargetOutOfRangeError as error:
+                print("error", error)
+        """)
+        lines = out.splitlines()
+        for line in lines[:2]:  # JAX as NumPy (int64 arithmetic, the reference here)
+            _, on_jax, on_numpy = line.split()
+            assert float(on_jax) == pytest.approx(float(on_numpy), rel=1e-6)
+        x = np.random.default_rng(10).standard_normal((3, 4)).astype(np.float32)
+        expected = F.nll_loss(torch.tensor(x), torch.tensor([0, 1, -100])).item()
+        assert float(lines[0].split()[1]) == pytest.approx(expected, rel=1e-6)
+        grad = np.array([float(v) for v in lines[2].split(" ", 1)[1].strip("[]").split(",")])
+        assert np.allclose(grad.reshape(3, 4)[2], 0) and grad.reshape(3, 4)[0, 0] == -0.5
+        assert "target contains 4294967196" in lines[3]
+        assert "pass ignore_index=4294967196" in lines[3]
+
+
+class TestItem11JaxSecondDerivativesRefused:
+    """JAX differentiated the explicit backward for a second derivative: a Hessian with
+    respect to a variance below eps was 0 (PyTorch 1.1e16), the beta-NLL curvature wrong.
+    Refused clearly now, as the torch bridge refuses ``create_graph=True``."""
+
+    def test_refused_and_first_derivative_kept(self) -> None:
+        jax = pytest.importorskip("jax")
+        jnp = pytest.importorskip("jax.numpy")
+        jax.config.update("jax_enable_x64", True)  # as the backend matrix sets it
+        x, t = jnp.asarray([0.5, 1.0]), jnp.zeros(2)
+        var = jnp.asarray([1e-8, 2.0])
+        for options in ({}, {"beta": 0.5}):
+            def f(v: Any, options: dict[str, Any] = options) -> Any:
+                return al.gaussian_nll_loss(x, t, v, **options)
+
+            for second in (jax.hessian, lambda g: jax.grad(lambda v: jax.grad(g)(v).sum()),
+                           lambda g: jax.jit(jax.jacrev(jax.jacrev(g)))):
+                with pytest.raises(RuntimeError, match="differentiable once"):
+                    second(f)(var)
+        with pytest.raises(RuntimeError, match="differentiable once"):
+            jax.hessian(lambda z: al.cross_entropy(z, jnp.asarray([0, 1])))(jnp.ones((2, 3)))
+        # The first derivative is PyTorch's.
+        tv = torch.tensor(np.asarray(var), requires_grad=True)
+        F.gaussian_nll_loss(torch.tensor(np.asarray(x)), torch.zeros(2, dtype=torch.float64),
+                            tv).backward()
+        ours = jax.jit(jax.grad(lambda v: al.gaussian_nll_loss(x, t, v)))(var)
+        np.testing.assert_allclose(np.asarray(ours), tv.grad.numpy(), rtol=1e-12)

@@ -55,10 +55,10 @@ def _flat_positions(call: NLLCall, index: Array) -> Array:
     spatial = count // index.shape[0] if count else 1
     flat_index = xp.reshape(index, (-1,))
     if spatial == 1:
-        rows = xp.arange(0, count * call.n_classes, call.n_classes, dtype=xp.int64,
+        rows = xp.arange(0, count * call.n_classes, call.n_classes, dtype=index.dtype,
                          device=device(index))
         return rows + flat_index
-    position = xp.arange(count, dtype=xp.int64, device=device(index))  # n * S + s
+    position = xp.arange(count, dtype=index.dtype, device=device(index))  # n * S + s
     return (position // spatial) * (call.n_classes * spatial) + position % spatial + (
         flat_index * spatial
     )
@@ -169,7 +169,7 @@ def _place_on_targets(call: NLLCall, index: Array, coef: Array, dtype: Any) -> A
         grad[_flat_positions(call, index)] = xp.reshape(coef, (-1,))
         return np.reshape(grad, batched_shape)
     class_shape = (1, call.n_classes) + (1,) * (len(batched_shape) - 2)
-    classes = xp.arange(call.n_classes, dtype=xp.int64, device=device(index))
+    classes = xp.arange(call.n_classes, dtype=index.dtype, device=device(index))
     hit = xp.reshape(classes, class_shape) == xp.expand_dims(index, axis=1)
     zero = xp.zeros((), dtype=dtype, device=device(index))
     return xp.where(hit, xp.expand_dims(coef, axis=1), zero)
