@@ -613,3 +613,119 @@ class TestItem11JaxSecondDerivativesRefused:
                             tv).backward()
         ours = jax.jit(jax.grad(lambda v: al.gaussian_nll_loss(x, t, v)))(var)
         np.testing.assert_allclose(np.asarray(ours), tv.grad.numpy(), rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- issue 34
+
+
+def _loss_grad_both(loss: Any, backward: Any, both: Any, args: tuple[Any, ...],
+                    options: dict[str, Any]) -> list[Any]:
+    """The loss, its backward and the fused pair (for a reduced loss), as NumPy arrays."""
+    value = loss(*args, **options)
+    upstream = (np.linspace(0.5, 2.0, value.size).astype(value.dtype).reshape(value.shape)
+                if options.get("reduction") == "none" else 0.75)
+    results = [value, backward(upstream, *args, **options)]
+    if options.get("reduction") != "none":
+        results += list(both(*args, **options))
+    return [np.asarray(r) for r in results]
+
+
+def _flatten(results: list[Any]) -> list[Any]:
+    flat: list[Any] = []
+    for result in results:
+        flat.extend(result if isinstance(result, tuple) else [result])
+    return flat
+
+
+class TestIssue34Float16FastPathsMatchGeneric:
+    """Every NumPy fast path in float16 against the generic code on the same data, bit for
+    bit after the one rounding: cross-entropy rounded ``q (1 - eps)`` to float16 (probability
+    targets with label smoothing), and its fused factors rounded differently in float32."""
+
+    @staticmethod
+    def _generic(monkeypatch: pytest.MonkeyPatch) -> None:
+        from arrayloss._agnostic import _gaussian_numpy, _nll_numpy, gaussian_nll, nll
+        from arrayloss._agnostic import cross_entropy as cross_entropy_module
+
+        monkeypatch.setattr(cross_entropy_module, "numpy_route", lambda call: None)
+        monkeypatch.setattr(_nll_numpy, "route", lambda call: None)
+        monkeypatch.setattr(nll, "_sample_blocks", lambda call: None)
+        monkeypatch.setattr(_gaussian_numpy, "applies", lambda call: False)
+        monkeypatch.setattr(gaussian_nll, "row_blocks", lambda xp, shape: None)
+
+    @staticmethod
+    def _compare(monkeypatch: pytest.MonkeyPatch, loss: str, args: tuple[Any, ...],
+                 options: dict[str, Any]) -> None:
+        functions = (getattr(al, loss), getattr(al, f"{loss}_backward"),
+                     getattr(al, f"{loss}_and_grad"))
+        fast = _flatten(_loss_grad_both(*functions, args, options))
+        with monkeypatch.context() as patch:
+            TestIssue34Float16FastPathsMatchGeneric._generic(patch)
+            generic = _flatten(_loss_grad_both(*functions, args, options))
+        for ours, reference in zip(fast, generic, strict=True):
+            assert ours.dtype == reference.dtype
+            np.testing.assert_array_equal(ours, reference, strict=True)
+
+    def test_the_issue_example(self) -> None:
+        x = np.array([[0.5, 0.3, 1.7]], np.float16)
+        q = np.array([[0.17, 0.01, 0.82]], np.float16)
+        grad = al.cross_entropy_backward(1.0, x, q, label_smoothing=0.15, reduction="sum")
+        on_torch = al.cross_entropy_backward(1.0, torch.tensor(x), torch.tensor(q),
+                                             label_smoothing=0.15, reduction="sum")
+        np.testing.assert_array_equal(grad, on_torch.numpy())
+        reference = torch.tensor(x, dtype=torch.float32, requires_grad=True)
+        F.cross_entropy(reference, torch.tensor(q, dtype=torch.float32), label_smoothing=0.15,
+                        reduction="sum").backward()
+        # float32 math rounded once: within a float16 ulp of PyTorch's float32 gradient.
+        np.testing.assert_allclose(grad.astype(np.float32), reference.grad.numpy(),
+                                   rtol=1e-3, atol=6e-8)
+
+    @pytest.mark.parametrize("shape", [(7, 5), (5000, 40), (300, 3), (4, 6, 9), (2, 3, 40000)])
+    @pytest.mark.parametrize("probabilities", [False, True])
+    @pytest.mark.parametrize("label_smoothing", [0.0, 0.15])
+    @pytest.mark.parametrize("weighted", [False, True])
+    @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+    def test_cross_entropy(self, monkeypatch: pytest.MonkeyPatch, shape: tuple[int, ...],
+                           probabilities: bool, label_smoothing: float, weighted: bool,
+                           reduction: str) -> None:
+        rng = np.random.default_rng(34)
+        n_classes = shape[1]
+        x = (rng.standard_normal(shape) * 3).astype(np.float16)
+        sample_shape = (shape[0], *shape[2:])
+        target: Any
+        if probabilities:
+            q = rng.random(shape)
+            target = (q / q.sum(axis=1, keepdims=True)).astype(np.float16)
+        else:
+            target = rng.integers(0, n_classes, sample_shape)
+            target.reshape(-1)[::7] = -100
+        weight = (rng.random(n_classes) + 0.5).astype(np.float16) if weighted else None
+        self._compare(monkeypatch, "cross_entropy", (x, target, weight),
+                      {"label_smoothing": label_smoothing, "reduction": reduction})
+
+    @pytest.mark.parametrize("shape", [(7, 5), (5000, 40), (4, 6, 9), (300, 3, 5000)])
+    @pytest.mark.parametrize("ignored", [False, True])
+    @pytest.mark.parametrize("weighted", [False, True])
+    @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+    def test_nll(self, monkeypatch: pytest.MonkeyPatch, shape: tuple[int, ...], ignored: bool,
+                 weighted: bool, reduction: str) -> None:
+        rng = np.random.default_rng(35)
+        x = (rng.standard_normal(shape) * 3).astype(np.float16)
+        target = rng.integers(0, shape[1], (shape[0], *shape[2:]))
+        if ignored:
+            target.reshape(-1)[::5] = -100
+        weight = (rng.random(shape[1]) + 0.5).astype(np.float16) if weighted else None
+        self._compare(monkeypatch, "nll_loss", (x, target, weight), {"reduction": reduction})
+
+    @pytest.mark.parametrize("options", [{}, {"full": True}, {"log_var": True},
+                                         {"beta": 0.5}])
+    @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+    def test_gaussian_nll(self, monkeypatch: pytest.MonkeyPatch, options: dict[str, Any],
+                          reduction: str) -> None:
+        rng = np.random.default_rng(36)
+        for shape in ((9, 4), (1 << 11, 1 << 10)):  # one block, and the blocked path
+            x = rng.standard_normal(shape).astype(np.float16)
+            target = rng.standard_normal(shape).astype(np.float16)
+            var = (rng.random(shape) + 0.1).astype(np.float16)
+            self._compare(monkeypatch, "gaussian_nll_loss", (x, target, var),
+                          {**options, "reduction": reduction})

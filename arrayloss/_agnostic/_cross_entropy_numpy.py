@@ -141,7 +141,9 @@ def _block(call: CrossEntropyCall, prep: _Prepared, rows: slice, cols: slice,
     if call.probabilities:
         q = prep.target3[rows, :, cols]
         weighted_q = scratch(z.shape, dtype, slot=1)
-        np.multiply(q, 1 - eps, out=weighted_q)
+        # In the compute dtype: a 16-bit q against a number would run NumPy's 16-bit loop
+        # (rounding q (1 - eps) to float16) before the float32 buffer is written.
+        np.multiply(q, 1 - eps, out=weighted_q, dtype=dtype)
         if eps:
             weighted_q += eps / n_classes
         if weight is not None:
