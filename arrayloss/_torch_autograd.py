@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 from ._agnostic._helpers import torch_compiling
 
@@ -21,9 +20,7 @@ Call = Any
 
 __all__ = ["ArraylossLoss"]
 
-#: The transforms whose backward a second one would differentiate.
-_DIFFERENTIATING = (torch._C._functorch.TransformType.Grad,
-                    torch._C._functorch.TransformType.Jvp)
+_FUNCTORCH = torch._C._functorch
 
 
 class ArraylossLoss(torch.autograd.Function):
@@ -51,7 +48,7 @@ class ArraylossLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_output: Any) -> tuple[Any, ...]:
         tensors = ctx.saved_tensors  # raises if an input was modified in place
-        if _differentiated_again():
+        if _differentiated_again(grad_output, tensors):
             raise RuntimeError(
                 "arrayloss's losses are differentiable once: their backward is the "
                 "explicit first derivative, so create_graph=True (double backward, "
@@ -66,17 +63,43 @@ class ArraylossLoss(torch.autograd.Function):
                               for name in names))
 
 
-def _differentiated_again() -> bool:
-    """Whether autograd records this backward to differentiate it: ``create_graph=True``
-    (grad mode on in a backward), or a second ``torch.func`` gradient transform around
-    the one running it (each runs its backwards with grad mode on)."""
-    if torch_compiling():  # TorchDynamo traces no functorch stack; no transform is there
+def _differentiated_again(grad_output: Any, saved: tuple[Any, ...]) -> bool:
+    """Whether autograd records this backward to differentiate it again.
+
+    Eagerly: grad mode on in a backward (``create_graph=True``).  Under ``torch.func``, whose
+    gradient transforms always run backwards with grad mode on: whether a tensor of the
+    backward tracks gradients at a live level other than the one running it (the level the
+    saved inputs were wrapped at when the loss was applied, a dead one after ``vjp`` or in
+    ``jacrev``), i.e. an outer ``grad`` (``grad`` of ``grad``, ``jacrev`` of ``jacrev``, a
+    ``grad`` around ``vjp``) differentiates it.
+    """
+    if torch_compiling():  # TorchDynamo traces no functorch wrappers
         return torch.is_grad_enabled()
-    interpreters = retrieve_all_functorch_interpreters()
-    if not interpreters:
+    running: int | None = None
+    levels: set[int] = set()
+    for position, tensor in enumerate((*saved, grad_output)):
+        chain = _gradient_levels(tensor)
+        if chain and running is None and position < len(saved):
+            running = chain[0]
+        levels.update(chain)
+    if not levels:
         return torch.is_grad_enabled()
-    gradients = sum(interpreter.key() in _DIFFERENTIATING for interpreter in interpreters)
-    return gradients > 1
+    return any(level >= 0 and level != running for level in levels)
+
+
+def _gradient_levels(tensor: Any) -> list[int]:
+    """The functorch levels at which ``tensor`` tracks gradients, outermost wrapper first
+    (through vmap's batching wrappers too); empty for a plain tensor."""
+    levels: list[int] = []
+    for _ in range(64):  # as deep as transforms nest
+        if not isinstance(tensor, torch.Tensor):
+            break
+        if _FUNCTORCH.is_gradtrackingtensor(tensor):
+            levels.append(_FUNCTORCH.maybe_get_level(tensor))
+        elif not _FUNCTORCH.is_batchedtensor(tensor):
+            break
+        tensor = _FUNCTORCH.get_unwrapped(tensor)
+    return levels
 
 
 def _call_of(spec: Differentiable, call: Call, tensors: tuple[Any, ...]) -> Call:

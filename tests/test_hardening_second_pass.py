@@ -485,11 +485,32 @@ class TestItem8TorchFunc:
             lambda x: F.cross_entropy(x, target)))(batch)
         assert torch.allclose(ours, expected)
 
+    def test_vjp(self) -> None:
+        x = torch.tensor(_X)
+        one = torch.tensor(1.0, dtype=torch.float64)
+        _, ours = torch.func.vjp(lambda x: al.cross_entropy(x, torch.tensor(_T)), x)
+        _, expected = torch.func.vjp(lambda x: F.cross_entropy(x, torch.tensor(_T)), x)
+        assert torch.allclose(ours(one)[0], expected(one)[0])
+
     def test_second_derivative_refused(self) -> None:
         x = torch.tensor(_X)
-        inner = torch.func.grad(lambda x: al.cross_entropy(x, torch.tensor(_T)))
-        with pytest.raises(RuntimeError, match="differentiable once"):
-            torch.func.grad(lambda x: inner(x).sum())(x)
+        target = torch.tensor(_T)
+
+        def loss(x: Any) -> Any:
+            return al.cross_entropy(x, target, validate=False)
+
+        def through_vjp(x: Any) -> Any:
+            _, pullback = torch.func.vjp(loss, x)
+            return pullback(torch.tensor(1.0, dtype=torch.float64))[0].sum()
+
+        inner = torch.func.grad(loss)
+        for second in (lambda: torch.func.grad(lambda x: inner(x).sum())(x),
+                       lambda: torch.func.jacrev(torch.func.jacrev(loss))(x),
+                       lambda: torch.func.grad(through_vjp)(x),
+                       lambda: torch.func.grad(lambda y: torch.func.vmap(inner)(y).sum())(
+                           torch.stack([x, x]))):
+            with pytest.raises(RuntimeError, match="differentiable once"):
+                second()
         leaf = x.clone().requires_grad_(True)
         with pytest.raises(RuntimeError, match="differentiable once"):
             torch.autograd.grad(al.cross_entropy(leaf, torch.tensor(_T)), leaf,
