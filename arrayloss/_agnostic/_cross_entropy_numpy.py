@@ -81,13 +81,12 @@ class Plan(Sequence[Block]):
                 slice(column, min(column + self.columns, self.s)))
 
 
-def plan(n: int, n_classes: int, s: int) -> Plan:
+def plan(n: int, n_classes: int, s: int, largest: int = LARGEST_BLOCK) -> Plan:
     """Blocks of about an equal share of the work, ``BLOCKS_PER_WORKER`` per worker, within
-    ``SMALLEST_BLOCK`` and ``LARGEST_BLOCK``: whole samples where they fit, else parts of
-    one."""
+    ``SMALLEST_BLOCK`` and ``largest``: whole samples where they fit, else parts of one."""
     per_sample = max(1, n_classes * s)
     share = -(-n * per_sample // (BLOCKS_PER_WORKER * worker_count()))
-    block = min(LARGEST_BLOCK, max(SMALLEST_BLOCK, share))
+    block = min(largest, max(SMALLEST_BLOCK, share))
     if per_sample <= block:
         return Plan(n, s, rows=max(1, block // per_sample), columns=max(1, s))
     return Plan(n, s, rows=1, columns=max(1, block // max(1, n_classes)))

@@ -48,8 +48,8 @@ def _target_masks(call: NLLCall) -> tuple[Array, Array, Array]:
     if limits.min == 0 and limits.max > 255 and index_dtype(xp) == xp.int64:
         targets = xp.astype(targets, xp.int64)
     none = xp.zeros(targets.shape, dtype=xp.bool, device=device(targets))
-    # A value the dtype cannot hold matches nothing (uint8 targets never equal -100).
-    limits = xp.iinfo(targets.dtype)
+    # A value the target's own dtype cannot hold matches nothing (uint8 targets never equal
+    # -100; nor does a uint64 2**64 - 100, which reads as -100 through int64).
     representable = limits.min <= call.ignore_index <= limits.max
     # ignore_index in the targets' dtype: JAX without x64 parses a Python int as int32
     # (OverflowError for 2**32 - 100 against uint32 targets).

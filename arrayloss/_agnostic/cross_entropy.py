@@ -280,6 +280,11 @@ def _run(call: CrossEntropyCall, grad_output: Array | float | None, want_loss: b
     return (_reduce(call, prep, losses) if want_loss else None), grad
 
 
+#: The largest block of :func:`_generic_in_blocks`, in elements: its handful of float32
+#: temporaries per thread stay within a few MiB (the fast path's blocks are 4x larger).
+GENERIC_BLOCK = 1 << 17
+
+
 def _generic_in_blocks(call: CrossEntropyCall, prep: _Prepared, want_loss: bool,
                        want_grad: bool, out: Array | None) -> tuple[Array | None, Array | None]:
     """NumPy, 16-bit input: :func:`_block` itself over the NumPy path's blocks (in worker
@@ -309,7 +314,8 @@ def _generic_in_blocks(call: CrossEntropyCall, prep: _Prepared, want_loss: bool,
             if grad3 is not None:
                 grad3[rows, :, cols] = block_grad  # rounded once, as astype would
 
-    blocks = _cross_entropy_numpy.plan(prep.n, call.n_classes, prep.s)
+    blocks = _cross_entropy_numpy.plan(prep.n, call.n_classes, prep.s,
+                                       largest=GENERIC_BLOCK)
     if len(blocks) > 1 and prep.n * prep.s * call.n_classes >= (
             _cross_entropy_numpy.THREADED_ELEMENTS):
         run_blocks(work, blocks)
