@@ -251,6 +251,26 @@ class TestItem5SmoothedWeightedMeanOfZeroWeight:
                               weight=torch.tensor(weight), label_smoothing=0.2))
 
 
+@pytest.mark.hostcuda
+def test_item5_smoothed_weighted_mean_of_zero_weight_cuda_kernels() -> None:
+    """Item 5 on the fused CUDA kernels (their second pass), through the CPU harness."""
+    pytest.importorskip("cupy", reason="CuPy is not installed")
+    import hostcuda
+
+    if hostcuda.unavailable():
+        pytest.skip(hostcuda.unavailable())
+    x = np.random.default_rng(5).standard_normal((4, 3))
+    target = np.array([0, 1, 0, 1])
+    with hostcuda.activated():
+        for weight in (np.array([0.0, 0.0, 1.0]), np.array([1.0, 2.0, 0.5])):
+            args = [hostcuda.asarray(a) for a in (x, target, weight)]
+            expected = F.cross_entropy(torch.tensor(x), torch.tensor(target),
+                                       weight=torch.tensor(weight), label_smoothing=0.1)
+            _same(hostcuda.asnumpy(al.cross_entropy(*args, label_smoothing=0.1)), expected)
+            loss, _ = al.cross_entropy_and_grad(*args, label_smoothing=0.1)
+            _same(hostcuda.asnumpy(loss), expected)
+
+
 class TestItem6SmoothingWithInfiniteClassWeight:
     """NumPy's blocks summed ``w[c] (z[c] - max)``: 0 * inf = NaN where PyTorch gives inf."""
 
