@@ -327,7 +327,7 @@ def check_known_shape(name: str, x: Array) -> None:
     the ``'mean'``'s divisor, and an unknown one (``None`` in the array API, NaN in Dask
     after boolean indexing) would reach them as NaN."""
     shape = x.shape
-    if type(shape) is tuple and all(type(size) is int for size in shape):
+    if isinstance(shape, tuple) and all(type(size) is int for size in shape):
         return  # the common case: a tuple of ints (NumPy, torch.Size)
     shape = tuple(shape)
     if all(size is not None and size == size for size in shape):
