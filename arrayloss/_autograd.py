@@ -85,7 +85,7 @@ def not_recorded(xp: ModuleType) -> Iterator[None]:
         yield
 
 
-# ------------------------------------------------------------------ PyTorch
+# PyTorch's ``autograd.Function`` is in :mod:`._torch_autograd` (imported by :func:`loss`).
 
 
 # ------------------------------------------------------------------ JAX
