@@ -18,6 +18,7 @@ PyTorch), not whatever autograd would make of the generic code's clamp and ``whe
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -66,7 +67,9 @@ def recording(xp: ModuleType, arrays: tuple[Array, ...]) -> bool:
 def loss(spec: Differentiable, call: Call) -> Array:
     """The loss of ``call``, differentiable by ``call.xp``'s autograd (see the module doc)."""
     if is_torch_namespace(call.xp):
-        return _TorchLoss.get().apply(spec, call, *spec.arrays.values())
+        from ._torch_autograd import ArraylossLoss
+
+        return ArraylossLoss.apply(spec, call, *spec.arrays.values())
     return _jax_loss(spec)
 
 
@@ -82,50 +85,7 @@ def not_recorded(xp: ModuleType) -> Iterator[None]:
         yield
 
 
-# ------------------------------------------------------------------ PyTorch
-
-
-class _TorchLoss:
-    """The ``torch.autograd.Function``, made on first use so that torch is imported lazily."""
-
-    _function: Any = None
-
-    @classmethod
-    def get(cls) -> Any:
-        if cls._function is None:
-            cls._function = _make_torch_function()
-        return cls._function
-
-
-def _make_torch_function() -> Any:
-    import torch
-
-    class ArraylossLoss(torch.autograd.Function):
-        """A loss whose backward is arrayloss's explicit backward."""
-
-        @staticmethod
-        def forward(ctx: Any, spec: Differentiable, call: Call, *tensors: Any) -> Any:
-            ctx.spec, ctx.call = spec, call
-            ctx.save_for_backward(*tensors)  # in-place changes before backward are caught
-            return spec.forward(call)
-
-        @staticmethod
-        def backward(ctx: Any, grad_output: Any) -> tuple[Any, ...]:
-            # Autograd runs a backward with grad mode on only for create_graph=True.
-            if torch.is_grad_enabled():
-                raise RuntimeError(
-                    "arrayloss's losses are differentiable once: their backward is the "
-                    "explicit first derivative, so create_graph=True (double backward, "
-                    "gradient penalties through the loss) is not supported")
-            ctx.saved_tensors  # noqa: B018 (raises if an input was modified in place)
-            names = list(ctx.spec.arrays)
-            wanted = frozenset(name for name, needed in zip(names, ctx.needs_input_grad[2:],
-                                                            strict=True) if needed)
-            grads = ctx.spec.backward(ctx.call, grad_output, wanted) if wanted else {}
-            return (None, None, *(grads.get(name) if name in wanted else None
-                                  for name in names))
-
-    return ArraylossLoss
+# PyTorch's ``autograd.Function`` is in :mod:`._torch_autograd` (imported by :func:`loss`).
 
 
 # ------------------------------------------------------------------ JAX
@@ -155,9 +115,34 @@ def _jax_loss(spec: Differentiable) -> Array:
             if grad is None:  # integer arrays take float0 zeros, JAX's "no gradient"
                 grad = (jnp.zeros_like(array) if name in floating
                         else np.zeros(array.shape, dtype=jax.dtypes.float0))
+            else:
+                grad = _first_derivative_only()(grad)
             cotangents.append(grad)
         return tuple(cotangents)
 
     function = jax.custom_vjp(primal)
     function.defvjp(forward, backward)
     return function(*spec.arrays.values())
+
+
+@functools.cache
+def _first_derivative_only() -> Callable[[Array], Array]:
+    """The identity on a gradient, whose own derivative is an error: JAX differentiates a
+    ``custom_vjp`` backward for a second derivative (``jax.hessian``, ``grad`` of ``grad``),
+    and the explicit backward functions are first derivatives only (their clamps and
+    stop-gradient factors would give silently wrong curvature, as PyTorch's bridge
+    refuses ``create_graph=True``)."""
+    import jax
+
+    @jax.custom_jvp
+    def first_derivative_only(gradient: Array) -> Array:
+        return gradient
+
+    @first_derivative_only.defjvp
+    def refuse(primals: Any, tangents: Any) -> Any:
+        raise RuntimeError(
+            "arrayloss's losses are differentiable once: their backward is the explicit "
+            "first derivative, so second derivatives (jax.hessian, grad of grad, jacfwd of "
+            "jacrev) are not supported")
+
+    return first_derivative_only

@@ -146,7 +146,7 @@ def gaussian_nll_call(
             raise TypeError(f"var must be a real number or an array, got {type_name(var)}")
         arrays["var"] = var
     xp = _namespace(arrays)
-    validate = _value_checks(validate, arrays)
+    validate = _value_checks(validate, arrays, None if scalar_var else "var")
 
     _require_floating(xp, "input", input)
     for name, array in arrays.items():

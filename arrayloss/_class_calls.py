@@ -20,6 +20,7 @@ from array_api_compat import (
     is_array_api_obj,
     is_dask_namespace,
     is_jax_namespace,
+    is_torch_array,
 )
 
 from ._validation import (
@@ -137,7 +138,9 @@ def _common_arguments(input: Array, target: Array, weight: Array | None, validat
         arrays["weight"] = weight
     xp = _namespace(arrays)
     _require_floating(xp, "input", input)
-    return xp, _value_checks(validate, arrays)
+    # Only class indices have values to check (a probability target has none).
+    checked = None if _is_floating(xp, target.dtype) else "target"
+    return xp, _value_checks(validate, arrays, checked)
 
 
 def _plain_numpy_layout(input: Array, target: Array, weight: Array | None
@@ -333,9 +336,10 @@ def check_gradient_out(out: Any, call: CrossEntropyCall) -> None:
         raise TypeError("out is not supported for Dask arrays, which are lazy; use the "
                         "returned gradient")
     input = call.input
-    if _shape(out) != _shape(input) or out.dtype != input.dtype:
-        raise ValueError(f"out must have the input's shape {_shape(input)} and dtype "
-                         f"{input.dtype}, got {_shape(out)} and {out.dtype}")
+    if out.dtype != input.dtype:
+        raise TypeError(f"out must have the input's dtype {input.dtype}, got {out.dtype}")
+    if _shape(out) != _shape(input):
+        raise ValueError(f"out must have the input's shape {_shape(input)}, got {_shape(out)}")
     if None not in (device(out), device(input)) and device(out) != device(input):
         raise ValueError(f"out must be on the input's device {device(input)}, got {device(out)}")
     if getattr(getattr(out, "flags", None), "writeable", True) is False:
@@ -359,7 +363,29 @@ def _overlap_test(out: Array) -> Any:
     cupy = sys.modules.get("cupy")
     if cupy is not None and isinstance(out, cupy.ndarray):
         return cupy.may_share_memory
+    if is_torch_array(out):
+        return _torch_may_share_memory
     return None
+
+
+def _torch_may_share_memory(a: Array, b: Array) -> bool:
+    """Whether two tensors' bytes may overlap (the same storage and overlapping ranges, as
+    NumPy's ``may_share_memory`` bounds them)."""
+    if a.device != b.device or a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+    return bool(_byte_range(a)[0] < _byte_range(b)[1] and _byte_range(b)[0] < _byte_range(a)[1])
+
+
+def _byte_range(tensor: Array) -> tuple[int, int]:
+    """The first byte a tensor's elements reach, and one past the last."""
+    start = tensor.data_ptr()
+    if tensor.numel() == 0:
+        return start, start
+    item = tensor.element_size()
+    steps = [(size - 1) * stride * item for size, stride in
+             zip(tensor.shape, tensor.stride(), strict=True)]
+    return (start + sum(step for step in steps if step < 0),
+            start + sum(step for step in steps if step > 0) + item)
 
 
 def _same_memory(a: Array, b: Array) -> bool:
@@ -370,4 +396,6 @@ def _same_memory(a: Array, b: Array) -> bool:
     if isinstance(a, np.ndarray):
         return bool(a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
                     and a.strides == b.strides)
+    if is_torch_array(a):
+        return bool(a.data_ptr() == b.data_ptr() and a.stride() == b.stride())
     return bool(a.data.ptr == b.data.ptr and a.strides == b.strides)  # CuPy

@@ -68,7 +68,9 @@ def cross_entropy(
         ``(1,)`` for ``(C,)`` input, ``(N,)``, ``(N, d1, ..., dK)``); or class probabilities,
         a real floating array of the input's shape.
     weight : array, optional
-        Class weights of shape ``(C,)``, with ``input``'s dtype.
+        Class weights of shape ``(C,)``, with ``input``'s dtype.  They are constants to
+        autograd: a torch ``weight`` that requires grad gets no gradient (its ``.grad`` stays
+        None; PyTorch raises instead).
     ignore_index : int, default -100
         Index targets equal to it are skipped (loss 0, gradient 0, no weight in the mean).
         Probability targets take no ``ignore_index`` (a value >= 0 is an error, as in
@@ -261,7 +263,8 @@ def _differentiable(call: _class_calls.CrossEntropyCall,
                     options: dict[str, Any]) -> _autograd.Differentiable:
     """This loss for the autograd bridges (see ``_autograd``).  ``input`` has a gradient, and
     so has a class-probability ``target`` (as in PyTorch); index targets and the class weights
-    are constants (PyTorch refuses a ``weight`` that requires grad; here its gradient is 0)."""
+    are constants (PyTorch refuses a ``weight`` that requires grad; here it gets no
+    gradient: None)."""
     named = {"input": call.input, "target": call.target}
     if call.weight is not None:
         named["weight"] = call.weight

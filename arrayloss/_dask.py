@@ -389,7 +389,8 @@ class _ClassLoss:
                                    {letter: 1 for letter in out_index},
                                    _meta(library, len(out_index), compute))
         divisor = self._divisor(call) if call.reduction == "mean" else 1.0
-        return _reduce(partials, call.reduction, divisor, call.dtype)
+        return _smoothed_mean_rule(call, _reduce(partials, call.reduction, divisor, call.dtype),
+                                   divisor)
 
     def _task(self, call: Any, upstream: Any, with_loss: bool) -> tuple[Any, da.Array]:
         loss_function, backward_function = self._functions()
@@ -440,4 +441,20 @@ class _ClassLoss:
         partials, grad = self._task(call, _upstream_for_sum(1.0, call.reduction, divisor),
                                     with_loss=True)
         assert partials is not None
-        return _reduce(partials, call.reduction, divisor, call.dtype), grad
+        loss = _reduce(partials, call.reduction, divisor, call.dtype)
+        return _smoothed_mean_rule(call, loss, divisor), grad
+
+
+def _smoothed_mean_rule(call: Any, loss: da.Array, divisor: Any) -> da.Array:
+    """``loss``, NaN where a label-smoothed, class-weighted ``'mean'`` has a total weight of
+    0 (PyTorch's rule, see ``_agnostic.cross_entropy.smoothed_weighted_mean``)."""
+    from ._agnostic.cross_entropy import smoothed_weighted_mean
+
+    if (call.reduction != "mean" or not isinstance(call, CrossEntropyCall)
+            or not smoothed_weighted_mean(call)):
+        return loss
+
+    def rule(loss: Any, divisor: Any) -> Any:
+        return loss if divisor != 0 else loss.dtype.type(math.nan)
+
+    return da.map_blocks(rule, loss, divisor, dtype=loss.dtype, meta=loss._meta)

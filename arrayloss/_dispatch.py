@@ -12,6 +12,7 @@ from typing import Any
 from array_api_compat import is_cupy_namespace, is_dask_namespace, is_torch_namespace
 
 from . import _registry, _torch_cuda
+from ._agnostic._helpers import torch_compiling
 from ._validation import _numpy_namespace, check_flag
 
 _use_fused: ContextVar[bool] = ContextVar("arrayloss_use_fused", default=True)
@@ -70,6 +71,10 @@ def backend(xp: ModuleType, loss: str) -> Any:
     if is_dask_namespace(xp):
         # Lazily, chunk by chunk, each chunk through arrayloss again (NumPy or CuPy).
         return entry.dask()
+    if is_torch_namespace(xp) and torch_compiling():
+        # TorchDynamo traces neither a ContextVar nor CuPy: a compiled graph runs the generic
+        # code (torch.compile(fullgraph=True) with validate=False has no graph break).
+        return entry.generic()
     if _use_fused.get() and is_torch_namespace(xp) and _torch_cuda.cupy_available():
         # CUDA tensors to the fused kernels through DLPack (the others to the generic code).
         return _bridge(loss)

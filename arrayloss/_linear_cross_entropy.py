@@ -11,6 +11,7 @@ import importlib
 from typing import Any
 
 from . import _autograd, _registry, _validation
+from ._agnostic import linear_cross_entropy as _generic
 from ._dispatch import backend
 from ._linear_calls import LinearCrossEntropyCall, linear_cross_entropy_call
 
@@ -29,9 +30,9 @@ def _dask_backend() -> Any:
     return LinearCrossEntropy
 
 
-# The backends, looked up on first use (CuPy and Dask are imported only by their users).
+# The backends: CuPy's and Dask's looked up on first use (imported only by their users).
 _registry.register(_LOSS, _registry.Backends(
-    generic=lambda: importlib.import_module("arrayloss._agnostic.linear_cross_entropy"),
+    generic=lambda: _generic,
     cupy=lambda: importlib.import_module("arrayloss._cupy.linear_cross_entropy"),
     dask=_dask_backend))
 

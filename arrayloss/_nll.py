@@ -49,7 +49,9 @@ def nll_loss(
         ``(N,)``, or ``(N, d1, ..., dK)``.  Values lie in ``[0, C)`` or equal
         ``ignore_index``.
     weight : array, optional
-        Class weights of shape ``(C,)``, with ``input``'s dtype.
+        Class weights of shape ``(C,)``, with ``input``'s dtype.  They are constants to
+        autograd: a torch ``weight`` that requires grad gets no gradient (its ``.grad`` stays
+        None; PyTorch raises instead).
     ignore_index : int, default -100
         Targets equal to it are skipped: loss 0, gradient 0, no weight in the mean.  It may
         be any int, inside ``[0, C)`` too; it is compared by value (a uint8 255 matches 255).
@@ -221,7 +223,7 @@ def _differentiable(call: _class_calls.NLLCall,
                     options: dict[str, Any]) -> _autograd.Differentiable:
     """This loss for the autograd bridges (see ``_autograd``).  Only ``input`` has a gradient:
     targets are class indices, and the class weights are constants (PyTorch refuses a
-    ``weight`` that requires grad; here its gradient is zero)."""
+    ``weight`` that requires grad; here it gets no gradient: None)."""
     named = {"input": call.input, "target": call.target}
     if call.weight is not None:
         named["weight"] = call.weight

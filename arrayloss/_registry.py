@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ._agnostic import cross_entropy, gaussian_nll, nll
+
 __all__ = ["Backends", "backends", "register"]
 
 
@@ -41,8 +43,9 @@ def backends(name: str) -> Backends:
     return _BACKENDS[name]
 
 
-def _module_backends(name: str) -> Backends:
-    """A loss whose backends are modules named after it (the first three losses)."""
+def _module_backends(name: str, generic: Any) -> Backends:
+    """A loss whose backends are modules named after it (the first three losses); the
+    generic one imported already (TorchDynamo traces no import while compiling)."""
 
     def dask() -> Any:
         from . import _dask
@@ -50,11 +53,12 @@ def _module_backends(name: str) -> Backends:
         return _dask.backend(name)
 
     return Backends(
-        generic=lambda: importlib.import_module(f"arrayloss._agnostic.{name}"),
+        generic=lambda: generic,
         cupy=lambda: importlib.import_module(f"arrayloss._cupy.{name}"),
         dask=dask,
     )
 
 
-for _name in ("gaussian_nll", "nll", "cross_entropy"):
-    register(_name, _module_backends(_name))
+for _name, _generic in (("gaussian_nll", gaussian_nll), ("nll", nll),
+                        ("cross_entropy", cross_entropy)):
+    register(_name, _module_backends(_name, _generic))

@@ -71,11 +71,18 @@ def negative_var_error(value: float | None = None) -> ValueError:
 def target_out_of_range_error(
     value: int, n_classes: int, ignore_index: int
 ) -> TargetOutOfRangeError:
-    """The error for a class target outside ``[0, n_classes)`` that is not ``ignore_index``."""
+    """The error for a class target outside ``[0, n_classes)`` that is not ``ignore_index``.
+
+    It suggests ``ignore_index=value`` only where that is itself accepted (int64).
+    """
+    if _INT64_MIN <= value <= _INT64_MAX:
+        advice = f"pass ignore_index={value} to skip such targets"
+    else:
+        advice = ("ignore_index must fit in int64, so such targets cannot be skipped: use "
+                  "int64 targets")
     return TargetOutOfRangeError(
         f"target contains {value}, which is outside the class range [0, {n_classes}) "
-        f"(C={n_classes}) and is not ignore_index={ignore_index}; "
-        f"pass ignore_index={value} to skip such targets"
+        f"(C={n_classes}) and is not ignore_index={ignore_index}; {advice}"
     )
 
 
@@ -87,7 +94,9 @@ def broadcast_shapes(*shapes: tuple[int, ...]) -> tuple[int, ...] | None:
     first = shapes[0] if shapes else ()
     if (len(shapes) == 2 and first == shapes[1]) or all(s == first for s in shapes):
         return tuple(first)  # the common case, without the loop below
-    ndim = max((len(s) for s in shapes), default=0)
+    ndim = 0
+    for shape in shapes:  # not max() over a generator, which TorchDynamo cannot trace
+        ndim = max(ndim, len(shape))
     result = []
     for axis in range(-ndim, 0):
         sizes = {s[axis] for s in shapes if len(s) >= -axis} - {1}
@@ -192,7 +201,7 @@ def check_ignore_index(ignore_index: object) -> int:
     return value
 
 
-def _value_checks(validate: bool, named: dict[str, Any]) -> bool:
+def _value_checks(validate: bool, named: dict[str, Any], checked: str | None = None) -> bool:
     """Whether the value checks (negative var, targets out of range) can run on these arrays.
 
     A torch tensor on the meta device has no values, so asking for the checks is a clear
@@ -209,7 +218,18 @@ def _value_checks(validate: bool, named: dict[str, Any]) -> bool:
             )
         if "jax" in sys.modules and isinstance(value, sys.modules["jax"].core.Tracer):
             return False
+    if checked is not None and is_torch_array(named[checked]) and _batched(named[checked]):
+        raise ValueError(
+            f"{checked} is batched by torch.func.vmap, and the value checks (validate=True) "
+            f"read its values, which vmap does not allow; pass validate=False (shapes and "
+            f"dtypes are checked either way)")
     return True
+
+
+def _batched(tensor: Any) -> bool:
+    """Whether a tensor is a ``torch.func.vmap`` batch (a BatchedTensor, at any level)."""
+    functorch = getattr(sys.modules["torch"]._C, "_functorch", None)
+    return bool(functorch is not None and functorch.is_batchedtensor(tensor))
 
 
 def _reject_masked(name: str, value: object) -> None:
@@ -225,7 +245,12 @@ def _reject_masked(name: str, value: object) -> None:
 
 @functools.cache
 def _numpy_namespace() -> ModuleType:
-    return array_namespace(np.empty(0))
+    # The module array_namespace gives NumPy arrays, imported rather than asked for: an
+    # array made here would stop TorchDynamo (which traces this function, ignoring the cache)
+    # at NumPy's ndarray.dtype in a torch.compile(fullgraph=True) graph.
+    import array_api_compat.numpy as namespace
+
+    return namespace
 
 
 def _namespace(named: dict[str, Any]) -> ModuleType:
@@ -249,10 +274,16 @@ def _namespace(named: dict[str, Any]) -> ModuleType:
         # array_namespace takes Python scalars; an argument documented as an array must be one.
         if not is_array_api_obj(value):
             raise TypeError(f"{name} must be an array, got {type_name(value)}")
+        check_known_shape(name, value)
     if len(named) > 1 and not is_numpy_namespace(xp):  # NumPy has a single device
         # A JAX tracer has no device (None) until it is run: nothing to compare.
-        devices = {name: dev for name, value in named.items()
-                   if (dev := device(value)) is not None}
+        # A loop, not a comprehension with `:=`: TorchDynamo reads such a cell before it is
+        # set ("Read uninitialized cell"), which broke torch.compile(fullgraph=True).
+        devices = {}
+        for name, value in named.items():
+            value_device = device(value)
+            if value_device is not None:
+                devices[name] = value_device
         if not devices:
             return xp
         first_name, first_device = next(iter(devices.items()))
@@ -291,6 +322,25 @@ def _is_integer(xp: ModuleType, dtype: Any) -> bool:
 def _require_floating(xp: ModuleType, name: str, x: Array) -> None:
     if not _is_floating(xp, x.dtype):
         raise TypeError(f"{name} must have a real floating dtype, got {x.dtype}")
+
+
+def check_known_shape(name: str, x: Array) -> None:
+    """Every dimension of ``x`` is known at call time: shapes decide the loss's layout and
+    the ``'mean'``'s divisor, and an unknown one (``None`` in the array API, NaN in Dask
+    after boolean indexing) would reach them as NaN."""
+    shape = x.shape
+    if isinstance(shape, tuple) and all(type(size) is int for size in shape):
+        return  # the common case: a tuple of ints (NumPy, torch.Size)
+    shape = tuple(shape)
+    if all(size is not None and size == size for size in shape):
+        return
+    shown = tuple("?" if size is None or size != size else size for size in shape)
+    if "dask" in type(x).__module__:
+        raise ValueError(
+            f"{name} has unknown chunk sizes (shape {shown}), as after boolean indexing; "
+            f"call {name}.compute_chunk_sizes() first (or index with known sizes)")
+    raise ValueError(f"{name} has unknown (lazy) dimensions (shape {shown}); arrayloss needs "
+                     "every dimension at call time")
 
 
 def _shape(x: Array) -> tuple[int, ...]:
@@ -356,6 +406,7 @@ def check_grad_output(
         raise ValueError(f"grad_output must be on the inputs' device {device(input)}, "
                          f"got {device(grad_output)}")
     _require_floating(xp, "grad_output", grad_output)
+    check_known_shape("grad_output", grad_output)
     expected_shape = loss_shape if reduction == "none" else ()
     if _shape(grad_output) != expected_shape:
         raise ValueError(

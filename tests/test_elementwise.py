@@ -330,3 +330,30 @@ def test_numpy_blocks_are_the_generic_math_bit_for_bit(variant: ec.Variant) -> N
     np.testing.assert_array_equal(blocked_loss, whole_loss)
     for name in wanted:
         np.testing.assert_array_equal(blocked_grads[name], whole_grads[name], err_msg=name)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Dynamo's notes on functools caches
+@pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")
+def test_torch_func_and_compile(variant: ec.Variant) -> None:
+    """torch.func.grad and vmap(grad), and torch.compile(fullgraph=True) with validate=False,
+    through the same bridge as every loss."""
+    import torch
+
+    values = ec.make_arrays(variant, (3, 4), (3, 4))
+    tensors = {name: torch.tensor(value) for name, value in values.items()}
+    keywords = ec.arrayloss_keywords(variant, tensors)
+    function = variant.function()
+
+    def ours(x: Any, t: Any) -> Any:
+        return function(x, t, reduction="sum", validate=False, **keywords)
+
+    want = ec.oracle(variant, values, "sum", 1.0)
+    grad = torch.func.grad(ours)(tensors["input"], tensors["target"])
+    ec.assert_close(grad.numpy(), want["grad_input"], "float64", f"{variant.id} func.grad")
+    rows = torch.func.vmap(torch.func.grad(ours))(tensors["input"], tensors["target"])
+    ec.assert_close(rows.numpy(), want["grad_input"], "float64", f"{variant.id} vmap")
+    torch._dynamo.reset()
+    compiled = torch.compile(ours, fullgraph=True, backend="eager")
+    ec.assert_close(compiled(tensors["input"], tensors["target"]).numpy(), want["loss"],
+                    "float64", f"{variant.id} compiled")

@@ -10,7 +10,8 @@ scalar or array upstream gradients) must do one of two things:
   message.
 
 No other exception, no hang, no change to the inputs.  CI runs a fixed number of draws per
-loss and backend (``ARRAYLOSS_FUZZ_EXAMPLES``, default 400: 2,400 draws, under a minute).
+loss and backend (``ARRAYLOSS_FUZZ_EXAMPLES``, default 400), and a fortieth as many NumPy draws
+large enough for its blocks (2**20 elements, extreme values at drawn places).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 from _cases import Case, cast_inputs, grad_output, torch_oracle
 from _helpers import from_numpy, to_numpy
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_parity import TOLERANCE
 
@@ -39,6 +40,9 @@ VALUES = st.one_of(st.floats(-8, 8, allow_nan=False), st.sampled_from(SPECIAL))
 FLOAT_DTYPES = ("float16", "float32", "float64")
 REJECTED_DTYPES = ("int32", "bool")
 REDUCTIONS = ("none", "mean", "sum")
+#: Index target dtypes; a negative int64 value cast to an unsigned one is near its maximum
+#: (2**64 - 1 for -1 in uint64), the values that once wrapped around (issue 33, item 2).
+TARGET_DTYPES = ("int64", "int32", "uint8", "int16", "uint16", "uint32", "uint64")
 
 
 def _mostly(draw: Any, good: tuple[Any, ...], bad: tuple[Any, ...]) -> Any:
@@ -105,11 +109,89 @@ def nll_draws(draw: Any) -> Case:
         arrays["weight"] = _fill(draw, (weight_size,), st.one_of(
             st.floats(0, 4), st.sampled_from([0.0, np.nan, np.inf])))
     dtype = _mostly(draw, FLOAT_DTYPES, REJECTED_DTYPES)
-    target_dtype = _mostly(draw, ("int64", "int32", "uint8", "int16"), ("float32",))
+    target_dtype = _mostly(draw, TARGET_DTYPES, ("float32",))
     reduction = _mostly(draw, REDUCTIONS, ("average",))
     name = f"fuzz-nll-{draw(st.integers(0, 2**30))}"
     return Case(name, "nll", dtype, reduction, arrays, {"ignore_index": ignore_index},
                 target_dtype=target_dtype)
+
+
+@st.composite
+def cross_entropy_draws(draw: Any) -> Case:
+    """Index or probability targets, label smoothing with and without class weights (zero,
+    negative and infinite ones among them), ignore_index, every target dtype."""
+    n_classes = draw(st.integers(1, 4))
+    layout = draw(st.sampled_from(["unbatched", "batched", "spatial"]))
+    batch = draw(st.integers(0, 4))
+    spatial = _dims(draw, draw(st.integers(1, 2))) if layout == "spatial" else ()
+    shape = (n_classes,) if layout == "unbatched" else (batch, n_classes, *spatial)
+    probabilities = draw(st.booleans())
+    ignore_index = -100 if probabilities else draw(st.sampled_from([-100, 0, 1, 255]))
+    if probabilities:
+        probability = st.one_of(st.floats(0, 1), st.sampled_from([0.0, 1.0, -0.5, 2.0]))
+        target = _fill(draw, shape, probability)
+    else:
+        target_shape = () if layout == "unbatched" else (batch, *spatial)
+        classes = st.one_of(st.integers(0, n_classes - 1), st.just(ignore_index),
+                            st.integers(-3, n_classes + 2))
+        count = int(np.prod(target_shape))
+        target = np.array(draw(st.lists(classes, min_size=count, max_size=count)),
+                          dtype=np.int64).reshape(target_shape)
+    arrays = {"input": _fill(draw, shape), "target": target}
+    if draw(st.booleans()):
+        arrays["weight"] = _fill(draw, (n_classes,), st.one_of(
+            st.floats(0, 4), st.sampled_from([0.0, -1.0, np.nan, np.inf])))
+    options = {"label_smoothing": draw(st.sampled_from([0.0, 0.1, 0.5, 1.0])),
+               "ignore_index": ignore_index}
+    dtype = _mostly(draw, FLOAT_DTYPES, REJECTED_DTYPES)
+    reduction = _mostly(draw, REDUCTIONS, ("average",))
+    name = f"fuzz-cross-entropy-{draw(st.integers(0, 2**30))}"
+    return Case(name, "cross_entropy", dtype, reduction, arrays, options,
+                target_dtype=draw(st.sampled_from(TARGET_DTYPES)))
+
+
+#: Values placed among zeros in a blocked draw, one kind per draw: a huge value of one sign
+#: (finite per block, overflowing in total) or infinities and NaN (whose sum is the same in
+#: any order; a huge value beside an opposite infinity would make PyTorch's order matter).
+EXTREMES = ([1e308], [-1e308], [np.inf, -np.inf], [np.inf, np.nan], [65504.0, 1e4])
+
+
+@st.composite
+def blocked_draws(draw: Any) -> Case:
+    """Inputs large enough for NumPy's blocks (2**20 elements and more), zeros with a few
+    extreme values at drawn places: every loss, scalar reductions (the block sums)."""
+    loss = draw(st.sampled_from(["nll", "cross_entropy", "gaussian"]))
+    rows, columns = draw(st.sampled_from([(1 << 20, 2), (1 << 18, 4), (2, 1 << 19)]))
+    extremes = draw(st.sampled_from(EXTREMES))
+    values = np.zeros(rows * columns)
+    for _ in range(draw(st.integers(1, 6))):
+        values[draw(st.integers(0, values.size - 1))] = draw(st.sampled_from(extremes))
+    infinite_only = not any(np.isfinite(v) and abs(v) > 1e300 for v in extremes)
+    dtype = draw(st.sampled_from(("float32", "float64") if extremes[0] != 65504.0
+                                 else ("float16", "float32")))
+    reduction = draw(st.sampled_from(("mean", "sum")))
+    name = f"fuzz-blocked-{loss}-{draw(st.integers(0, 2**30))}"
+    if loss == "gaussian":
+        arrays = {"input": values, "target": np.zeros(values.size),
+                  "var": np.ones(values.size)}
+        return Case(name, "gaussian", dtype, reduction, arrays, {"eps": 1e-6})
+    x = values.reshape(rows, columns)
+    target: np.ndarray = np.zeros(rows, dtype=np.int64)
+    target[:: draw(st.sampled_from([1, 3]))] = columns - 1
+    options: dict[str, Any] = {}
+    if loss == "cross_entropy":
+        options["label_smoothing"] = draw(st.sampled_from([0.0, 0.2]))
+        if draw(st.booleans()):  # probability targets, negative ones among them
+            probabilities = np.full((rows, columns), 1.0 / columns)
+            probabilities[0, 0] = -1.0 if infinite_only else 0.0
+            target = probabilities
+    arrays = {"input": x, "target": target}
+    if draw(st.booleans()):
+        # A negative weight makes losses of both signs: only where they are infinities.
+        lowest = -1.0 if infinite_only else 0.5
+        arrays["weight"] = np.linspace(lowest, 2.0, columns)
+    return Case(name, loss, dtype, reduction, arrays, options,
+                target_dtype=draw(st.sampled_from(("int64", "uint64", "uint8"))))
 
 
 def _run(xp: Any, case: Case) -> tuple[dict[str, np.ndarray] | None, BaseException | None]:
@@ -129,6 +211,11 @@ def _run(xp: Any, case: Case) -> tuple[dict[str, np.ndarray] | None, BaseExcepti
             function, backward, fused = (al.gaussian_nll_loss, al.gaussian_nll_loss_backward,
                                          al.gaussian_nll_loss_and_grad)
             names = ("input", "target", "var")
+        elif case.loss == "cross_entropy":
+            args = [moved["input"], moved["target"], moved.get("weight")]
+            function, backward, fused = (al.cross_entropy, al.cross_entropy_backward,
+                                         al.cross_entropy_and_grad)
+            names = ("input",)
         else:
             args = [moved["input"], moved["target"], moved.get("weight")]
             function, backward, fused = al.nll_loss, al.nll_loss_backward, al.nll_loss_and_grad
@@ -252,8 +339,21 @@ def test_fuzz_gaussian(fuzz_xp: Any, case: Case) -> None:
     _check(fuzz_xp, case)
 
 
+#: The draws that found issue 33's items 2 (a uint64 target near 2**64 on the small-batch
+#: path) and 5 (label smoothing, class weights, a zero total weight), always run.
+UINT64_NEAR_2_64 = Case("fuzz-nll-uint64", "nll", "float64", "sum",
+                        {"input": np.arange(12.0).reshape(3, 4),
+                         "target": np.array([0, 1, -1])}, target_dtype="uint64")
+SMOOTHED_ZERO_WEIGHT = Case("fuzz-cross-entropy-zero-weight", "cross_entropy", "float64",
+                            "mean", {"input": np.arange(12.0).reshape(4, 3) / 7,
+                                     "target": np.array([0, 1, 0, 1]),
+                                     "weight": np.array([0.0, 0.0, 1.0])},
+                            {"label_smoothing": 0.1})
+
+
 @FUZZ_SETTINGS
 @given(case=nll_draws())
+@example(case=UINT64_NEAR_2_64)
 def test_fuzz_nll(fuzz_xp: Any, case: Case) -> None:
     if not hasattr(fuzz_xp, case.dtype) or not hasattr(fuzz_xp, case.target_dtype):
         return
@@ -336,3 +436,19 @@ def test_fuzz_elementwise(fuzz_xp: Any, draw: dict[str, Any]) -> None:
     if grad_input is not None:
         ec.assert_close(to_numpy(grad_input), want["grad_input"], dtype,
                         f"{variant.id} grad_input")
+
+
+@FUZZ_SETTINGS
+@given(case=cross_entropy_draws())
+@example(case=SMOOTHED_ZERO_WEIGHT)
+def test_fuzz_cross_entropy(fuzz_xp: Any, case: Case) -> None:
+    if not hasattr(fuzz_xp, case.dtype) or not hasattr(fuzz_xp, case.target_dtype):
+        return
+    _check(fuzz_xp, case)
+
+
+@settings(FUZZ_SETTINGS, max_examples=max(1, EXAMPLES // 40))  # each draw: 2**20 elements
+@given(case=blocked_draws())
+def test_fuzz_blocked_numpy(case: Case) -> None:
+    """NumPy only: the blocks and their sums are NumPy's (issue 33, item 1)."""
+    _check(np, case)

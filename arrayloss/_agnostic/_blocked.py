@@ -15,7 +15,7 @@ import itertools
 import math
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -224,6 +224,29 @@ def filled(shape: tuple[int, ...], dtype: Any, value: float) -> Any:
     key = (dtype, value, math.copysign(1.0, value))  # -0.0 == 0.0, but not as a clamp
     view = _local.views.get((key, shape))
     return view if view is not None else _view(key, shape, dtype, value)
+
+
+def ordered_sum(partials: Iterable[float]) -> float:
+    """The sum of per-block partial sums, in block order, as IEEE arithmetic defines it.
+
+    Finite partials are added exactly (``math.fsum``: the result does not depend on how the
+    blocks were cut) and rounded once.  An infinite or NaN partial, or an exact sum past the
+    float range (where ``fsum`` raises), gives what plain IEEE addition in block order gives:
+    inf, -inf or NaN, as PyTorch's own sum does; ``fsum`` would raise ``OverflowError`` or
+    ``ValueError`` instead.  Every NumPy loss that sums blocks adds them through this.
+    """
+    values = [float(value) for value in partials]
+    if len(values) == 1:
+        return values[0]
+    if all(math.isfinite(value) for value in values):
+        try:
+            return math.fsum(values)
+        except OverflowError:  # the exact sum (or a partial one) exceeds the float range
+            pass
+    total = values[0] if values else 0.0
+    for value in values[1:]:
+        total += value
+    return total
 
 
 def run_blocks(work: Callable[[Any], Result], blocks: Sequence[Any]) -> list[Result]:

@@ -10,14 +10,13 @@ runs this path on NumPy and the generic one on the other libraries.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
-from ._blocked import arange, run_blocks, scratch, worker_count
+from ._blocked import arange, ordered_sum, run_blocks, scratch, worker_count
 from ._helpers import quiet_floating_point
 
 if TYPE_CHECKING:
@@ -82,13 +81,12 @@ class Plan(Sequence[Block]):
                 slice(column, min(column + self.columns, self.s)))
 
 
-def plan(n: int, n_classes: int, s: int) -> Plan:
+def plan(n: int, n_classes: int, s: int, largest: int = LARGEST_BLOCK) -> Plan:
     """Blocks of about an equal share of the work, ``BLOCKS_PER_WORKER`` per worker, within
-    ``SMALLEST_BLOCK`` and ``LARGEST_BLOCK``: whole samples where they fit, else parts of
-    one."""
+    ``SMALLEST_BLOCK`` and ``largest``: whole samples where they fit, else parts of one."""
     per_sample = max(1, n_classes * s)
     share = -(-n * per_sample // (BLOCKS_PER_WORKER * worker_count()))
-    block = min(LARGEST_BLOCK, max(SMALLEST_BLOCK, share))
+    block = min(largest, max(SMALLEST_BLOCK, share))
     if per_sample <= block:
         return Plan(n, s, rows=max(1, block // per_sample), columns=max(1, s))
     return Plan(n, s, rows=1, columns=max(1, block // max(1, n_classes)))
@@ -142,7 +140,9 @@ def _block(call: CrossEntropyCall, prep: _Prepared, rows: slice, cols: slice,
     if call.probabilities:
         q = prep.target3[rows, :, cols]
         weighted_q = scratch(z.shape, dtype, slot=1)
-        np.multiply(q, 1 - eps, out=weighted_q)
+        # In the compute dtype: a 16-bit q against a number would run NumPy's 16-bit loop
+        # (rounding q (1 - eps) to float16) before the float32 buffer is written.
+        np.multiply(q, 1 - eps, out=weighted_q, dtype=dtype)
         if eps:
             weighted_q += eps / n_classes
         if weight is not None:
@@ -325,6 +325,6 @@ def run(call: CrossEntropyCall, prep: _Prepared, want_loss: bool, want_grad: boo
         grad = out
     if want_loss and losses is None:
         with quiet_floating_point():
-            losses = np.asarray(math.fsum(sums) if len(sums) > 1 else sums[0],
+            losses = np.asarray(ordered_sum(sums),
                                 dtype=prep.dtype)
     return losses, grad

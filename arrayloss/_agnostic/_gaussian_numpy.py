@@ -26,6 +26,7 @@ from ._blocked import (
     SMALLEST_BLOCK,
     Block,
     filled,
+    ordered_sum,
     part_of,
     plan_blocks,
     run_blocks,
@@ -318,7 +319,7 @@ def run(call: GaussianNLLCall, wrt: frozenset[str], want_loss: bool = True,
 def _reduced(call: GaussianNLLCall, results: list[tuple[float, Any]], numel: int) -> Array:
     """The blocks' loss sums (the first of each result) added in block order in double
     precision, then divided for 'mean'."""
-    total = math.fsum(total for total, _ in results) if len(results) > 1 else results[0][0]
+    total = ordered_sum(total for total, _ in results)
     if call.reduction == "mean":
         total = total / numel
     return _asarray(total, call.dtype)  # a float16 overflow is inf, as in PyTorch

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -19,13 +20,19 @@ def compute_dtype(xp: ModuleType, dtype: Any) -> Any:
     """The dtype arithmetic runs in: float32 for 16-bit floats, the dtype itself otherwise.
 
     Half and bfloat16 lose too much in intermediate rounding and overflow past 65504 in sums, so
-    they are computed and accumulated in float32 and rounded once at the end.
+    they are computed and accumulated in float32 and rounded once at the end.  A byte-swapped
+    NumPy dtype (``'>f4'`` on a little-endian machine) computes in its native twin: a ufunc's
+    ``dtype=`` takes no byte order.
     """
     try:
         bits = xp.finfo(dtype).bits
     except (TypeError, ValueError, AttributeError):  # ml_dtypes bfloat16 on NumPy, CuPy
         bits = np.dtype(dtype).itemsize * 8
-    return xp.float32 if bits < 32 else dtype
+    if bits < 32:
+        return xp.float32
+    if isinstance(dtype, np.dtype) and not dtype.isnative:
+        return dtype.newbyteorder("=")
+    return dtype
 
 
 def as_compute(xp: ModuleType, x: Array, dtype: Any) -> Array:
@@ -104,7 +111,20 @@ def quiet_floating_point() -> contextlib.AbstractContextManager[Any]:
     """
     if _extobj_contextvar is None:  # pragma: no cover - another NumPy layout
         return np.errstate(all="ignore")
+    if torch_compiling():
+        # Inside a torch.compile graph only torch runs: NumPy's state does not matter, and
+        # TorchDynamo cannot trace a ContextVar (a graph break under fullgraph=True).
+        return contextlib.nullcontext()
     return _Quiet()
+
+
+def torch_compiling() -> bool:
+    """Whether TorchDynamo is tracing (False where torch was never imported)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and compiler.is_compiling())
 
 
 def sum_to_shape(xp: ModuleType, x: Array, shape: tuple[int, ...]) -> Array:

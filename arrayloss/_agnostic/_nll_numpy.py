@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._blocked import arange as _arange
-from ._blocked import run_blocks, scratch, worker_count
+from ._blocked import ordered_sum, run_blocks, scratch, worker_count
 from ._helpers import quiet_floating_point, restore_floating_point, silence_floating_point
 from ._targets import every_target_a_class
 
@@ -44,6 +44,10 @@ BLOCK_TARGETS = 1 << 17
 #: (N, C) inputs with at most this many rows take one bounds-checked fancy index instead of
 #: blocks: at a few microseconds per NumPy call, every call saved counts.
 SMALL_ROWS = 1 << 12
+
+
+_UINT64 = np.dtype(np.uint64)
+_INT64_MAX = np.iinfo(np.int64).max
 
 
 def route(call: NLLCall) -> str | None:
@@ -64,7 +68,10 @@ def route(call: NLLCall) -> str | None:
     # A few targets' bounds by argmin/argmax and item (no reduction machinery), the lowest
     # first: a fancy index takes any target that is not negative.
     lowest = target.item(target.argmin())
-    if lowest >= 0 and x.ndim == 2:
+    # A uint64 target past int64's range turns negative in the fancy index, which would then
+    # read (and the backward write) a class counted from the end: the general path names it.
+    wraps = target.dtype == _UINT64 and target.item(target.argmax()) > _INT64_MAX
+    if lowest >= 0 and x.ndim == 2 and not wraps:
         # The fancy index checks the upper bound itself (IndexError: see _picked_rows); an
         # ignore_index inside [0, C) needs a look.
         if not (lowest <= ignore < call.n_classes and bool((target == ignore).any())):
@@ -334,8 +341,8 @@ def _sums(call: NLLCall, dtype: Any, masked: bool) -> tuple[Array, Array] | None
     if any(share is None for share in sums):
         return None
     with quiet_floating_point():
-        return (np.asarray(math.fsum(share[0] for share in sums), dtype=dtype),
-                np.asarray(math.fsum(share[1] for share in sums), dtype=dtype))
+        return (np.asarray(ordered_sum(share[0] for share in sums), dtype=dtype),
+                np.asarray(ordered_sum(share[1] for share in sums), dtype=dtype))
 
 
 def forward(call: NLLCall, dtype: Any, how: str) -> Array | None:
@@ -452,7 +459,7 @@ def _picked_blocks(call: NLLCall) -> Iterator[tuple[Array, Array]]:
 def _negated_total(shares: list[float], dtype: Any) -> Array:
     """``-sum(shares)`` in ``dtype`` (the blocks' sums of picked values, in block order):
     ``-sum(x)`` is ``sum(-x)``, bit for bit."""
-    return np.asarray(-(shares[0] if len(shares) == 1 else math.fsum(shares)), dtype=dtype)
+    return np.asarray(-(shares[0] if len(shares) == 1 else ordered_sum(shares)), dtype=dtype)
 
 
 def _unweighted_forward(call: NLLCall, dtype: Any) -> Array:

@@ -7,11 +7,12 @@ themselves.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from array_api_compat import device, is_numpy_namespace
+from array_api_compat import device, is_jax_namespace, is_numpy_namespace
 
 from .._class_calls import NLLCall
 from .._validation import target_out_of_range_error
@@ -44,12 +45,16 @@ def _target_masks(call: NLLCall) -> tuple[Array, Array, Array]:
     if call.input.ndim == 1:
         targets = xp.reshape(targets, (1,))
     limits = xp.iinfo(targets.dtype)
-    if limits.min == 0 and limits.max > 255:
+    if limits.min == 0 and limits.max > 255 and index_dtype(xp) == xp.int64:
         targets = xp.astype(targets, xp.int64)
     none = xp.zeros(targets.shape, dtype=xp.bool, device=device(targets))
-    # A value the dtype cannot hold matches nothing (uint8 targets never equal -100).
+    # A value the target's own dtype cannot hold matches nothing (uint8 targets never equal
+    # -100; nor does a uint64 2**64 - 100, which reads as -100 through int64).
     representable = limits.min <= call.ignore_index <= limits.max
-    ignored = targets == call.ignore_index if representable else none
+    # ignore_index in the targets' dtype: JAX without x64 parses a Python int as int32
+    # (OverflowError for 2**32 - 100 against uint32 targets).
+    ignored = (targets == xp.asarray(call.ignore_index, dtype=targets.dtype,
+                                     device=device(targets)) if representable else none)
     in_range = targets >= 0 if xp.iinfo(targets.dtype).min < 0 else xp.logical_not(none)
     if call.n_classes <= xp.iinfo(targets.dtype).max:
         in_range = xp.logical_and(in_range, targets < call.n_classes)
@@ -128,5 +133,13 @@ def class_targets(call: NLLCall) -> ClassTargets:
     if call.validate:
         _raise_first_bad_target(call, targets, ignored, in_range)
     active = xp.logical_and(in_range, xp.logical_not(ignored))
-    return ClassTargets(index=xp.astype(xp.where(active, targets, 0), xp.int64), active=active,
-                        all_active=False)
+    return ClassTargets(index=xp.astype(xp.where(active, targets, 0), index_dtype(xp)),
+                        active=active, all_active=False)
+
+
+def index_dtype(xp: Any) -> Any:
+    """The dtype of class indices: int64, or int32 for JAX without x64 (which has no int64:
+    it would truncate, with a warning)."""
+    if is_jax_namespace(xp) and not sys.modules["jax"].config.jax_enable_x64:
+        return xp.int32
+    return xp.int64

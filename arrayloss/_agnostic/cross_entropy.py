@@ -36,7 +36,7 @@ from array_api_compat import device, is_numpy_namespace
 
 from .._class_calls import CrossEntropyCall
 from . import _cross_entropy_numpy
-from ._blocked import broadcast_constant
+from ._blocked import broadcast_constant, run_blocks
 from ._cross_entropy_prepared import Prepared as _Prepared
 from ._helpers import as_0d, as_compute, compute_dtype, quiet_floating_point
 from ._targets import class_targets, every_target_a_class
@@ -233,6 +233,7 @@ def _run(call: CrossEntropyCall, grad_output: Array | float | None, want_loss: b
     input_shape = tuple(call.input.shape)
     losses = grad = None
 
+    route = numpy_route(call)
     if call.n_classes == 0 or prep.n * prep.s == 0:
         # Nothing to normalise: every sample's loss is an empty sum (its targets are all
         # ignored, or there are none), and the gradient has no entries.
@@ -240,10 +241,14 @@ def _run(call: CrossEntropyCall, grad_output: Array | float | None, want_loss: b
         if want_grad:
             grad = xp.zeros(input_shape, dtype=call.input.dtype, device=dev)
             grad = _into(xp, grad, out)
-    elif is_numpy_namespace(xp):
+    elif route == "generic blocks":
+        losses, grad = _generic_in_blocks(call, prep, want_loss, want_grad, out)
+    elif route == "fast":
         # For 'mean' and 'sum', `losses` is their 0-d total, added per block.
         losses, grad = _cross_entropy_numpy.run(call, prep, want_loss, want_grad, out)
     else:
+        if prep.input3 is None:  # NumPy, a layout that is no (N, C, S) view: one copy
+            prep.input3 = xp.reshape(call.input, (prep.n, call.n_classes, prep.s))
         block_loss, block_grad = _block(call, prep, slice(0, prep.n), slice(0, prep.s),
                                         want_loss, want_grad)
         losses = block_loss
@@ -252,6 +257,70 @@ def _run(call: CrossEntropyCall, grad_output: Array | float | None, want_loss: b
             grad = xp.astype(xp.reshape(block_grad, input_shape), call.input.dtype, copy=False)
             grad = _into(xp, grad, out)
     return (_reduce(call, prep, losses) if want_loss else None), grad
+
+
+#: The largest block of :func:`_generic_in_blocks`, in elements: its handful of float32
+#: temporaries per thread stay within a few MiB (the fast path's blocks are 4x larger).
+GENERIC_BLOCK = 1 << 17
+
+
+def _generic_in_blocks(call: CrossEntropyCall, prep: _Prepared, want_loss: bool,
+                       want_grad: bool, out: Array | None) -> tuple[Array | None, Array | None]:
+    """NumPy, 16-bit input: :func:`_block` itself over the NumPy path's blocks (in worker
+    threads for large calls), the per-sample losses kept for :func:`_reduce`.
+
+    So every value is the generic path's bit for bit after the one rounding to 16 bits:
+    the fast path's fused factors and class-by-class sums round differently in float32, and
+    a float16 result shows such a last bit now and then.
+    """
+    if prep.input3 is None:  # a layout that is no (N, C, S) view: one copy
+        prep.input3 = np.reshape(call.input, (prep.n, call.n_classes, prep.s))
+    losses = np.empty((prep.n, prep.s), dtype=prep.dtype) if want_loss else None
+    grad = grad3 = None
+    if want_grad:
+        grad = out if out is not None else np.empty(call.input.shape, dtype=call.input.dtype)
+        grad3 = _cross_entropy_numpy.view_3d(grad, prep.n, call.n_classes, prep.s)
+        if grad3 is None:  # an `out` whose layout cannot view as (N, C, S)
+            grad = np.empty(call.input.shape, dtype=call.input.dtype)
+            grad3 = _cross_entropy_numpy.view_3d(grad, prep.n, call.n_classes, prep.s)
+
+    def work(block: tuple[slice, slice]) -> None:
+        rows, cols = block
+        with quiet_floating_point():
+            loss, block_grad = _block(call, prep, rows, cols, want_loss, want_grad)
+            if losses is not None:
+                losses[rows, cols] = loss
+            if grad3 is not None:
+                grad3[rows, :, cols] = block_grad  # rounded once, as astype would
+
+    blocks = _cross_entropy_numpy.plan(prep.n, call.n_classes, prep.s,
+                                       largest=GENERIC_BLOCK)
+    if len(blocks) > 1 and prep.n * prep.s * call.n_classes >= (
+            _cross_entropy_numpy.THREADED_ELEMENTS):
+        run_blocks(work, blocks)
+    else:
+        for block in blocks:
+            work(block)
+    if out is not None and grad is not out:
+        out[...] = grad
+        grad = out
+    return losses, grad
+
+
+def numpy_route(call: CrossEntropyCall) -> str | None:
+    """How a NumPy call runs: ``"fast"`` (:mod:`._cross_entropy_numpy`), ``"generic blocks"``
+    (:func:`_generic_in_blocks`, 16-bit inputs), or None for :func:`_block` on the whole array
+    (every other library; NumPy where an infinite or NaN class weight meets a sum over
+    classes: label smoothing, probability targets).  The fast blocks sum ``w[c] (z[c] -
+    max)`` and subtract it from ``log_sum_exp * sum(w)``, which is 0 * inf = NaN at the
+    largest logit, where the generic code sums ``w[c] logp[c]``: inf, as in PyTorch."""
+    if not is_numpy_namespace(call.xp):
+        return None
+    if call.weight is not None and (call.label_smoothing or call.probabilities):
+        with quiet_floating_point():
+            if not bool(np.isfinite(call.weight).all()):
+                return None
+    return "generic blocks" if call.input.dtype.itemsize < 4 else "fast"
 
 
 def _into(xp: Any, grad: Array, out: Array | None) -> Array:
@@ -268,7 +337,21 @@ def _reduce(call: CrossEntropyCall, prep: _Prepared, losses: Array) -> Array:
     total = as_0d(xp, xp.sum(losses))
     if call.reduction == "mean":
         total = as_0d(xp, total / prep.divisor)
+        if smoothed_weighted_mean(call):
+            total = xp.where(prep.divisor == 0, xp.asarray(math.nan, dtype=total.dtype,
+                                                           device=device(total)), total)
     return as_0d(xp, xp.astype(total, call.dtype))
+
+
+def smoothed_weighted_mean(call: CrossEntropyCall) -> bool:
+    """Whether ``call`` is a class-weighted ``'mean'`` of index targets with label smoothing,
+    whose total weight of 0 makes the loss NaN.
+
+    PyTorch divides its two parts separately, ``(1 - eps) * (sum_n w[t_n] nll_n / W) +
+    eps / C * (sum_n smooth_n / W)``: with ``W = 0`` the first is ``0 / 0`` (every counted
+    target has weight 0), NaN, where one division of the combined sum would give +inf.
+    """
+    return bool(call.label_smoothing and call.weight is not None and not call.probabilities)
 
 
 # --------------------------------------------------------------------------- entry points

@@ -17,6 +17,7 @@ Gradients are summed back over broadcast dimensions to each argument's shape.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any
@@ -27,7 +28,7 @@ from array_api_compat import device
 from .._calls import GAUSSIAN_GRADIENTS, GaussianNLLCall
 from .._validation import NDARRAY, negative_var_error
 from . import _gaussian_numpy
-from ._blocked import Block, part_of, row_blocks, run_blocks, spans
+from ._blocked import Block, ordered_sum, part_of, row_blocks, run_blocks, spans
 from ._helpers import as_0d, as_compute, compute_dtype, quiet_floating_point, sum_to_shape
 
 Array = Any
@@ -99,7 +100,10 @@ def _terms(call: GaussianNLLCall, dtype: Any) -> _Terms:
     elif call.log_var:
         term = as_compute(xp, call.var, dtype)
     else:
-        term = xp.maximum(as_compute(xp, call.var, dtype), call.eps)
+        var = as_compute(xp, call.var, dtype)
+        # eps as a 0-d array: array-api-compat's maximum(tensor, number) asks torch for a
+        # result dtype, which TorchDynamo cannot trace (torch.compile(fullgraph=True)).
+        term = xp.maximum(var, xp.asarray(call.eps, dtype=dtype, device=device(var)))
     precision = _exp(xp, -term) if call.log_var else None
     weight = None
     if call.beta != 0:
@@ -109,27 +113,40 @@ def _terms(call: GaussianNLLCall, dtype: Any) -> _Terms:
     return _Terms(diff=diff, var=term, precision=precision, weight=weight)
 
 
+#: The plain operator of each in-place one :func:`_update` takes.
+_PLAIN = {operator.imul: operator.mul, operator.iadd: operator.add,
+          operator.itruediv: operator.truediv}
+
+
+def _update(array: Array, in_place: Any, other: Any) -> Array:
+    """``array op= other``: in place where ``array`` is a NumPy array made here (a fresh
+    full-size temporary costs NumPy page faults), a new array elsewhere (under
+    ``torch.func.vmap`` a batched ``other`` cannot be written into an unbatched array)."""
+    return in_place(array, other) if type(array) is NDARRAY else _PLAIN[in_place](array, other)
+
+
 def _elementwise_loss(call: GaussianNLLCall, terms: _Terms) -> Array:
     xp = call.xp
     # Built in place on one new array: on NumPy every fresh full-size temporary costs page
     # faults, which made a chain of out-of-place operations several times slower.
     loss = terms.diff * terms.diff
     if terms.precision is not None:  # log-variance: 0.5 (s + d^2 exp(-s))
-        loss *= terms.precision
-        loss += terms.var
+        loss = _update(loss, operator.imul, terms.precision)
+        loss = _update(loss, operator.iadd, terms.var)
     else:
-        loss /= terms.var
-        loss += _log_scalar(terms.var) if isinstance(terms.var, float) else xp.log(terms.var)
+        loss = _update(loss, operator.itruediv, terms.var)
+        log_var = _log_scalar(terms.var) if isinstance(terms.var, float) else xp.log(terms.var)
+        loss = _update(loss, operator.iadd, log_var)
     if terms.weight is not None and not call.full:
         # beta-NLL: (0.5 w) in one pass, where 0.5 w is exact; x (0.5 w) is (0.5 x) w but
         # for results below the smallest normal number.
-        loss *= 0.5 * terms.weight
+        loss = _update(loss, operator.imul, 0.5 * terms.weight)
         return loss
-    loss *= 0.5
+    loss = _update(loss, operator.imul, 0.5)
     if call.full:
-        loss += HALF_LOG_2PI
+        loss = _update(loss, operator.iadd, HALF_LOG_2PI)
     if terms.weight is not None:
-        loss *= terms.weight
+        loss = _update(loss, operator.imul, terms.weight)
     return loss
 
 
@@ -200,13 +217,13 @@ def _var_elements(terms: _Terms, upstream: Array | float, diff_wanted: bool,
     grad_diff = grad_var = None
     if diff_wanted:
         grad_diff = terms.diff * 2.0
-        grad_diff *= half_over_var
+        grad_diff = _update(grad_diff, operator.imul, half_over_var)
     if var_wanted:
         grad_var = terms.diff * terms.diff
-        grad_var /= terms.var
-        grad_var /= terms.var
-        grad_var *= -half_upstream
-        grad_var += half_over_var
+        grad_var = _update(grad_var, operator.itruediv, terms.var)
+        grad_var = _update(grad_var, operator.itruediv, terms.var)
+        grad_var = _update(grad_var, operator.imul, -half_upstream)
+        grad_var = _update(grad_var, operator.iadd, half_over_var)
     return grad_diff, grad_var
 
 
@@ -216,13 +233,13 @@ def _log_var_elements(terms: _Terms, upstream: Array | float, diff_wanted: bool,
     grad_diff = grad_var = None
     if diff_wanted:
         grad_diff = terms.diff * terms.precision
-        grad_diff *= upstream
+        grad_diff = _update(grad_diff, operator.imul, upstream)
     if var_wanted:
         grad_var = terms.diff * terms.diff
-        grad_var *= terms.precision
-        grad_var *= -1.0
-        grad_var += 1.0
-        grad_var *= 0.5 * upstream
+        grad_var = _update(grad_var, operator.imul, terms.precision)
+        grad_var = _update(grad_var, operator.imul, -1.0)
+        grad_var = _update(grad_var, operator.iadd, 1.0)
+        grad_var = _update(grad_var, operator.imul, 0.5 * upstream)
     return grad_diff, grad_var
 
 
@@ -261,8 +278,9 @@ def _block_call(call: GaussianNLLCall, block: Block) -> GaussianNLLCall:
 
 
 def _total(call: GaussianNLLCall, partials: list[Array]) -> Array:
-    """The reduced loss from per-block sums, added in block order in double precision."""
-    total = math.fsum(float(part) for part in partials)
+    """The reduced loss from per-block sums, added in block order in double precision
+    (see :func:`._blocked.ordered_sum`)."""
+    total = ordered_sum(float(part) for part in partials)
     if call.reduction == "mean":
         total = total / call.numel if call.numel else math.nan
     with quiet_floating_point():  # a float16 sum may overflow to inf, as in PyTorch

@@ -22,7 +22,7 @@ from array_api_compat import device, is_numpy_namespace
 
 from .._class_calls import NLLCall
 from . import _nll_numpy
-from ._blocked import BLOCK_ELEMENTS, MIN_ELEMENTS, run_blocks
+from ._blocked import BLOCK_ELEMENTS, MIN_ELEMENTS, ordered_sum, run_blocks
 from ._helpers import as_0d, as_compute, compute_dtype, quiet_floating_point
 from ._targets import class_targets
 
@@ -55,10 +55,10 @@ def _flat_positions(call: NLLCall, index: Array) -> Array:
     spatial = count // index.shape[0] if count else 1
     flat_index = xp.reshape(index, (-1,))
     if spatial == 1:
-        rows = xp.arange(0, count * call.n_classes, call.n_classes, dtype=xp.int64,
+        rows = xp.arange(0, count * call.n_classes, call.n_classes, dtype=index.dtype,
                          device=device(index))
         return rows + flat_index
-    position = xp.arange(count, dtype=xp.int64, device=device(index))  # n * S + s
+    position = xp.arange(count, dtype=index.dtype, device=device(index))  # n * S + s
     return (position // spatial) * (call.n_classes * spatial) + position % spatial + (
         flat_index * spatial
     )
@@ -169,7 +169,7 @@ def _place_on_targets(call: NLLCall, index: Array, coef: Array, dtype: Any) -> A
         grad[_flat_positions(call, index)] = xp.reshape(coef, (-1,))
         return np.reshape(grad, batched_shape)
     class_shape = (1, call.n_classes) + (1,) * (len(batched_shape) - 2)
-    classes = xp.arange(call.n_classes, dtype=xp.int64, device=device(index))
+    classes = xp.arange(call.n_classes, dtype=index.dtype, device=device(index))
     hit = xp.reshape(classes, class_shape) == xp.expand_dims(index, axis=1)
     zero = xp.zeros((), dtype=dtype, device=device(index))
     return xp.where(hit, xp.expand_dims(coef, axis=1), zero)
@@ -211,8 +211,8 @@ def _blocked_totals(call: NLLCall, blocks: list[slice], dtype: Any) -> tuple[Arr
 
     sums = run_blocks(block_sums, blocks)
     with quiet_floating_point():
-        return (np.asarray(math.fsum(loss for loss, _ in sums), dtype=dtype),
-                np.asarray(math.fsum(weight for _, weight in sums), dtype=dtype))
+        return (np.asarray(ordered_sum(loss for loss, _ in sums), dtype=dtype),
+                np.asarray(ordered_sum(weight for _, weight in sums), dtype=dtype))
 
 
 def _blocked_forward(call: NLLCall, blocks: list[slice], dtype: Any) -> Array:

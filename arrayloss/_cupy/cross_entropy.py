@@ -151,6 +151,9 @@ def _rows(call: CrossEntropyCall, layout: _Layout, check: bool,
         mode, divisor = reduce.MODE_SUM, 1.0
     elif call.probabilities:
         mode, divisor = reduce.MODE_MEAN, float(layout.rows)
+    elif generic.smoothed_weighted_mean(call):
+        # A total weight of 0 makes this loss NaN, as in PyTorch (see the generic function).
+        mode, divisor = reduce.MODE_WEIGHTED_MEAN_NAN_AT_ZERO, 1.0
     else:
         mode, divisor = reduce.MODE_WEIGHTED_MEAN, 1.0
     totals = reduce.finish(loss_partials, layout.rows, mode, divisor,

@@ -15,6 +15,9 @@ import numpy as np
 from ._kernels import REDUCE_BLOCK, header, kernel_factory
 
 MODE_SUM, MODE_MEAN, MODE_WEIGHTED_MEAN = 0, 1, 2
+#: A weighted mean that is NaN for a total weight of 0 (cross-entropy's label-smoothed,
+#: class-weighted mean, whose two parts PyTorch divides separately: 0/0 for the first).
+MODE_WEIGHTED_MEAN_NAN_AT_ZERO = 3
 
 #: Threads of the second pass (one block).
 FINISH_THREADS = 1024
@@ -48,8 +51,9 @@ def finish(
 ) -> cupy.ndarray:
     """``[loss, total_weight]`` in the partials' dtype, from the partials of ``size`` elements.
 
-    ``mode`` is :data:`MODE_SUM`, :data:`MODE_MEAN` (divide by ``divisor``) or
-    :data:`MODE_WEIGHTED_MEAN` (divide by the summed weights).
+    ``mode`` is :data:`MODE_SUM`, :data:`MODE_MEAN` (divide by ``divisor``),
+    :data:`MODE_WEIGHTED_MEAN` (divide by the summed weights) or
+    :data:`MODE_WEIGHTED_MEAN_NAN_AT_ZERO` (the same, NaN for a summed weight of 0).
     """
     dtype = loss_partials.dtype
     count = partial_count(size)
@@ -116,8 +120,9 @@ __global__ void arrayloss_fold(const A* loss_partials, const A* weight_partials,
 }
 
 // Adds the per-block partials in a fixed order (one block) and finishes the reduction:
-// mode 0 sum, 1 mean over `divisor` elements, 2 weighted mean (NLL).  out[0] is the loss,
-// out[1] the total weight.  With no partials the sum is 0 and a mean is 0/0 = NaN.
+// mode 0 sum, 1 mean over `divisor` elements, 2 weighted mean (NLL), 3 a weighted mean that
+// is NaN (0/0) for a total weight of 0.  out[0] is the loss, out[1] the total weight.  With
+// no partials the sum is 0 and a mean is 0/0 = NaN.
 template <typename A>
 __global__ void arrayloss_finish(const A* loss_partials, const A* weight_partials,
                                  long long count, double divisor, int mode, int has_weight,
@@ -132,7 +137,8 @@ __global__ void arrayloss_finish(const A* loss_partials, const A* weight_partial
     weight = al::block_sum(weight);
     if (threadIdx.x == 0) {
         out[1] = weight;
-        out[0] = mode == 0 ? loss : mode == 1 ? loss / A(divisor) : loss / weight;
+        out[0] = mode == 0 ? loss : mode == 1 ? loss / A(divisor)
+               : mode == 3 && weight == A(0) ? weight / weight : loss / weight;
     }
 }
 """

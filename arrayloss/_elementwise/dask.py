@@ -37,15 +37,6 @@ __all__ = ["DaskBackend"]
 Array = Any
 
 
-def _known_shape(call: ElementwiseCall) -> None:
-    for name, array in call.arrays.items():
-        if any(isinstance(size, float) and math.isnan(size) for size in array.shape):
-            raise ValueError(
-                f"{name} has unknown chunk sizes (after boolean indexing, say), so the loss's "
-                f"shape and its mean's divisor are unknown; call {name}.compute_chunk_sizes() "
-                "first")
-
-
 class DaskBackend:
     """The Dask adapter of one elementwise loss."""
 
@@ -68,7 +59,6 @@ class DaskBackend:
         return float(count) if count else math.nan
 
     def forward(self, call: ElementwiseCall) -> da.Array:
-        _known_shape(call)
         arrays = self._arrays(call)
         names = list(arrays)
         library = _chunk_library(*arrays.values())
@@ -97,7 +87,6 @@ class DaskBackend:
 
     def _task(self, call: ElementwiseCall, wanted: frozenset[str], upstream: Any,
               with_loss: bool) -> tuple[da.Array | None, list[da.Array | None]]:
-        _known_shape(call)
         arrays = self._arrays(call)
         names = list(arrays)
         library = _chunk_library(*arrays.values())

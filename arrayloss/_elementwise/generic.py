@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from array_api_compat import device
 
-from .._agnostic._blocked import Block, part_of, plan_blocks, run_blocks, spans
+from .._agnostic._blocked import Block, ordered_sum, part_of, plan_blocks, run_blocks, spans
 from .._agnostic._helpers import (
     as_0d,
     as_compute,
@@ -229,7 +229,7 @@ class ElementwiseBackend:
         loss = None
         if want_loss:
             loss = losses if losses is not None else self._reduce(
-                call, math.fsum(total for total, _ in results))
+                call, ordered_sum(total for total, _ in results))
         return loss, grads
 
     def _run(self, call: ElementwiseCall, want_loss: bool, upstream: Any,

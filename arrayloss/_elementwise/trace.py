@@ -20,6 +20,8 @@ import math
 from types import ModuleType
 from typing import Any
 
+from array_api_compat import is_numpy_namespace
+
 __all__ = ["ArrayOps", "Expr", "SourceOps"]
 
 Operand = Any
@@ -32,6 +34,7 @@ class ArrayOps:
 
     def __init__(self, xp: ModuleType, dtype: Any, device: Any = None) -> None:
         self.xp, self.dtype, self.device = xp, dtype, device
+        self._numpy = is_numpy_namespace(xp)
 
     def _array(self, value: Operand) -> Any:
         if isinstance(value, (bool, int, float)):
@@ -51,7 +54,13 @@ class ArrayOps:
         return self.xp.abs(self._array(x))
 
     def sign(self, x: Operand) -> Any:
-        return self.xp.sign(self._array(x))
+        x = self._array(x)
+        if self._numpy:
+            return self.xp.sign(x)
+        # sign as two wheres: array-api-compat's torch sign sets NaN through a boolean mask,
+        # which torch.func.vmap cannot batch (the value is NumPy's: 0 at 0, NaN at NaN).
+        one = self.xp.ones_like(x)
+        return self.xp.where(x > 0, one, self.xp.where(x < 0, -one, x))
 
     def sqrt(self, x: Operand) -> Any:
         return self.xp.sqrt(self._array(x))

@@ -1,0 +1,111 @@
+"""PyTorch's half of :mod:`arrayloss._autograd`: the ``torch.autograd.Function``.
+
+A module of its own, imported on first use, so that torch is imported lazily and the class is
+made by an import, which TorchDynamo runs rather than traces (it cannot trace a class
+statement: a first call inside ``torch.compile(fullgraph=True)`` would break the graph).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ._agnostic._helpers import torch_compiling
+
+if TYPE_CHECKING:
+    from ._autograd import Differentiable
+
+Call = Any
+
+__all__ = ["ArraylossLoss"]
+
+_FUNCTORCH = torch._C._functorch
+
+
+class ArraylossLoss(torch.autograd.Function):
+    """A loss whose backward is arrayloss's explicit backward.
+
+    Written for ``torch.func`` too (``grad``, ``jacrev``, ``vmap``, ``functional_call``):
+    the forward takes no ``ctx`` (``setup_context`` saves what the backward needs), and
+    vmap's rule is generated from the forward and backward, which are torch operations.
+    A transform hands the forward its own (unwrapped or batched) tensors, so the call is
+    rebuilt from them where they are not the caller's.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(spec: Differentiable, call: Call, *tensors: Any) -> Any:
+        return spec.forward(_call_of(spec, call, tensors))
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        spec, call, *tensors = inputs
+        ctx.spec, ctx.call = spec, call
+        ctx.save_for_backward(*tensors)  # in-place changes before backward are caught
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Any) -> tuple[Any, ...]:
+        tensors = ctx.saved_tensors  # raises if an input was modified in place
+        if _differentiated_again(grad_output, tensors):
+            raise RuntimeError(
+                "arrayloss's losses are differentiable once: their backward is the "
+                "explicit first derivative, so create_graph=True (double backward, "
+                "gradient penalties through the loss, nested torch.func.grad) is not "
+                "supported")
+        names = list(ctx.spec.arrays)
+        wanted = frozenset(name for name, needed in zip(names, ctx.needs_input_grad[2:],
+                                                        strict=True) if needed)
+        call = _call_of(ctx.spec, ctx.call, tensors)
+        grads = ctx.spec.backward(call, grad_output, wanted) if wanted else {}
+        return (None, None, *(grads.get(name) if name in wanted else None
+                              for name in names))
+
+
+def _differentiated_again(grad_output: Any, saved: tuple[Any, ...]) -> bool:
+    """Whether autograd records this backward to differentiate it again.
+
+    Eagerly: grad mode on in a backward (``create_graph=True``).  Under ``torch.func``, whose
+    gradient transforms always run backwards with grad mode on: whether a tensor of the
+    backward tracks gradients at a live level other than the one running it (the level the
+    saved inputs were wrapped at when the loss was applied, a dead one after ``vjp`` or in
+    ``jacrev``), i.e. an outer ``grad`` (``grad`` of ``grad``, ``jacrev`` of ``jacrev``, a
+    ``grad`` around ``vjp``) differentiates it.
+    """
+    if torch_compiling():  # TorchDynamo traces no functorch wrappers
+        return torch.is_grad_enabled()
+    running: int | None = None
+    levels: set[int] = set()
+    for position, tensor in enumerate((*saved, grad_output)):
+        chain = _gradient_levels(tensor)
+        if chain and running is None and position < len(saved):
+            running = chain[0]
+        levels.update(chain)
+    if not levels:
+        return torch.is_grad_enabled()
+    return any(level >= 0 and level != running for level in levels)
+
+
+def _gradient_levels(tensor: Any) -> list[int]:
+    """The functorch levels at which ``tensor`` tracks gradients, outermost wrapper first
+    (through vmap's batching wrappers too); empty for a plain tensor."""
+    levels: list[int] = []
+    for _ in range(64):  # as deep as transforms nest
+        if not isinstance(tensor, torch.Tensor):
+            break
+        if _FUNCTORCH.is_gradtrackingtensor(tensor):
+            levels.append(_FUNCTORCH.maybe_get_level(tensor))
+        elif not _FUNCTORCH.is_batchedtensor(tensor):
+            break
+        tensor = _FUNCTORCH.get_unwrapped(tensor)
+    return levels
+
+
+def _call_of(spec: Differentiable, call: Call, tensors: tuple[Any, ...]) -> Call:
+    """``call``, or where a ``torch.func`` transform passed other tensors than the caller's
+    (unwrapped for ``grad``, batched for ``vmap``), the same call made from those."""
+    if all(given is original for given, original in zip(tensors, spec.arrays.values(),
+                                                         strict=True)):
+        return call
+    return spec.make_call(dict(zip(spec.arrays, tensors, strict=True)))
