@@ -59,6 +59,10 @@ def test_kernel_case(case: Callable[..., None], arguments: tuple[Any, ...]) -> N
     case(DEVICE, *arguments)
 
 
+# PyTorch's own warnings as the oracle runs (test_elementwise.py ignores them the same way);
+# under pytest-xdist this test's worker may not have run that module's filter first.
+@pytest.mark.filterwarnings("ignore:Using a target size:UserWarning",
+                            "ignore:reduction. 'mean' divides:UserWarning")
 @pytest.mark.parametrize("arguments", kee.elementwise_cases())
 def test_elementwise_kernels(arguments: Any) -> None:
     kee.case_elementwise(DEVICE, *arguments)
