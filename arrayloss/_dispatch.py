@@ -11,7 +11,7 @@ from typing import Any
 
 from array_api_compat import is_cupy_namespace, is_dask_namespace, is_torch_namespace
 
-from . import _registry, _torch_cuda
+from . import _registry, _torch_cpu, _torch_cuda
 from ._agnostic._helpers import torch_compiling
 from ._validation import _numpy_namespace, check_flag
 
@@ -22,10 +22,11 @@ _use_fused: ContextVar[bool] = ContextVar("arrayloss_use_fused", default=True)
 def fused_kernels(enabled: bool) -> Iterator[None]:
     """Turn the fused CuPy kernels on or off inside a ``with`` block.
 
-    CuPy arrays normally go to arrayloss's fused CUDA kernels.  Inside
-    ``with fused_kernels(False):`` they take the generic array-API path instead, the code every
-    other backend runs; tests and benchmarks use this to compare the two.  The setting is
-    per thread and per asyncio task, and the previous one is restored on exit.
+    CuPy arrays normally go to arrayloss's fused CUDA kernels (and torch tensors to them on
+    CUDA, to NumPy's fast paths on the CPU).  Inside ``with fused_kernels(False):`` they take
+    the generic array-API path instead, the code every other backend runs; tests and
+    benchmarks use this to compare the two.  The setting is per thread and per asyncio task,
+    and the previous one is restored on exit.
 
     It is held in a :class:`contextvars.ContextVar`, so a thread started inside the block
     (a :class:`~concurrent.futures.ThreadPoolExecutor` worker, say) does *not* see it: it
@@ -62,6 +63,18 @@ def _bridge(loss: str) -> _torch_cuda.Bridge:
     return _torch_cuda.Bridge(loss)
 
 
+@functools.cache
+def _torch_bridge(loss: str) -> _torch_cpu.Router:
+    """CPU tensors to NumPy's fast paths, the others to the CUDA bridge (with CuPy) or the
+    generic code."""
+    def others() -> Any:
+        if _torch_cuda.cupy_available():
+            return _bridge(loss)
+        return _registry.backends(loss).generic()
+
+    return _torch_cpu.Router(loss, others)
+
+
 def backend(xp: ModuleType, loss: str) -> Any:
     """The backend implementing ``loss`` (a name in :mod:`arrayloss._registry`) for
     namespace ``xp``."""
@@ -75,9 +88,9 @@ def backend(xp: ModuleType, loss: str) -> Any:
         # TorchDynamo traces neither a ContextVar nor CuPy: a compiled graph runs the generic
         # code (torch.compile(fullgraph=True) with validate=False has no graph break).
         return entry.generic()
-    if _use_fused.get() and is_torch_namespace(xp) and _torch_cuda.cupy_available():
-        # CUDA tensors to the fused kernels through DLPack (the others to the generic code).
-        return _bridge(loss)
+    if _use_fused.get() and is_torch_namespace(xp):
+        # Zero-copy: CPU tensors to NumPy's fast paths, CUDA tensors to the fused kernels.
+        return _torch_bridge(loss)
     if _use_fused.get() and is_cupy_namespace(xp):
         # Imported on first use, so NumPy-only users never import CuPy.
         return entry.cupy()

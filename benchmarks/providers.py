@@ -2,7 +2,8 @@
 
 GPU: arrayloss's fused kernels on CuPy, arrayloss's generic array-API path on CuPy, PyTorch
 eager on CUDA, and a device-to-device copy of the case's model bytes (the roofline).  CPU:
-arrayloss on NumPy and PyTorch on the CPU.  A provider whose library is missing is skipped.
+arrayloss on NumPy, PyTorch on the CPU, and arrayloss on torch CPU tensors.  A provider whose
+library is missing is skipped.
 
 PyTorch's ``backward`` is timed as forward plus autograd backward (the only way PyTorch users
 get it); ``loss_and_grad`` is the same pair.  arrayloss's are its explicit functions.
@@ -64,12 +65,19 @@ TORCH_CPU = Provider("torch cpu", "cpu", "torch")
 #: the linear cross-entropy cases only.
 TORCH_CHUNKED_CPU = Provider("torch chunked cpu", "cpu", "torch")
 TORCH_CHUNKED = Provider("torch chunked", "gpu", "torch")
+#: arrayloss called with torch CPU tensors, as a PyTorch user calls it (the loss, then
+#: ``backward()`` through arrayloss's autograd): NumPy's fast paths on zero-copy views of the
+#: tensors, timed beside "torch cpu" (F.cross_entropy, F.nll_loss, F.gaussian_nll_loss).
+VIA_TORCH_CPU = Provider("arrayloss torch-cpu", "cpu", "torch")
+#: The losses PyTorch has a CPU function of, which "arrayloss torch-cpu" is compared with.
+TORCH_CPU_LOSSES = ("gaussian_nll", "nll", "cross_entropy")
 #: Plain Gaussian NLL (one variance per row) on a log_var or beta case's arrays, timed in
 #: the same interleaved rounds: the baseline of issue 14's "within 1.1x of plain" target.
 PLAIN_GAUSSIAN = Provider("numpy plain GNLL", "cpu", "numpy")
 
 PROVIDERS = {"gpu": [FUSED, VIA_TORCH, GENERIC, TORCH_CUDA, TORCH_CHUNKED, COPY],
-             "cpu": [NUMPY, VALIDATED, BARE, TORCH_CPU, TORCH_CHUNKED_CPU, PLAIN_GAUSSIAN]}
+             "cpu": [NUMPY, VALIDATED, BARE, TORCH_CPU, VIA_TORCH_CPU, TORCH_CHUNKED_CPU,
+                     PLAIN_GAUSSIAN]}
 
 
 def _torch_has_chunked_head() -> bool:
@@ -320,7 +328,7 @@ def make_call(provider: Provider, case: Case, arrays: dict[str, Any]) -> Call:
         source = cupy.empty(half, dtype=cupy.uint8)
         destination = cupy.empty_like(source)
         return lambda: destination.__setitem__(Ellipsis, source)
-    if provider is VIA_TORCH:
+    if provider is VIA_TORCH or provider is VIA_TORCH_CPU:
         return _arrayloss_autograd_call(case, arrays)
     if provider is BARE:
         return _bare_numpy_call(case, arrays)
@@ -353,6 +361,8 @@ def supports(provider: Provider, case: Case) -> bool:
         return is_overhead_case(case)
     if provider is PLAIN_GAUSSIAN:
         return case.loss == "gaussian_nll" and case.variant in GAUSSIAN_VARIANTS
+    if provider is VIA_TORCH_CPU:
+        return case.loss in TORCH_CPU_LOSSES
     if provider in (TORCH_CHUNKED, TORCH_CHUNKED_CPU):
         return case.loss == "linear_cross_entropy" and _torch_has_chunked_head()
     if provider is COPY and case.loss == "linear_cross_entropy":

@@ -100,3 +100,17 @@ def backend_name(xp: Any) -> str:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "skip_backend(*names, reason=...): skip those backends")
+
+
+#: Module-scoped fixtures that cost seconds or hundreds of MiB to make: under pytest-xdist
+#: (``-n auto`` in pyproject's addopts) the tests that use one run on one worker, which makes
+#: it once (``--dist loadgroup``), instead of once per worker.
+_EXPENSIVE_FIXTURES = frozenset({"cluster_client", "spatial", "library"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        shared = _EXPENSIVE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if shared:
+            module = item.module.__name__ if isinstance(item, pytest.Function) else "tests"
+            item.add_marker(pytest.mark.xdist_group(f"{module}:{min(shared)}"))

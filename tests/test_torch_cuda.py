@@ -79,7 +79,7 @@ def stand_in(monkeypatch: pytest.MonkeyPatch) -> StandIn:
                for loss in ("gaussian_nll", "nll", "cross_entropy", "mse_loss",
                             "binary_cross_entropy_with_logits")}
     monkeypatch.setattr(_torch_cuda, "cupy_available", lambda: True)
-    monkeypatch.setattr(_dispatch, "_bridge", lambda loss: bridges[loss])
+    monkeypatch.setattr(_dispatch, "_torch_bridge", lambda loss: bridges[loss])
     return recorder
 
 

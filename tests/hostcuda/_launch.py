@@ -122,7 +122,7 @@ def _indexer_bytes(shape: tuple[int, ...]) -> bytes:
 
 def _host_source(source: str, entries: list[str]) -> str:
     lines = [f"HOSTCUDA_ENTRY({index}, {entry})" for index, entry in enumerate(entries)]
-    return "#include <cupy/carray.cuh>\n" + source + "\n" + "\n".join(lines) + "\n"
+    return _compiler.PRELUDE + source + "\n" + "\n".join(lines) + "\n"
 
 
 def _run(name: str, source: str, entry: int, entries: list[str], grid: int, block: int,

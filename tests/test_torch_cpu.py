@@ -1,0 +1,306 @@
+"""PyTorch CPU tensors on NumPy's fast paths (``arrayloss._torch_cpu``).
+
+Every entry point on CPU tensors must give exactly NumPy's result on the same memory (bit for
+bit: the same code ran), hand NumPy views of the tensors (no copy in) and come back as tensors
+over the arrays NumPy returned (no copy out); autograd, float16, bfloat16 (which NumPy lacks),
+strided tensors and ``out=`` included.  PyTorch's own functions are the independent check of
+the values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import _elementwise_cases as ec
+import numpy as np
+import pytest
+from array_api_compat import array_namespace
+
+import arrayloss as al
+from arrayloss import _dispatch, _registry
+from arrayloss._validation import _numpy_namespace
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+
+@dataclasses.dataclass
+class Spy:
+    """Wraps the generic backends (NumPy's): records each call on NumPy arrays, its
+    arguments and its result."""
+
+    calls: list[tuple[str, Any, tuple[Any, ...], Any]] = dataclasses.field(default_factory=list)
+
+    def backend(self, loss: str, module: Any) -> Any:
+        spy = self
+
+        class Recording:
+            def __getattr__(self, method: str) -> Any:
+                if not hasattr(module, method):
+                    raise AttributeError(method)
+
+                def run(call: Any, *args: Any) -> Any:
+                    result = getattr(module, method)(call, *args)
+                    if call.xp is _numpy_namespace():  # the generic code on tensors: not NumPy
+                        spy.calls.append((method, call, args, result))
+                    return result
+                return run
+
+        return Recording()
+
+
+@pytest.fixture
+def spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[Spy]:
+    """Wrap the NumPy backend of every loss, where the bridge looks it up (the registry)."""
+    recorder = Spy()
+    for loss, entry in list(_registry._BACKENDS.items()):
+        wrapped = recorder.backend(loss, entry.generic())
+        monkeypatch.setitem(_registry._BACKENDS, loss,
+                            dataclasses.replace(entry, generic=lambda wrapped=wrapped: wrapped))
+    yield recorder
+
+
+def _arrays(dtype: str = "float32", seed: int = 0, shape: tuple[int, int] = (40, 7)
+            ) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"x": rng.normal(size=shape).astype(dtype),
+            "t": rng.normal(size=shape).astype(dtype),
+            "v": rng.uniform(0.5, 2, (shape[0], 1)).astype(dtype),
+            "labels": rng.integers(0, shape[1], shape[0]),
+            "weight": rng.uniform(0.5, 2, shape[1]).astype(dtype),
+            "upstream": rng.normal(size=shape[0]).astype(dtype)}
+
+
+def _entry_points(a: dict[str, Any], reduction: str) -> list[tuple[Any, tuple[Any, ...],
+                                                                   dict[str, Any]]]:
+    """(function, args, kwargs) of every public entry point, for ``reduction``."""
+    upstream = a["upstream"] if reduction == "none" else 0.75
+    cases = [
+        (al.gaussian_nll_loss, (a["x"], a["t"], a["v"]), {"reduction": reduction}),
+        (al.gaussian_nll_loss, (a["x"], a["t"], 0.5), {"reduction": reduction, "full": True}),
+        (al.nll_loss, (a["x"], a["labels"], a["weight"]), {"reduction": reduction}),
+        (al.cross_entropy, (a["x"], a["labels"]),
+         {"reduction": reduction, "label_smoothing": 0.1}),
+        (al.nll_loss_backward, (upstream, a["x"], a["labels"]), {"reduction": reduction}),
+        (al.cross_entropy_backward, (upstream, a["x"], a["labels"], a["weight"]),
+         {"reduction": reduction}),
+    ]
+    if reduction == "none":
+        gaussian_upstream = np.broadcast_to(a["upstream"][:, None], a["x"].shape).copy()
+        cases.append((al.gaussian_nll_loss_backward, (gaussian_upstream, a["x"], a["t"], a["v"]),
+                      {"reduction": reduction}))
+    else:
+        cases += [
+            (al.gaussian_nll_loss_backward, (upstream, a["x"], a["t"], a["v"]),
+             {"reduction": reduction, "beta": 0.5}),
+            (al.gaussian_nll_loss_and_grad, (a["x"], a["t"], a["v"]),
+             {"reduction": reduction, "log_var": True}),
+            (al.nll_loss_and_grad, (a["x"], a["labels"]), {"reduction": reduction}),
+            (al.cross_entropy_and_grad, (a["x"], a["labels"], a["weight"]),
+             {"reduction": reduction}),
+        ]
+    return cases
+
+
+def _as_torch(value: Any) -> Any:
+    return torch.from_numpy(value.copy()) if isinstance(value, np.ndarray) else value
+
+
+def _flat(value: Any) -> list[Any]:
+    if isinstance(value, tuple):
+        return [item for part in value for item in _flat(part)]
+    return [value]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_every_entry_point_is_numpys_result_on_shared_memory(spy: Spy, dtype: str,
+                                                             reduction: str) -> None:
+    for function, args, kwargs in _entry_points(_arrays(dtype), reduction):
+        want = function(*args, **kwargs)
+        tensors = tuple(_as_torch(arg) for arg in args)
+        before = len(spy.calls)
+        got = function(*tensors, **kwargs)
+        assert len(spy.calls) == before + 1, f"{function.__name__} missed NumPy's backend"
+        _, call, _, returned = spy.calls[-1]
+        # What makes NumPy's fast paths run: exact ndarrays viewing the tensors, NumPy's xp.
+        assert call.xp is _numpy_namespace()
+        assert type(call.input) is np.ndarray
+        input_tensor = tensors[1] if function.__name__.endswith("_backward") else tensors[0]
+        assert np.shares_memory(call.input, input_tensor.numpy())
+        for g, w, r in zip(_flat(got), _flat(want), _flat(returned), strict=True):
+            assert (g is None) == (w is None) == (r is None)
+            if g is None:
+                continue
+            assert isinstance(g, torch.Tensor), function.__name__
+            assert g.dtype == getattr(torch, dtype) and g.shape == w.shape
+            np.testing.assert_array_equal(g.numpy(), w, strict=True,
+                                          err_msg=function.__name__)  # bit for bit
+            assert g.data_ptr() == r.ctypes.data  # the very memory NumPy returned
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_values_match_pytorch(reduction: str) -> None:
+    a = {k: torch.from_numpy(v) for k, v in _arrays("float64", seed=1).items()}
+    pairs = [
+        (al.cross_entropy(a["x"], a["labels"], a["weight"], reduction=reduction,
+                          label_smoothing=0.2),
+         F.cross_entropy(a["x"], a["labels"], a["weight"], reduction=reduction,
+                         label_smoothing=0.2)),
+        (al.nll_loss(a["x"], a["labels"], a["weight"], reduction=reduction),
+         F.nll_loss(a["x"], a["labels"], a["weight"], reduction=reduction)),
+        (al.gaussian_nll_loss(a["x"], a["t"], a["v"], reduction=reduction),
+         F.gaussian_nll_loss(a["x"], a["t"], a["v"], reduction=reduction)),
+    ]
+    for got, want in pairs:
+        assert got.shape == want.shape  # 0-d for the reductions, as PyTorch's
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+
+def test_autograd_runs_numpys_forward_and_backward(spy: Spy) -> None:
+    a = _arrays("float64", seed=2)
+    x = torch.from_numpy(a["x"].copy()).requires_grad_()
+    v = torch.from_numpy(a["v"].copy()).requires_grad_()
+    t = torch.from_numpy(a["t"])
+    loss = al.gaussian_nll_loss(x, t, v)
+    assert loss.requires_grad and loss.ndim == 0
+    loss.backward()
+    reference_x = torch.from_numpy(a["x"].copy()).requires_grad_()
+    reference_v = torch.from_numpy(a["v"].copy()).requires_grad_()
+    F.gaussian_nll_loss(reference_x, t, reference_v).backward()
+    torch.testing.assert_close(x.grad, reference_x.grad, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(v.grad, reference_v.grad, rtol=1e-12, atol=1e-14)
+    logits = torch.from_numpy(a["x"].copy()).requires_grad_()
+    labels = torch.from_numpy(a["labels"])
+    al.cross_entropy(logits, labels, label_smoothing=0.1).backward()
+    want = al.cross_entropy_backward(1.0, a["x"], a["labels"], label_smoothing=0.1)
+    np.testing.assert_array_equal(logits.grad.numpy(), want)
+    methods = [method for method, *_ in spy.calls]
+    # The two losses' forwards and backwards, then the NumPy reference's backward.
+    assert methods == ["forward", "backward", "forward", "backward", "backward"]
+
+
+def test_strided_tensors_are_viewed_not_copied(spy: Spy) -> None:
+    rng = np.random.default_rng(3)
+    base = torch.from_numpy(rng.normal(size=(9, 40)).astype(np.float32))
+    logits = base.t()[::2]  # (20, 9), neither C- nor F-contiguous
+    labels = torch.from_numpy(rng.integers(0, 9, 40)[::2].copy())
+    target = torch.from_numpy(rng.normal(size=(40, 18)).astype(np.float32))[::2, ::2]
+    for function, args in [(al.cross_entropy, (logits, labels)),
+                           (al.nll_loss, (logits, labels)),
+                           (al.gaussian_nll_loss, (logits, target, 2.0))]:
+        got = function(*args, reduction="none")
+        _, call, _, _ = spy.calls[-1]
+        assert np.shares_memory(call.input, base.numpy())
+        assert call.input.strides == tuple(s * logits.element_size() for s in logits.stride())
+        want = function(*(arg.numpy() for arg in args if isinstance(arg, torch.Tensor)),
+                        *(arg for arg in args if not isinstance(arg, torch.Tensor)),
+                        reduction="none")
+        np.testing.assert_array_equal(got.numpy(), want, strict=True)
+
+
+def test_out_comes_back_as_the_callers_tensor(spy: Spy) -> None:
+    a = _arrays("float32", seed=4)
+    labels = torch.from_numpy(a["labels"])
+    want_loss, want_grad = al.cross_entropy_and_grad(a["x"], a["labels"])
+    logits = torch.from_numpy(a["x"].copy())
+    loss, grad = al.cross_entropy_and_grad(logits, labels, out=logits)  # the logits consumed
+    assert grad is logits and loss.ndim == 0
+    np.testing.assert_array_equal(logits.numpy(), want_grad)
+    np.testing.assert_array_equal(loss.numpy(), want_loss)
+    buffer = torch.empty(a["x"].shape)
+    _, grad = al.cross_entropy_and_grad(torch.from_numpy(a["x"]), labels, out=buffer)
+    assert grad is buffer
+    np.testing.assert_array_equal(buffer.numpy(), want_grad)
+    assert len(spy.calls) == 3  # the NumPy reference and the two tensor calls
+
+
+def test_bfloat16_travels_as_its_bits(spy: Spy) -> None:
+    # NumPy has no bfloat16: the tensors go as int16 views, seen as ml_dtypes' bfloat16.
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    values = _arrays("float32", seed=5)
+    numpy_arrays = {k: v.astype(ml_dtypes.bfloat16) if v.dtype.kind == "f" else v
+                    for k, v in values.items()}
+    tensors = {k: torch.from_numpy(v).bfloat16() if v.dtype.kind == "f" else torch.from_numpy(v)
+               for k, v in values.items()}
+    for function, names in [(al.cross_entropy, ("x", "labels")),
+                            (al.gaussian_nll_loss, ("x", "t", "v")),
+                            (al.nll_loss, ("x", "labels"))]:
+        want = function(*(numpy_arrays[name] for name in names))
+        got = function(*(tensors[name] for name in names))
+        _, call, _, _ = spy.calls[-1]
+        assert np.shares_memory(call.input.view(np.int16), tensors["x"].view(torch.int16).numpy())
+        assert got.dtype == torch.bfloat16 and got.ndim == 0
+        np.testing.assert_array_equal(got.view(torch.int16).numpy(), want.view(np.int16))
+    reference = F.cross_entropy(tensors["x"].double(), tensors["labels"])
+    torch.testing.assert_close(al.cross_entropy(tensors["x"], tensors["labels"]).double(),
+                               reference, rtol=1e-2, atol=1e-2)
+
+
+def test_fused_kernels_off_keeps_torch_on_the_generic_code(spy: Spy) -> None:
+    a = {k: torch.from_numpy(v) for k, v in _arrays("float64", seed=6).items()}
+    with al.fused_kernels(False):
+        got = al.cross_entropy(a["x"], a["labels"])
+    assert spy.calls == []
+    torch.testing.assert_close(got, F.cross_entropy(a["x"], a["labels"]))
+
+
+@pytest.mark.parametrize("variant", [pytest.param(v, id=v.id) for v in ec.VARIANTS])
+def test_elementwise_losses_are_numpys_result(spy: Spy, variant: ec.Variant) -> None:
+    # The losses of the registry beyond the first three: their calls hold arrays in a dict.
+    values = ec.rounded(ec.make_arrays(variant, (6, 5), (6, 5)), "float32", variant)
+    keywords = ec.arrayloss_keywords(variant, values)
+    tensors = {name: torch.from_numpy(array) for name, array in values.items()}
+    torch_keywords = ec.arrayloss_keywords(variant, tensors)
+    for suffix, reduction in [("", "none"), ("", "mean"), ("_and_grad", "sum")]:
+        want = variant.function(suffix)(values["input"], values["target"], reduction=reduction,
+                                        **keywords)
+        got = variant.function(suffix)(tensors["input"], tensors["target"],
+                                       reduction=reduction, **torch_keywords)
+        _, call, _, returned = spy.calls[-1]
+        assert call.xp is _numpy_namespace() and type(call.input) is np.ndarray
+        assert np.shares_memory(call.input, values["input"])
+        for g, w, r in zip(_flat(got), _flat(want), _flat(returned), strict=True):
+            assert (g is None) == (w is None)
+            if g is not None:
+                np.testing.assert_array_equal(g.numpy(), w, strict=True)
+                assert g.data_ptr() == r.ctypes.data
+
+
+def test_any_registered_loss_crosses_the_bridge(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The bridge converts a call's fields whatever they are: a loss it never heard of works.
+    @dataclasses.dataclass
+    class ToyCall:
+        xp: Any
+        input: Any
+        scale: Any
+        dtype: Any
+        factor: float
+
+    seen: list[ToyCall] = []
+
+    class ToyBackend:
+        @staticmethod
+        def forward(call: ToyCall) -> Any:
+            seen.append(call)
+            return call.xp.asarray(call.xp.sum(call.input * call.scale, dtype=call.dtype)
+                                   * call.factor)
+
+    monkeypatch.setitem(_registry._BACKENDS, "toy", _registry.Backends(
+        generic=lambda: ToyBackend, cupy=lambda: None, dask=lambda: None))
+    _dispatch._torch_bridge.cache_clear()
+    try:
+        values = np.arange(6.0).reshape(2, 3)
+        tensor, scale = torch.from_numpy(values), torch.tensor([1.0, 2.0, 3.0])
+        result = _dispatch.backend(array_namespace(tensor), "toy").forward(
+            ToyCall(array_namespace(tensor), tensor, scale, torch.float64, 0.5))
+    finally:
+        _dispatch._torch_bridge.cache_clear()
+    (call,) = seen
+    assert type(call.input) is np.ndarray and np.shares_memory(call.input, values)
+    assert type(call.scale) is np.ndarray and call.dtype == np.float64
+    assert call.xp is _numpy_namespace() and call.factor == 0.5
+    assert isinstance(result, torch.Tensor) and result.ndim == 0
+    assert result.item() == 0.5 * float((values * [1, 2, 3]).sum())
