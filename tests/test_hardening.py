@@ -141,7 +141,7 @@ def test_jax_tracers_skip_value_checks_only() -> None:
 
 
 def test_unclear_errors_made_clear() -> None:
-    import ml_dtypes
+    ml_dtypes = pytest.importorskip("ml_dtypes", reason="ml_dtypes comes with the kernels extra")
 
     x = np.zeros(2)
     with pytest.raises(TypeError, match="input bfloat16, target float16 have no common type"):
