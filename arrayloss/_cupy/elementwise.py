@@ -83,8 +83,10 @@ def _trace(spec: ElementwiseLoss, present: tuple[str, ...], flags: tuple[tuple[s
     if want_gradients:
         upstream = ops.value("upstream")
         traced = spec.gradients(ops, upstream, **arrays, **options)
-        grads = [traced[name].code if name in present else ""
-                 for name in spec.gradient_names]
+        # Every gradient is in the source (a function computing one is called here): the
+        # kernel's `want` bits choose at run time, and the compiler drops what no bit needs.
+        grads = [(value() if callable(value := traced[name]) else value).code
+                 if name in present else "" for name in spec.gradient_names]
     return ops.lines, loss, grads
 
 

@@ -53,6 +53,12 @@ def range_error(spec: ElementwiseLoss, name: str) -> ValueError:
                       f"{check.message}")
 
 
+def _evaluated(gradient: Any) -> Any:
+    """A declared gradient: a value, or a function computing it, called only when the
+    gradient is asked for (``wrt``)."""
+    return gradient() if callable(gradient) else gradient
+
+
 def _full(value: Any, shape: tuple[int, ...]) -> Any:
     """A block's result as a NumPy array of the block's ``shape`` (a view where the math gave
     a number or a smaller array; ``np.broadcast_to`` costs microseconds, so only then)."""
@@ -99,7 +105,7 @@ class ElementwiseBackend:
         grads = self.spec.gradients(ops, upstream, **arrays, **call.options)
         summed = {}
         for name in wanted:
-            grad = grads[name]
+            grad = _evaluated(grads[name])
             if tuple(grad.shape) != shape:
                 grad = call.xp.broadcast_to(grad, shape)
             summed[name] = sum_to_shape(call.xp, grad, shapes[name])
@@ -208,7 +214,7 @@ class ElementwiseBackend:
                         block_upstream = ops.wrap(part_of(upstream, part, ndim))
                     grads = self.spec.gradients(ops, block_upstream, **arrays, **call.options)
                     for name in wanted:
-                        grad = _full(grads[name], block_shape)
+                        grad = _full(_evaluated(grads[name]), block_shape)
                         summed = sum_to_shape(call.xp, grad, tuple(arrays[name].array.shape))
                         if name in outputs:
                             index = part.index() if part.axis == 0 else (..., part.span)

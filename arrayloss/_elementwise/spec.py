@@ -91,7 +91,9 @@ class RangeCheck:
 #: ``forward(ops, **arrays, **options)``: the per-element loss.
 Forward = Callable[..., Any]
 #: ``gradients(ops, grad, **arrays, **options)``: per-element gradients by argument name,
-#: ``grad`` being the upstream gradient reaching each element.
+#: ``grad`` being the upstream gradient reaching each element.  A gradient may be given as a
+#: function of no arguments that computes it: the array code calls it only when ``wrt`` asks
+#: for that gradient (a training step's ``wrt="input"`` skips the target's passes).
 Gradients = Callable[..., Mapping[str, Any]]
 
 

@@ -22,11 +22,13 @@ def forward(ops: Any, input: Any, target: Any, weight: Any = None) -> Any:
 def gradients(ops: Any, grad: Any, input: Any, target: Any, weight: Any = None
               ) -> dict[str, Any]:
     grad_input = grad * (input - target) / ops.maximum((1.0 - input) * input, EPSILON)
-    # d/dt is -logit(x), unclamped (PyTorch's binary_cross_entropy_target_backward).
-    grad_target = -ops.log(input / (1.0 - input)) * grad
-    if weight is not None:
-        grad_input, grad_target = grad_input * weight, grad_target * weight
-    return {"input": grad_input, "target": grad_target}
+
+    def grad_target() -> Any:  # d/dt is -logit(x), unclamped (PyTorch's target backward)
+        value = -ops.log(input / (1.0 - input)) * grad
+        return value if weight is None else value * weight
+
+    return {"input": grad_input if weight is None else grad_input * weight,
+            "target": grad_target}
 
 
 SPEC = ElementwiseLoss(

@@ -27,14 +27,19 @@ def gradients(ops: Any, grad: Any, input: Any, target: Any, weight: Any = None,
     sigmoid = 1.0 / (1.0 + ops.exp(-input))
     if pos_weight is None:
         grad_input = (sigmoid - target) * grad
-        grad_target = -input * grad
     else:
         weighted = pos_weight * target
         grad_input = ((weighted + 1.0 - target) * sigmoid - weighted) * grad
-        grad_target = (log_sigmoid(ops, -input) - log_sigmoid(ops, input) * pos_weight) * grad
-    if weight is not None:
-        grad_input, grad_target = grad_input * weight, grad_target * weight
-    return {"input": grad_input, "target": grad_target}
+
+    def grad_target() -> Any:
+        if pos_weight is None:
+            value = -input * grad
+        else:
+            value = (log_sigmoid(ops, -input) - log_sigmoid(ops, input) * pos_weight) * grad
+        return value if weight is None else value * weight
+
+    return {"input": grad_input if weight is None else grad_input * weight,
+            "target": grad_target}
 
 
 SPEC = ElementwiseLoss(

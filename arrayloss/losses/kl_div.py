@@ -25,10 +25,13 @@ def gradients(ops: Any, grad: Any, input: Any, target: Any, log_target: bool
     if log_target:
         probability = ops.exp(target)
         return {"input": -probability * grad,
-                "target": probability * (target - input + 1.0) * grad}
-    # PyTorch's autograd through xlogy(t, t): log t + t / t, NaN at t = 0.
-    log_term = ops.where(target == 0.0, 0.0, ops.log(target))
-    return {"input": -target * grad, "target": (log_term + target / target - input) * grad}
+                "target": lambda: probability * (target - input + 1.0) * grad}
+
+    def grad_target() -> Any:  # PyTorch's autograd through xlogy(t, t): log t + t / t
+        log_term = ops.where(target == 0.0, 0.0, ops.log(target))
+        return (log_term + target / target - input) * grad
+
+    return {"input": -target * grad, "target": grad_target}
 
 
 SPEC = ElementwiseLoss(

@@ -15,7 +15,7 @@ def forward(ops: Any, input: Any, target: Any) -> Any:
 def gradients(ops: Any, grad: Any, input: Any, target: Any) -> dict[str, Any]:
     # sign(0) = 0: no gradient where the prediction is exact, as in PyTorch.
     grad_input = ops.sign(input - target) * grad
-    return {"input": grad_input, "target": -grad_input}
+    return {"input": grad_input, "target": lambda: -grad_input}
 
 
 SPEC = ElementwiseLoss(

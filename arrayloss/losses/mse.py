@@ -15,7 +15,7 @@ def forward(ops: Any, input: Any, target: Any) -> Any:
 
 def gradients(ops: Any, grad: Any, input: Any, target: Any) -> dict[str, Any]:
     grad_input = 2.0 * (input - target) * grad
-    return {"input": grad_input, "target": -grad_input}
+    return {"input": grad_input, "target": lambda: -grad_input}
 
 
 SPEC = ElementwiseLoss(

@@ -29,16 +29,19 @@ def gradients(ops: Any, grad: Any, input: Any, target: Any, log_input: bool, ful
               eps: Any) -> dict[str, Any]:
     if log_input:
         grad_input = (ops.exp(input) - target) * grad
-        grad_target = -input * grad
     else:
         grad_input = grad - grad * target / (input + eps)
-        grad_target = -ops.log(input + eps) * grad
-    if full:
+
+    def grad_target() -> Any:
+        value = -input * grad if log_input else -ops.log(input + eps) * grad
+        if not full:
+            return value
         # PyTorch's autograd through the masked Stirling term: its derivative times a zero
         # upstream where t <= 1 (NaN at t = 0, where the derivative is infinite).
         kept = ops.where(target <= 1.0, 0.0, grad)
-        grad_target = grad_target + (kept * ops.log(target) + kept * target / target - kept
-                                     + 0.5 * kept / (TWO_PI * target) * TWO_PI)
+        return value + (kept * ops.log(target) + kept * target / target - kept
+                        + 0.5 * kept / (TWO_PI * target) * TWO_PI)
+
     return {"input": grad_input, "target": grad_target}
 
 

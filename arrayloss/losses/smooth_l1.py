@@ -17,7 +17,7 @@ def forward(ops: Any, input: Any, target: Any, beta: Any) -> Any:
 def gradients(ops: Any, grad: Any, input: Any, target: Any, beta: Any) -> dict[str, Any]:
     diff = input - target
     grad_input = ops.where(ops.abs(diff) < beta, diff / beta, ops.sign(diff)) * grad
-    return {"input": grad_input, "target": -grad_input}
+    return {"input": grad_input, "target": lambda: -grad_input}
 
 
 SPEC = ElementwiseLoss(
