@@ -239,10 +239,12 @@ class Platform:
                 current_stream=lambda device: 0)
             bridges = {loss: _torch_cuda.Bridge(loss, device, on_device=lambda tensor: True)
                        for loss in losses}
+            # Every torch tensor reaches the bridges through _torch_bridge (CPU tensors too,
+            # which stand in for CUDA ones here).
             saved += [(_torch_cuda, "cupy_available", _torch_cuda.cupy_available),
-                      (_dispatch, "_bridge", _dispatch._bridge)]
+                      (_dispatch, "_torch_bridge", _dispatch._torch_bridge)]
             _torch_cuda.cupy_available = lambda: True  # type: ignore[assignment]
-            _dispatch._bridge = bridges.__getitem__  # type: ignore[assignment]
+            _dispatch._torch_bridge = bridges.__getitem__  # type: ignore[assignment]
         else:
             for loss in losses:
                 fused = importlib.import_module(f"arrayloss._cupy.{loss}")

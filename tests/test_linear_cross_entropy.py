@@ -520,7 +520,7 @@ def test_torch_cuda_tensors_reach_the_device_backend_through_the_bridge(
     bridge = _torch_cuda.Bridge("linear_cross_entropy", recorder.device(),
                                 on_device=lambda tensor: True)
     monkeypatch.setattr(_torch_cuda, "cupy_available", lambda: True)
-    monkeypatch.setattr(_dispatch, "_bridge", lambda loss: bridge)
+    monkeypatch.setattr(_dispatch, "_torch_bridge", lambda loss: bridge)
     data = _data(17)
     h, W, b, t = (torch.tensor(data[k]) for k in ("h", "W", "b", "t"))
     kwargs = {"linear_bias": b, "z_loss": 0.01, "chunk_size": 8}
