@@ -26,8 +26,6 @@ __all__ = ["ArrayOps", "Expr", "SourceOps"]
 
 Operand = Any
 
-_UNARY = ("log", "log1p", "exp", "abs", "sign", "sqrt", "tanh")
-
 
 class ArrayOps:
     """``ops`` over arrays of namespace ``xp`` in the compute ``dtype``."""
@@ -78,6 +76,10 @@ class ArrayOps:
 
     def where(self, condition: Operand, x: Operand, y: Operand) -> Any:
         return self.xp.where(condition, self._array(x), self._array(y))
+
+    def clip(self, x: Operand, low: float, high: float) -> Any:
+        """``x`` within ``[low, high]`` (NaN stays NaN); the bounds are numbers."""
+        return self.xp.clip(self._array(x), low, high)
 
     def logical_or(self, x: Operand, y: Operand) -> Any:
         return self.xp.logical_or(x, y)
@@ -217,6 +219,9 @@ class SourceOps:
 
     def minimum(self, x: Operand, y: Operand) -> Expr:
         return self._call("minimum", x, y)
+
+    def clip(self, x: Operand, low: Operand, high: Operand) -> Expr:
+        return self._call("minimum", self._call("maximum", x, low), high)
 
     def where(self, condition: Operand, x: Operand, y: Operand) -> Expr:
         if not (isinstance(condition, Expr) and condition.kind == "bool"):

@@ -15,8 +15,8 @@ def forward(ops: Any, input: Any, target: Any, delta: Any) -> Any:
 
 
 def gradients(ops: Any, grad: Any, input: Any, target: Any, delta: Any) -> dict[str, Any]:
-    diff = input - target
-    grad_input = ops.where(ops.abs(diff) < delta, diff, delta * ops.sign(diff)) * grad
+    # d within [-delta, delta]: d inside, delta sign(d) outside, in one pass.
+    grad_input = ops.clip(input - target, -delta, delta) * grad
     return {"input": grad_input, "target": lambda: -grad_input}
 
 
