@@ -1,10 +1,10 @@
 """``python -m arrayloss``: find the array libraries here, run every loss on each, check them.
 
 For every backend found it runs the forward pass, the backward pass and the fused
-loss-and-gradient of every loss in :data:`LOSSES` (Gaussian NLL, NLL, cross-entropy), compares
-every result with float64 formulas written in this file (independent of arrayloss), and
-prints a table with the time per call.  It says why a library is missing, and exits non-zero
-if any result disagrees.
+loss-and-gradient of every loss in :data:`LOSSES` (Gaussian NLL, NLL, cross-entropy and the
+eight elementwise losses), compares every result with float64 formulas written in this file
+(independent of arrayloss), and prints a table with the time per call.  It says why a library
+is missing, and exits non-zero if any result disagrees.
 """
 
 from __future__ import annotations
@@ -230,6 +230,65 @@ def _cross_entropy_reference(logits: np.ndarray, labels: np.ndarray,
     return np.asarray(loss), grad
 
 
+# The elementwise losses: a prediction and a target of one shape, 'mean' ('batchmean' for
+# kl_div); each reference returns (loss, grad_input, grad_target) for a unit upstream.
+
+def _elementwise_inputs(kind: str) -> Callable[[np.random.Generator, int, int],
+                                               tuple[np.ndarray, ...]]:
+    def make(rng: np.random.Generator, rows: int, columns: int) -> tuple[np.ndarray, ...]:
+        shape = (rows, columns)
+        if kind == "probability":
+            pair = rng.uniform(0.02, 0.98, shape), rng.uniform(0.0, 1.0, shape)
+        elif kind == "log_probability":
+            pair = np.log(rng.uniform(0.05, 1.0, shape)), rng.uniform(0.01, 1.0, shape)
+        elif kind == "count":
+            pair = rng.normal(size=shape), rng.poisson(2.5, shape).astype(np.float64)
+        else:
+            pair = rng.normal(size=shape), rng.normal(size=shape)
+        return tuple(a.astype(np.float32) for a in pair)
+
+    return make
+
+
+def _elementwise_reference(loss: str) -> Callable[..., tuple[np.ndarray, ...]]:
+    def reference(x32: np.ndarray, t32: np.ndarray) -> tuple[np.ndarray, ...]:
+        x, t = x32.astype(np.float64), t32.astype(np.float64)
+        d, n = x - t, x.size
+        if loss == "mse_loss":
+            values, grad = d * d, 2 * d
+        elif loss == "l1_loss":
+            values, grad = np.abs(d), np.sign(d)
+        elif loss == "smooth_l1_loss":  # beta = 1
+            values = np.where(np.abs(d) < 1, 0.5 * d * d, np.abs(d) - 0.5)
+            grad = np.clip(d, -1, 1)
+        elif loss == "huber_loss":  # delta = 0.5
+            values = np.where(np.abs(d) < 0.5, 0.5 * d * d, 0.5 * (np.abs(d) - 0.25))
+            grad = np.clip(d, -0.5, 0.5)
+        elif loss == "binary_cross_entropy":
+            values = -(t * np.log(x) + (1 - t) * np.log(1 - x))
+            grad = (x - t) / (x * (1 - x))
+            return np.asarray(values.mean()), grad / n, -np.log(x / (1 - x)) / n
+        elif loss == "binary_cross_entropy_with_logits":
+            values = (1 - t) * x + np.logaddexp(0, -x)
+            return (np.asarray(values.mean()), (1 / (1 + np.exp(-x)) - t) / n, -x / n)
+        elif loss == "kl_div":  # 'batchmean': the sum over the rows
+            rows = x.shape[0]
+            values = t * np.log(t) - t * x
+            return (np.asarray(values.sum() / rows), -t / rows, (np.log(t) + 1 - x) / rows)
+        else:  # poisson_nll_loss, log_input
+            values = np.exp(x) - t * x
+            return np.asarray(values.mean()), (np.exp(x) - t) / n, -x / n
+        return np.asarray(values.mean()), grad / n, -grad / n
+
+    return reference
+
+
+def _elementwise(loss: str, problem: str, kind: str = "", **options: Any) -> LossCheck:
+    return LossCheck(loss, problem, getattr(al, loss), getattr(al, loss + "_backward"),
+                     getattr(al, loss + "_and_grad"), _elementwise_inputs(kind),
+                     _elementwise_reference(loss), options)
+
+
 LOSSES = (
     LossCheck("gaussian_nll", "Gaussian NLL 'mean' with one variance per row",
               al.gaussian_nll_loss, al.gaussian_nll_loss_backward, al.gaussian_nll_loss_and_grad,
@@ -242,6 +301,17 @@ LOSSES = (
               al.cross_entropy, al.cross_entropy_backward, al.cross_entropy_and_grad,
               _cross_entropy_inputs, _cross_entropy_reference,
               {"label_smoothing": CROSS_ENTROPY_SMOOTHING}),
+    _elementwise("mse_loss", "MSE 'mean'"),
+    _elementwise("l1_loss", "L1 'mean'"),
+    _elementwise("smooth_l1_loss", "smooth L1 'mean', beta=1"),
+    _elementwise("huber_loss", "Huber 'mean', delta=0.5", delta=0.5),
+    _elementwise("binary_cross_entropy", "binary cross-entropy 'mean' of probabilities",
+                 "probability"),
+    _elementwise("binary_cross_entropy_with_logits", "binary cross-entropy 'mean' of logits",
+                 "probability"),
+    _elementwise("kl_div", "KL divergence 'batchmean' of log-probabilities",
+                 "log_probability", reduction="batchmean"),
+    _elementwise("poisson_nll_loss", "Poisson NLL 'mean' of log-rates and counts", "count"),
 )
 
 #: A call to run: (function, NumPy arguments, options) and its float64 answers.

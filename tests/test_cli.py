@@ -59,6 +59,10 @@ TORCH_LOSSES: dict[str, Callable[..., tuple[Any, list[Any]]]] = {
         F.nll_loss(log_probs, labels, weight.detach(), **options), [log_probs]),
     "cross_entropy": lambda F, options, logits, labels, weight: (
         F.cross_entropy(logits, labels, weight.detach(), **options), [logits]),
+    **{loss: (lambda F, options, x, t, loss=loss: (getattr(F, loss)(x, t, **options), [x, t]))
+       for loss in ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss",
+                    "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div",
+                    "poisson_nll_loss")},
 }
 
 
