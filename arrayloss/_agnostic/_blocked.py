@@ -280,7 +280,11 @@ def run_blocks(work: Callable[[Any], Result], blocks: Sequence[Any]) -> list[Res
 
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=worker_count(),
+            # The calling thread takes blocks too: worker_count() - 1 pool threads.  No more,
+            # since an executor may start a new thread for a task submitted just before the
+            # last one's thread counts itself idle, and a new thread's scratch buffers start
+            # empty (allocated again).
+            _pool = ThreadPoolExecutor(max_workers=max(1, worker_count() - 1),
                                        thread_name_prefix="arrayloss")
         pool = _pool
     helpers = []
