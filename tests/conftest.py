@@ -100,6 +100,21 @@ def backend_name(xp: Any) -> str:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "skip_backend(*names, reason=...): skip those backends")
+    _one_thread_per_worker()
+
+
+def _one_thread_per_worker() -> None:
+    """Under pytest-xdist (one worker per core: pyproject's addopts), one BLAS and OpenMP
+    thread per worker.  Two OpenBLAS threads per worker, spinning on the core the other
+    worker uses, made the examples' small matrix products 13x slower (45 s against 3.4 s,
+    measured on 2 cores).  NumPy is loaded already (by a plugin), so its BLAS is limited at
+    run time; torch, not yet imported, reads ``OMP_NUM_THREADS`` when it is."""
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) < 2:
+        return
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
 
 
 #: Module-scoped fixtures that cost seconds or hundreds of MiB to make: under pytest-xdist
@@ -108,9 +123,21 @@ def pytest_configure(config: pytest.Config) -> None:
 _EXPENSIVE_FIXTURES = frozenset({"cluster_client", "spatial", "library"})
 
 
+def _runs_jax(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and callspec.params.get("xp") == "jax":
+        return True
+    return "jnp" in getattr(item, "fixturenames", ()) or "jax" in item.name.lower()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         shared = _EXPENSIVE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
         if shared:
             module = item.module.__name__ if isinstance(item, pytest.Function) else "tests"
             item.add_marker(pytest.mark.xdist_group(f"{module}:{min(shared)}"))
+        elif _runs_jax(item):
+            # JAX compiles each operation once per shape and dtype, per process: its tests on
+            # one worker compile each once (measured: 73 s in one process for what costs
+            # 179 s of test time split over two).
+            item.add_marker(pytest.mark.xdist_group("jax"))

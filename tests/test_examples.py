@@ -59,7 +59,7 @@ def test_heteroscedastic_regression_with_beta_nll() -> None:
 def test_dask_regression_trains_data_parallel() -> None:
     pytest.importorskip("dask.array", reason="Dask is not installed (pip install '.[dask]')")
     example = _load("dask_regression")
-    metrics = example.main(["--steps", "300"])
+    metrics = example.main(["--steps", "100"])
     # The gradient summed over chunks is the in-memory one, and the model learns the noise.
     assert metrics["gradient_check_error"] < 1e-10
     assert example.learned(metrics), metrics
