@@ -371,6 +371,33 @@ def all_cases() -> list[Case]:
     return cases
 
 
+def stratum(case: Case) -> tuple[Any, ...]:
+    """What makes a case's code path: its loss, reduction, dtypes, which options it sets (and
+    of which type), a scalar var or not, and its arrays' ranks.  Cases that share a stratum
+    differ only in values (PyTorch's ``k0``..``k3`` draws of one shape, say)."""
+    options = tuple(sorted((key, type(value).__name__) for key, value in case.options.items()))
+    ranks = tuple(sorted((key, value.ndim) for key, value in case.arrays.items()))
+    return (case.loss, case.reduction, case.dtype, case.target_dtype, options,
+            case.var_scalar is not None, ranks)
+
+
+def one_per_stratum(cases: list[Case]) -> list[Case]:
+    """The first case of each :func:`stratum`: every code path, once.
+
+    For the backends whose every new shape and dtype compiles again (JAX compiles each
+    operation for each new shape): they run the generic code every other backend runs on
+    every case, so each path once is what only they can add.
+    """
+    seen: set[tuple[Any, ...]] = set()
+    kept = []
+    for case in cases:
+        key = stratum(case)
+        if key not in seen:
+            seen.add(key)
+            kept.append(case)
+    return kept
+
+
 def grad_output(case: Case, loss_shape: tuple[int, ...]) -> np.ndarray:
     """The upstream gradient used for a case's backward pass (float64)."""
     rng = np.random.default_rng(case.seed + 1)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _cases import Case, all_cases, cast_inputs, grad_output, torch_oracle
+from _cases import Case, all_cases, cast_inputs, grad_output, one_per_stratum, torch_oracle
 from test_parity import TOLERANCE, _stored_case
 
 import arrayloss as al
@@ -198,9 +198,12 @@ def test_torch_compile_training_step() -> None:
 # ------------------------------------------------------------------ JAX
 
 JAX_CASES = [case for case in CASES if case.dtype != "float16"]
-# jax.grad on every case; jax.jit(jax.grad) on every fifth (compiling each case is slow).
+# JAX compiles every operation again for each new shape: jax.grad on one case of each code
+# path (one_per_stratum), and jax.jit(jax.grad) on every fifth case.
+_JAX_GRAD_CASES = {case.name for case in one_per_stratum(JAX_CASES)}
 JAX_RUNS = [pytest.param(case, jit, id=f"{case.name}-{'jit-grad' if jit else 'grad'}")
-            for case in JAX_CASES for jit in (False, True) if not jit or case.seed % 5 == 0]
+            for case in JAX_CASES for jit in (False, True)
+            if (jit and case.seed % 5 == 0) or (not jit and case.name in _JAX_GRAD_CASES)]
 
 
 @pytest.fixture(scope="module")

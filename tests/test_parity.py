@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _cases import Case, all_cases, grad_output, torch_oracle
+from _cases import Case, all_cases, grad_output, one_per_stratum, torch_oracle
 from _helpers import from_numpy, to_numpy
 from array_api_compat import array_namespace
 
@@ -21,6 +21,7 @@ import arrayloss as al
 
 REFERENCE_FILE = Path(__file__).parent / "reference" / "torch_reference.npz"
 CASES = all_cases()
+_ONE_PER_STRATUM = {case.name for case in one_per_stratum(CASES)}
 
 # Relative tolerance per dtype, applied against the largest magnitude of the reference.
 # float16 inputs are computed in float32 and rounded once; the reference is float64 PyTorch.
@@ -124,9 +125,13 @@ def _supports(xp: Any, case: Case) -> bool:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
-def test_matches_stored_pytorch_answers(xp: Any, case: Case) -> None:
+def test_matches_stored_pytorch_answers(xp: Any, backend_name: str, case: Case) -> None:
     if not _supports(xp, case):
         pytest.skip(f"{case.dtype} or {case.target_dtype} not in this library")
+    if backend_name == "jax" and case.name not in _ONE_PER_STRATUM:
+        # JAX compiles each operation again for every new shape and dtype: it runs one case
+        # of each code path; the other backends run every case.
+        pytest.skip("JAX runs one case per stratum (tests/_cases.py: one_per_stratum)")
     inputs, outputs = _stored_case(case)
     assert_matches(case, run_arrayloss(xp, case, inputs), outputs)
 
