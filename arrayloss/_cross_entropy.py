@@ -10,12 +10,14 @@ from typing import Any
 
 from . import _autograd, _class_calls, _validation
 from ._dispatch import backend
+from ._torch_cpu import numpy_first
 
 __all__ = ["cross_entropy", "cross_entropy_and_grad", "cross_entropy_backward"]
 
 Array = Any
 
 
+@numpy_first(records=True)
 def cross_entropy(
     input: Array,
     target: Array,
@@ -140,6 +142,7 @@ def cross_entropy(
     return backend(call.xp, "cross_entropy").forward(call)
 
 
+@numpy_first(records=False)
 def cross_entropy_backward(
     grad_output: Array | float,
     input: Array,
@@ -201,6 +204,7 @@ def cross_entropy_backward(
         return backend(call.xp, "cross_entropy").backward(call, upstream)
 
 
+@numpy_first(records=False)
 def cross_entropy_and_grad(
     input: Array,
     target: Array,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator
-from contextvars import ContextVar
 from types import ModuleType
 from typing import Any
 
@@ -13,9 +12,10 @@ from array_api_compat import is_cupy_namespace, is_dask_namespace, is_torch_name
 
 from . import _registry, _torch_cpu, _torch_cuda
 from ._agnostic._helpers import torch_compiling
+from ._settings import use_fused
 from ._validation import _numpy_namespace, check_flag
 
-_use_fused: ContextVar[bool] = ContextVar("arrayloss_use_fused", default=True)
+_use_fused = use_fused  # the setting of fused_kernels(), read by the torch CPU lane too
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from typing import Any
 
 from . import _autograd, _calls, _validation
 from ._dispatch import backend
+from ._torch_cpu import numpy_first
 
 __all__ = ["gaussian_nll_loss", "gaussian_nll_loss_and_grad", "gaussian_nll_loss_backward"]
 
@@ -19,6 +20,7 @@ Gradients = tuple[Array | None, Array | None, Array | None]
 ALL_GRADIENTS = _calls.GAUSSIAN_GRADIENTS
 
 
+@numpy_first(records=True)
 def gaussian_nll_loss(
     input: Array,
     target: Array,
@@ -129,6 +131,7 @@ def gaussian_nll_loss(
     return backend(call.xp, "gaussian_nll").forward(call)
 
 
+@numpy_first(records=False)
 def gaussian_nll_loss_backward(
     grad_output: Array | float,
     input: Array,
@@ -214,6 +217,7 @@ def gaussian_nll_loss_backward(
         return backend(call.xp, "gaussian_nll").backward(call, upstream, wanted)
 
 
+@numpy_first(records=False)
 def gaussian_nll_loss_and_grad(
     input: Array,
     target: Array,

@@ -14,6 +14,7 @@ from . import _autograd, _registry, _validation
 from ._agnostic import linear_cross_entropy as _generic
 from ._dispatch import backend
 from ._linear_calls import LinearCrossEntropyCall, linear_cross_entropy_call
+from ._torch_cpu import numpy_first
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_and_grad",
            "linear_cross_entropy_backward"]
@@ -37,6 +38,7 @@ _registry.register(_LOSS, _registry.Backends(
     dask=_dask_backend))
 
 
+@numpy_first(records=True)
 def linear_cross_entropy(
     input: Array,
     linear_weight: Array,
@@ -164,6 +166,7 @@ def linear_cross_entropy(
     return (loss, lse) if call.return_lse else loss
 
 
+@numpy_first(records=False)
 def linear_cross_entropy_backward(
     grad_output: Array | float,
     input: Array,
@@ -237,6 +240,7 @@ def linear_cross_entropy_backward(
         return backend(call.xp, _LOSS).backward(call, upstream)
 
 
+@numpy_first(records=False)
 def linear_cross_entropy_and_grad(
     input: Array,
     linear_weight: Array,

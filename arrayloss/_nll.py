@@ -10,12 +10,14 @@ from typing import Any
 
 from . import _autograd, _class_calls, _validation
 from ._dispatch import backend
+from ._torch_cpu import numpy_first
 
 __all__ = ["nll_loss", "nll_loss_and_grad", "nll_loss_backward"]
 
 Array = Any
 
 
+@numpy_first(records=True)
 def nll_loss(
     input: Array,
     target: Array,
@@ -117,6 +119,7 @@ def nll_loss(
     return backend(call.xp, "nll").forward(call)
 
 
+@numpy_first(records=False)
 def nll_loss_backward(
     grad_output: Array | float,
     input: Array,
@@ -173,6 +176,7 @@ def nll_loss_backward(
         return backend(call.xp, "nll").backward(call, upstream)
 
 
+@numpy_first(records=False)
 def nll_loss_and_grad(
     input: Array,
     target: Array,

@@ -26,11 +26,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from . import _registry
+from ._settings import use_fused
 from ._torch_cuda import Bridge, Device
 from ._validation import _numpy_namespace
 
-__all__ = ["Router", "bridge", "on_cpu"]
+__all__ = ["Router", "bridge", "numpy_first", "on_cpu"]
 
 
 def on_cpu(tensor: Any) -> bool:
@@ -78,3 +81,125 @@ def _unviewable(error: Exception) -> bool:
     """Whether ``error`` is ``Tensor.numpy()`` refusing a tensor (not a failure of the loss)."""
     text = str(error)
     return "numpy()" in text or "Cannot access data pointer" in text or "data pointer" in text
+
+
+# ------------------------------------------------------------------ before validation
+#
+# The bridge above runs after the call was validated on the tensors: torch's array-API
+# namespace costs about 10-25 us a call where NumPy's plain-array checks cost 1, and the
+# bridge's views of every field about 20 more, which a small call (NLL on 10,000 rows: 20 us
+# in PyTorch) feels whole.  So a public function meets CPU tensors first: it views them as
+# NumPy arrays, runs as a NumPy call (its checks, its fast paths), and hands the results back
+# as tensors over the same memory.  Whatever this lane cannot take goes the bridge's way.
+
+#: The tensor dtypes that view as NumPy arrays as they are (bfloat16 travels as its bits, by
+#: the bridge).
+_VIEWABLE_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64",
+                    "uint8", "uint16", "uint32", "uint64", "bool")
+
+
+def numpy_first(*, records: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A public loss function's decorator: the function, run as a NumPy call for CPU
+    tensors.
+
+    The call's tensors are viewed as NumPy arrays (``Tensor.numpy()``: no copy) when every
+    array argument is a CPU tensor of a dtype NumPy has, outside ``torch.compile``'s tracing
+    and ``torch.func`` transforms, and, for a function that ``records`` autograd (a forward),
+    when none of them requires grad with grad mode on.  The results come back as tensors
+    sharing NumPy's memory; ``out`` comes back as the caller's own tensor.
+
+    Errors are always the tensor call's own: where the NumPy call raises (or warns, with
+    warnings as errors), ``function`` runs again on the tensors, which raises it as its
+    messages say for tensors.  Any other call runs ``function`` as it is.
+    """
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def numpy_first_call(*args: Any, **kwargs: Any) -> Any:
+            torch = sys.modules.get("torch")
+            if torch is None:  # NumPy's users pay one dictionary lookup
+                return function(*args, **kwargs)
+            lane = _numpy_views(torch, args, kwargs, records)
+            if lane is None:
+                return function(*args, **kwargs)
+            arrays, keywords, tensors = lane
+            try:
+                result = function(*arrays, **keywords)
+            except Exception:
+                return function(*args, **kwargs)  # raised as the tensor call raises it
+            return _as_tensors(torch, result, tensors)
+
+        return numpy_first_call
+
+    return decorate
+
+
+def _numpy_views(torch: Any, args: tuple[Any, ...], kwargs: dict[str, Any], records: bool
+                 ) -> tuple[list[Any], dict[str, Any], dict[int, Any]] | None:
+    """(the positional arguments, the keyword arguments, the tensor of each view's id) with
+    every tensor viewed as a NumPy array; None where the call keeps its tensors."""
+    tensor_type = torch.Tensor
+    if not any(isinstance(value, tensor_type) for value in (*args, *kwargs.values())):
+        return None
+    if not use_fused.get() or torch.compiler.is_compiling() or _transforms_active(torch):
+        return None  # fused_kernels(False): the generic code on the tensors
+    check_grad = records and torch.is_grad_enabled()
+    viewable = _viewable_dtypes(torch)
+    tensors: dict[int, Any] = {}
+
+    def view(value: Any) -> Any:
+        if not isinstance(value, tensor_type):
+            if hasattr(value, "__array_namespace__") or hasattr(value, "__dlpack__"):
+                raise _KeepTensors  # another library's array: the tensor call says so
+            return value
+        if not value.is_cpu or value.dtype not in viewable:
+            raise _KeepTensors
+        viewed = value
+        if value.requires_grad:
+            if check_grad:
+                raise _KeepTensors
+            viewed = value.detach()  # a microsecond or two: only where numpy() needs it
+        try:
+            array = viewed.numpy()
+        except (RuntimeError, TypeError) as error:  # a conjugate or negative view, ...
+            raise _KeepTensors from error
+        tensors[id(array)] = value
+        return array
+
+    try:
+        arrays = [view(value) for value in args]
+        keywords = {key: view(value) for key, value in kwargs.items()}
+    except _KeepTensors:
+        return None
+    return arrays, keywords, tensors
+
+
+@functools.cache
+def _viewable_dtypes(torch: Any) -> frozenset[Any]:
+    return frozenset(getattr(torch, name) for name in _VIEWABLE_DTYPES if hasattr(torch, name))
+
+
+class _KeepTensors(Exception):
+    """The call cannot take the NumPy lane."""
+
+
+def _transforms_active(torch: Any) -> bool:
+    """Whether a ``torch.func`` transform (grad, vmap, ...) is running: its tensors wrap
+    others, and a NumPy view would step outside it."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active()) if active is not None else False
+
+
+def _as_tensors(torch: Any, value: Any, tensors: dict[int, Any]) -> Any:
+    """``value`` (a NumPy call's result) with every array made a tensor over its memory."""
+    if isinstance(value, tuple):
+        return tuple(_as_tensors(torch, item, tensors) for item in value)
+    if isinstance(value, np.generic):
+        value = np.asarray(value)
+    if not isinstance(value, np.ndarray):
+        return value
+    if id(value) in tensors:  # `out`, or an argument handed back: the caller's own tensor
+        return tensors[id(value)]
+    # torch.from_numpy shares the memory; it warns on a read-only array (a broadcast view,
+    # say), which a result then owns as a copy.
+    return torch.from_numpy(value if value.flags.writeable else value.copy())

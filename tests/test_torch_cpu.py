@@ -304,3 +304,116 @@ def test_any_registered_loss_crosses_the_bridge(monkeypatch: pytest.MonkeyPatch)
     assert call.xp is _numpy_namespace() and call.factor == 0.5
     assert isinstance(result, torch.Tensor) and result.ndim == 0
     assert result.item() == 0.5 * float((values * [1, 2, 3]).sum())
+
+
+# ------------------------------------------------------------------ before validation
+
+
+@pytest.fixture
+def validations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The library of every call validation saw (``_validation._namespace``'s answer, or
+    NumPy's plain-array shortcut, which never calls it)."""
+    from arrayloss import _validation
+
+    seen: list[str] = []
+    original = _validation._namespace
+
+    def recording(arrays: Any, *args: Any, **kwargs: Any) -> Any:
+        xp = original(arrays, *args, **kwargs)
+        seen.append(xp.__name__)
+        return xp
+
+    monkeypatch.setattr(_validation, "_namespace", recording)
+    for module in ("_class_calls", "_calls", "_linear_calls"):
+        owner = __import__(f"arrayloss.{module}", fromlist=["_namespace"])
+        if hasattr(owner, "_namespace"):
+            monkeypatch.setattr(owner, "_namespace", recording)
+    from arrayloss._elementwise import call as elementwise_call
+
+    if hasattr(elementwise_call, "_namespace"):
+        monkeypatch.setattr(elementwise_call, "_namespace", recording)
+    return seen
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_calls_without_autograd_are_validated_as_numpy_calls(
+        spy: Spy, validations: list[str], reduction: str) -> None:
+    """No tensor requires grad (or grad mode is off): the arguments are viewed as NumPy
+    arrays before any check, so torch's namespace validates nothing (the results are
+    NumPy's, on shared memory: test_every_entry_point_is_numpys_result_on_shared_memory)."""
+    for function, args, kwargs in _entry_points(_arrays(), reduction):
+        tensors = tuple(_as_torch(arg) for arg in args)
+        spy.calls.clear()
+        validations.clear()
+        result = function(*tensors, **kwargs)
+        assert not any("torch" in name for name in validations), (function.__name__,
+                                                                   validations)
+        assert len(spy.calls) == 1, function.__name__
+        assert all(isinstance(r, torch.Tensor) for r in _flat(result) if r is not None)
+
+
+def test_nll_and_cross_entropy_match_pytorch_on_the_lane() -> None:
+    rng = np.random.default_rng(3)
+    logits = torch.from_numpy(rng.normal(size=(10_000, 10)))
+    labels = torch.from_numpy(rng.integers(0, 10, 10_000))
+    log_probs = torch.log_softmax(logits, 1)
+    for ours, theirs in ((al.nll_loss(log_probs, labels), F.nll_loss(log_probs, labels)),
+                         (al.cross_entropy(logits, labels, label_smoothing=0.1),
+                          F.cross_entropy(logits, labels, label_smoothing=0.1))):
+        assert isinstance(ours, torch.Tensor) and ours.dtype == torch.float64
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=0)
+
+
+def test_backward_functions_take_the_lane_with_tensors_that_require_grad(
+        validations: list[str]) -> None:
+    """A backward or and-grad call records nothing, so a tensor that requires grad is
+    viewed (detached) too; ``out`` comes back as the caller's own tensor."""
+    rng = np.random.default_rng(4)
+    logits = torch.from_numpy(rng.normal(size=(30, 5))).requires_grad_()
+    labels = torch.from_numpy(rng.integers(0, 5, 30))
+    out = torch.empty(30, 5, dtype=torch.float64)
+    loss, grad = al.cross_entropy_and_grad(logits, labels, out=out)
+    assert grad is out and loss.grad_fn is None
+    assert not any("torch" in name for name in validations)
+    expected = logits.detach().clone().requires_grad_()
+    F.cross_entropy(expected, labels).backward()
+    torch.testing.assert_close(out, expected.grad, rtol=1e-12, atol=0)
+
+
+def test_forward_with_autograd_keeps_the_tensors_and_records(validations: list[str]) -> None:
+    x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(6, 4, dtype=torch.float64)
+    loss = al.mse_loss(x, t)
+    assert loss.grad_fn is not None
+    assert any("torch" in name for name in validations)  # validated on the tensors
+    loss.backward()
+    torch.testing.assert_close(x.grad, 2 * (x - t).detach() / x.numel())
+    with torch.no_grad():
+        validations.clear()
+        assert al.mse_loss(x, t).grad_fn is None
+        assert not any("torch" in name for name in validations)
+
+
+def test_errors_are_the_tensor_calls_own() -> None:
+    """A call the NumPy view rejects raises as the tensor call does (torch's dtype names)."""
+    x = torch.randn(4, 3)
+    with pytest.raises(TypeError, match=r"got torch\.float32"):
+        al.nll_loss(x, torch.zeros(4))
+    with pytest.raises(TypeError, match="librar"):  # a tensor and a NumPy array
+        al.nll_loss(x, np.zeros(4, dtype=np.int64))
+    with pytest.raises(al.TargetOutOfRangeError):
+        al.nll_loss(x, torch.tensor([0, 1, 7, 2]))
+
+
+def test_torch_func_transforms_keep_their_tensors() -> None:
+    x = torch.randn(5, 3, dtype=torch.float64)
+    t = torch.randn(5, 3, dtype=torch.float64)
+    grad = torch.func.grad(lambda z: al.huber_loss(z, t, delta=0.5))(x)
+    z = x.clone().requires_grad_()
+    F.huber_loss(z, t, delta=0.5).backward()
+    torch.testing.assert_close(grad, z.grad)
+
+
+def test_numpy_users_see_no_change() -> None:
+    x = np.linspace(-1, 1, 12).reshape(4, 3)
+    assert type(al.mse_loss(x, x * 2)) is np.ndarray

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, cast
 
 from .. import _autograd, _registry, _validation
 from .._dispatch import backend
+from .._torch_cpu import numpy_first
 from . import docs
 from .call import ElementwiseCall, check_options, check_wrt, make_call
 from .generic import ElementwiseBackend
@@ -136,7 +137,9 @@ def define(spec: ElementwiseLoss) -> Defined:
             result, grads = backend(call.xp, name).loss_and_grad(call, wanted)
             return result, tuple(grads)
 
-    made = [_with_signature(implementation, name + suffix, signature, doc)
+    # Forwards record autograd; backward and and-grad never do (numpy_first's `records`).
+    made = [numpy_first(records=suffix == "")(
+                _with_signature(implementation, name + suffix, signature, doc))
             for implementation, suffix, signature, doc in (
                 (loss, "", forward_signature, docs.forward_doc(spec)),
                 (loss_backward, "_backward", backward_signature, docs.backward_doc(spec)),
