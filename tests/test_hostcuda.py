@@ -120,7 +120,8 @@ def test_every_kernel_factory_runs() -> None:
         kc.case_gaussian(DEVICE, *arguments)
     for reduction in kc.REDUCTIONS:
         kc.case_nll(DEVICE, "float32", (30, 100), reduction)
-        kce.case_cross_entropy(DEVICE, "float32", (30, 10), reduction)
+        kce.case_cross_entropy(DEVICE, "float32", (30, 10), reduction)  # the fused kernels
+    kce.case_cross_entropy(DEVICE, "float32", (3, 4, 2), "mean")  # spatial: the unfused ones
     kee.case_elementwise(DEVICE, "mse_loss", "float32", "none")
     kee.case_elementwise(DEVICE, "mse_loss", "float32", "mean")
     # Beyond FOLD_ABOVE partials: the fold runs before the second pass.
@@ -132,7 +133,8 @@ def test_every_kernel_factory_runs() -> None:
     names = {"gaussian_forward", "gaussian_forward_partials", "gaussian_backward",
              "gaussian_loss_and_grad", "nll_forward", "nll_forward_partials", "nll_backward",
              "finish_module", "finish_function", "fold_function", "ce_row_stats", "ce_rows",
-             "ce_rows_partials", "ce_grad", "elementwise_kernel"}
+             "ce_rows_partials", "ce_grad", "ce_targets", "ce_fused", "ce_finish",
+             "elementwise_kernel"}
     assert factories == names, "a new kernel factory needs a case here"
     launched = set(hostcuda.COUNTERS.launches)
     for kernel in ("arrayloss_gaussian_nll_forward", "arrayloss_gaussian_nll_forward_scalar_var",
@@ -145,6 +147,8 @@ def test_every_kernel_factory_runs() -> None:
                    "arrayloss_fold<float>",
                    "arrayloss_cross_entropy_row_stats", "arrayloss_cross_entropy_rows",
                    "arrayloss_cross_entropy_rows_partials", "arrayloss_cross_entropy_grad",
+                   "arrayloss_cross_entropy_targets", "arrayloss_cross_entropy_fused",
+                   "arrayloss_cross_entropy_finish",
                    "arrayloss_finish<float>", "arrayloss_mse_loss_none",
                    "arrayloss_mse_loss_partials", "arrayloss_mse_loss_backward",
                    "arrayloss_mse_loss_loss_and_grad"):
@@ -254,3 +258,133 @@ def test_cross_entropy_backward_from_the_saved_rows_is_the_gradient_pass_alone(
         upstream_values.astype(np.float64) if reduction == "none" else 0.75,
         values.astype(np.float64), targets, reduction=reduction, label_smoothing=0.1)
     np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-7)
+
+
+# ------------------------------------------------------------------ the fused cross-entropy
+
+
+def _unfused(call: Any, grad_output: Any = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(the row passes' losses or totals, the gradient) of the unfused kernels."""
+    from arrayloss._cupy import cross_entropy as fused_backend
+
+    layout, result, row_info = fused_backend._checked_rows(call)
+    totals = result if call.reduction == "mean" else None
+    grad = fused_backend._grad(call, layout, row_info, grad_output, totals, None)
+    return hostcuda.asnumpy(result), hostcuda.asnumpy(grad)
+
+
+@pytest.mark.parametrize("reduction", kc.REDUCTIONS)
+@pytest.mark.parametrize("targets", ["index", "weighted-smoothed", "probabilities"])
+def test_fused_cross_entropy_has_the_bits_of_the_unfused_kernels(reduction: str,
+                                                                 targets: str) -> None:
+    # C = 33: 64 threads per row on both paths, so every sum runs in the same order.
+    from arrayloss._class_calls import cross_entropy_call
+    from arrayloss._cupy import cross_entropy as backend
+    from arrayloss._cupy import cross_entropy_fused
+
+    rng = np.random.default_rng(12)
+    values = rng.normal(scale=3, size=(300, 33)).astype(np.float32)
+    labels = rng.integers(0, 33, 300)
+    labels[::7] = -100
+    weight = hostcuda.asarray(rng.uniform(0.2, 2, 33).astype(np.float32))
+    soft = hostcuda.asarray(rng.dirichlet(np.ones(33), 300).astype(np.float32))
+    target, options = {
+        "index": (hostcuda.asarray(labels), {"weight": None, "label_smoothing": 0.0}),
+        "weighted-smoothed": (hostcuda.asarray(labels),
+                              {"weight": weight, "label_smoothing": 0.2}),
+        "probabilities": (soft, {"weight": weight, "label_smoothing": 0.1}),
+    }[targets]
+    logits = hostcuda.asarray(values)
+    call = cross_entropy_call(logits, target, options["weight"], ignore_index=-100,
+                              reduction=reduction, label_smoothing=options["label_smoothing"],
+                              validate=True)
+    layout = backend._layout(call)
+    assert backend._fusable(call, layout)
+    upstream: Any = 0.75
+    if reduction == "none":
+        upstream = hostcuda.asarray(rng.uniform(0.5, 1.5, 300).astype(np.float32))
+    want_rows, want_grad = _unfused(call, upstream)
+    hostcuda.COUNTERS.launches.clear()
+    got = hostcuda.asnumpy(backend.backward(call, upstream))
+    assert "arrayloss_cross_entropy_fused" in hostcuda.COUNTERS.launches
+    np.testing.assert_array_equal(got, want_grad)
+    if reduction == "none":  # the per-row losses, bit for bit
+        rows, grad = cross_entropy_fused.run(call, layout, upstream, None, want_loss=True)
+        np.testing.assert_array_equal(hostcuda.asnumpy(rows), want_rows)
+        np.testing.assert_array_equal(hostcuda.asnumpy(grad), want_grad)
+        return
+    # The loss: the same rows summed in another fixed order (rows, not per-block partials).
+    loss, grad = backend.loss_and_grad(call)
+    _, want_grad_one = _unfused(call, 1.0)
+    np.testing.assert_array_equal(hostcuda.asnumpy(grad), want_grad_one)
+    np.testing.assert_allclose(hostcuda.asnumpy(loss), want_rows[0], rtol=2e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fused_cross_entropy_rows_beyond_the_grid(monkeypatch: pytest.MonkeyPatch,
+                                                  dtype: str) -> None:
+    # A tiny L2 caps the grid at 2 blocks: each block then takes 9 of the 17 rows in turn
+    # (4500 classes: 1024 threads, a batch of 4 and a tail per thread; few rows are split
+    # over blocks unless the row kernels aim for fewer blocks).  Same bits as the full grid,
+    # and the float64 reference's values, with out=input too.
+    from arrayloss._cupy import cross_entropy as backend
+    from arrayloss._cupy import cross_entropy_fused
+
+    monkeypatch.setattr(backend, "_TARGET_BLOCKS", 1)
+    rng = np.random.default_rng(13)
+    classes = 4500
+    values = rng.normal(scale=2, size=(17, classes))
+    labels = rng.integers(0, classes, 17)
+    labels[4] = -100
+    logits = DEVICE.put(values, dtype)
+    exact = DEVICE.exact(logits)
+    target = hostcuda.asarray(labels)
+    full = [hostcuda.asnumpy(a) for a in al.cross_entropy_and_grad(logits, target,
+                                                                   label_smoothing=0.1)]
+    row_bytes = classes * logits.itemsize
+    monkeypatch.setattr(cross_entropy_fused, "_device_limits",
+                        lambda device: (int(4 * row_bytes / cross_entropy_fused.L2_SHARE), 132))
+    hostcuda.COUNTERS.trace.clear()
+    small = [hostcuda.asnumpy(a) for a in al.cross_entropy_and_grad(logits, target,
+                                                                    label_smoothing=0.1)]
+    fused_launch = next(t for t in hostcuda.COUNTERS.trace
+                        if t["name"] == "arrayloss_cross_entropy_fused")
+    assert (fused_launch["grid"], fused_launch["block"]) == (2, 1024)
+    for got, want in zip(small, full, strict=True):
+        np.testing.assert_array_equal(got, want)
+    want_loss, want_grad = kce.cross_entropy_reference(exact, labels, None,
+                                                       label_smoothing=0.1)
+    kc.assert_close(small[0], want_loss, dtype, DEVICE, "loss")
+    kc.assert_close(small[1], want_grad, dtype, DEVICE, "grad")
+    consumed = hostcuda.asarray(hostcuda.asnumpy(logits))
+    _, in_place = al.cross_entropy_and_grad(consumed, target, label_smoothing=0.1, out=consumed)
+    assert in_place is consumed
+    np.testing.assert_array_equal(hostcuda.asnumpy(in_place), full[1])
+
+
+def test_fused_cross_entropy_launches() -> None:
+    # 'mean': the targets pass, the row kernel, the finish; fewer where nothing needs them;
+    # a bfloat16 loss written by the finish itself (no cast).
+    import ml_dtypes
+
+    rng = np.random.default_rng(14)
+    labels = hostcuda.asarray(rng.integers(0, 40, 64))
+    for dtype in (np.float32, ml_dtypes.bfloat16):
+        logits = hostcuda.asarray(rng.normal(size=(64, 40)).astype(dtype))
+        soft = hostcuda.asarray(rng.dirichlet(np.ones(40), 64).astype(dtype))
+        quiet = {"validate": False}
+        for function, arguments, options, want in [
+            (al.cross_entropy_and_grad, (logits, labels), quiet, ["targets", "fused", "finish"]),
+            (al.cross_entropy_and_grad, (logits, labels), {**quiet, "reduction": "sum"},
+             ["fused", "finish"]),
+            (al.cross_entropy_and_grad, (logits, soft), {}, ["fused", "finish"]),
+            (al.cross_entropy_backward, (1.0, logits, labels), quiet, ["targets", "fused"]),
+            (al.cross_entropy_backward, (1.0, logits, labels), {**quiet, "reduction": "sum"},
+             ["fused"]),
+        ]:
+            start = len(hostcuda.COUNTERS.trace)
+            result = function(*arguments, **options)
+            names = [t["name"] for t in hostcuda.COUNTERS.trace[start:]]
+            assert names == [f"arrayloss_cross_entropy_{name}" for name in want]
+            if isinstance(result, tuple):
+                assert result[0].dtype == logits.dtype and result[0].shape == ()
