@@ -63,8 +63,9 @@ REREAD_KERNEL = "arrayloss_cross_entropy_fused"
 
 def reread_bytes(launch: dict[str, Any], case: Case) -> tuple[int, bool]:
     """(bytes of the second read of the rows by ``REREAD_KERNEL``, whether L2 serves them):
-    its grid's rows, each the logits row, the probability row if read, and the gradient row
-    if it is a separate buffer, must fit in ``L2_SHARE`` of the H200's L2."""
+    its grid's rows (a row per block, or a lane group's row per group), each the logits row,
+    the probability row if read, and the gradient row if it is a separate buffer, must fit in
+    ``L2_SHARE`` of the H200's L2."""
     from arrayloss._cupy import cross_entropy_fused
 
     if launch["name"] != REREAD_KERNEL:
@@ -75,8 +76,10 @@ def reread_bytes(launch: dict[str, Any], case: Case) -> tuple[int, bool]:
     footprint = cross_entropy_fused.row_footprint(
         case.shape[1], logits["itemsize"], grad["start"] == logits["start"], separate_q)
     again = logits["bytes"] + (probabilities["bytes"] if separate_q else 0)
+    in_flight = launch["grid"] * cross_entropy_fused.rows_per_block(
+        launch["block"], cross_entropy_fused.lane_group(case.shape[1]))
     return again, cross_entropy_fused.rereads_from_l2(
-        launch["grid"], footprint, cross_entropy_fused.H200_L2_BYTES)
+        in_flight, footprint, cross_entropy_fused.H200_L2_BYTES)
 
 
 def launch_bytes(launch: dict[str, Any]) -> tuple[int, int]:

@@ -277,17 +277,17 @@ def _unfused(call: Any, grad_output: Any = 1.0) -> tuple[np.ndarray, np.ndarray]
 @pytest.mark.parametrize("targets", ["index", "weighted-smoothed", "probabilities"])
 def test_fused_cross_entropy_has_the_bits_of_the_unfused_kernels(reduction: str,
                                                                  targets: str) -> None:
-    # C = 33: 64 threads per row on both paths, so every sum runs in the same order.
+    # C = 200: 256 threads per row on both paths, so every sum runs in the same order.
     from arrayloss._class_calls import cross_entropy_call
     from arrayloss._cupy import cross_entropy as backend
     from arrayloss._cupy import cross_entropy_fused
 
     rng = np.random.default_rng(12)
-    values = rng.normal(scale=3, size=(300, 33)).astype(np.float32)
-    labels = rng.integers(0, 33, 300)
+    values = rng.normal(scale=3, size=(300, 200)).astype(np.float32)
+    labels = rng.integers(0, 200, 300)
     labels[::7] = -100
-    weight = hostcuda.asarray(rng.uniform(0.2, 2, 33).astype(np.float32))
-    soft = hostcuda.asarray(rng.dirichlet(np.ones(33), 300).astype(np.float32))
+    weight = hostcuda.asarray(rng.uniform(0.2, 2, 200).astype(np.float32))
+    soft = hostcuda.asarray(rng.dirichlet(np.ones(200), 300).astype(np.float32))
     target, options = {
         "index": (hostcuda.asarray(labels), {"weight": None, "label_smoothing": 0.0}),
         "weighted-smoothed": (hostcuda.asarray(labels),
@@ -388,3 +388,48 @@ def test_fused_cross_entropy_launches() -> None:
             assert names == [f"arrayloss_cross_entropy_{name}" for name in want]
             if isinstance(result, tuple):
                 assert result[0].dtype == logits.dtype and result[0].shape == ()
+
+
+@pytest.mark.parametrize("classes", [1, 3, 10, 33, 128])
+def test_fused_cross_entropy_small_rows_go_several_to_a_warp(
+        monkeypatch: pytest.MonkeyPatch, classes: int) -> None:
+    # Lane groups of 1 to 32 lanes, 8 to 256 rows to a block, the last block part idle (203
+    # rows); against the float64 reference for every target kind, with out=input; and the
+    # same bits from a grid of one block, which takes every row group in turn.
+    from arrayloss._cupy import cross_entropy_fused
+
+    rng = np.random.default_rng(classes)
+    values = rng.normal(scale=3, size=(203, classes))
+    labels = rng.integers(0, classes, 203)
+    labels[::9] = -100
+    logits = DEVICE.put(values, "float32")
+    exact = DEVICE.exact(logits)
+    weight = DEVICE.put(rng.uniform(0.2, 2, classes), "float32")
+    soft = DEVICE.put(rng.dirichlet(np.ones(classes), 203), "float32")
+    target = hostcuda.asarray(labels)
+    calls = [((target, None), {}), ((target, weight), {"label_smoothing": 0.2}),
+             ((soft, weight), {"label_smoothing": 0.1})]
+    results = []
+    for (t, w), options in calls:
+        hostcuda.COUNTERS.trace.clear()
+        loss, grad = al.cross_entropy_and_grad(logits, t, w, **options)
+        launch = next(t for t in hostcuda.COUNTERS.trace
+                      if t["name"] == "arrayloss_cross_entropy_fused")
+        assert launch["block"] == cross_entropy_fused.GROUP_THREADS
+        host_t = labels if t is target else hostcuda.asnumpy(soft).astype(np.float64)
+        want_loss, want_grad = kce.cross_entropy_reference(
+            exact, host_t, None if w is None else DEVICE.exact(w), **options)
+        kc.assert_close(loss, want_loss, "float32", DEVICE, "loss")
+        kc.assert_close(grad, want_grad, "float32", DEVICE, "grad")
+        results.append((hostcuda.asnumpy(loss), hostcuda.asnumpy(grad)))
+    consumed = hostcuda.asarray(hostcuda.asnumpy(logits))
+    _, in_place = al.cross_entropy_and_grad(consumed, target, out=consumed)
+    np.testing.assert_array_equal(hostcuda.asnumpy(in_place), results[0][1])
+    monkeypatch.setattr(cross_entropy_fused, "_device_limits", lambda device: (1, 132))
+    for ((t, w), options), (want_loss, want_grad) in zip(calls, results, strict=True):
+        hostcuda.COUNTERS.trace.clear()
+        loss, grad = al.cross_entropy_and_grad(logits, t, w, **options)
+        assert [t["grid"] for t in hostcuda.COUNTERS.trace
+                if t["name"] == "arrayloss_cross_entropy_fused"] == [1]
+        np.testing.assert_array_equal(hostcuda.asnumpy(loss), want_loss)
+        np.testing.assert_array_equal(hostcuda.asnumpy(grad), want_grad)

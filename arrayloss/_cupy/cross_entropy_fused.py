@@ -11,6 +11,8 @@ launch at most three kernels:
   sum of exp) and, for label smoothing or probability targets, the linear sums; reduces them
   over the block; then reads its row a second time and writes the gradient (into ``out``,
   possibly the logits: each thread reads an entry before it writes it) and the row's loss.
+  Rows of at most :data:`GROUP_MAX_CLASSES` classes go several to a warp instead: a lane
+  group of up to 32 lanes per row, reduced with width-limited shuffles.
   Every block first adds the weight partials in :mod:`.reduce`'s ``arrayloss_finish`` order,
   so its ``'mean'`` divides by the same bits as the unfused path.  If the flag records an
   invalid target, no block writes anything (the host raises; ``out=input`` keeps its logits).
@@ -41,7 +43,7 @@ from .._class_calls import CrossEntropyCall
 from . import reduce
 from ._common import compute_dtype, invalid_flag
 from ._kernels import NO_INVALID, REDUCE_BLOCK, block_partial, header, kernel_factory, preamble
-from .cross_entropy_kernels import CE_GRAD_SOURCE, CE_STATS_PUSH_SOURCE
+from .cross_entropy_kernels import CE_BATCH, CE_GRAD_SOURCE, CE_STATS_PUSH_SOURCE
 
 Array = Any
 
@@ -59,6 +61,10 @@ _BLOCKS_PER_SM = 32
 _MAX_THREADS = 1024
 #: The most classes the kernel's 32-bit column indices (plus a batch's reach) can address.
 MAX_CLASSES = 2**31 - 2**13
+#: Rows of at most this many classes go several to a warp (lane groups of up to 32 lanes),
+#: in blocks of ``GROUP_THREADS``: a block per row would leave most of its lanes idle.
+GROUP_MAX_CLASSES = 128
+GROUP_THREADS = 256
 
 
 @dataclass(frozen=True)
@@ -66,20 +72,38 @@ class Plan:
     """The launch of ``ce_fused`` and its L2 model."""
 
     threads: int
+    #: Lanes per row (a power of two up to 32, several rows to a block), or 0: a block per row.
+    group: int
     grid: int
     #: The bytes of L2 the grid's rows take at once (see the module docstring).
     resident_bytes: int
     l2_bytes: int
 
     @property
+    def rows_in_flight(self) -> int:
+        return self.grid * rows_per_block(self.threads, self.group)
+
+    @property
     def rereads_from_l2(self) -> bool:
-        return rereads_from_l2(self.grid, self.resident_bytes // self.grid, self.l2_bytes)
+        return self.resident_bytes <= L2_SHARE * self.l2_bytes
 
 
-def rereads_from_l2(grid: int, row_footprint: int, l2_bytes: int) -> bool:
-    """Whether the second read of each row is an L2 hit: ``grid`` blocks' rows of
-    ``row_footprint`` bytes each fit in :data:`L2_SHARE` of ``l2_bytes``."""
-    return grid * row_footprint <= L2_SHARE * l2_bytes
+def rows_per_block(threads: int, group: int) -> int:
+    return threads // group if group else 1
+
+
+def lane_group(n_classes: int) -> int:
+    """Lanes per row: 0 (a block per row) above :data:`GROUP_MAX_CLASSES` classes, else the
+    power of two that gives each lane about ``CE_BATCH`` columns."""
+    if n_classes > GROUP_MAX_CLASSES:
+        return 0
+    return min(32, 1 << (-(-n_classes // CE_BATCH) - 1).bit_length())
+
+
+def rereads_from_l2(rows_in_flight: int, row_footprint: int, l2_bytes: int) -> bool:
+    """Whether the second read of each row is an L2 hit: the rows of the grid's blocks, of
+    ``row_footprint`` bytes each, fit in :data:`L2_SHARE` of ``l2_bytes``."""
+    return rows_in_flight * row_footprint <= L2_SHARE * l2_bytes
 
 
 def row_footprint(n_classes: int, itemsize: int, in_place: bool, probabilities: bool) -> int:
@@ -89,14 +113,22 @@ def row_footprint(n_classes: int, itemsize: int, in_place: bool, probabilities: 
 
 
 def plan(rows: int, n_classes: int, footprint: int, l2_bytes: int, sms: int) -> Plan:
-    """Threads per row (one column per thread up to 1024, as the unfused kernels up to 256)
-    and the grid: no more blocks than rows, than the GPU holds, or than keep the rows in L2
-    (at least one: a single row too long for L2 is re-read from DRAM, and the proxy says so)."""
-    threads = min(_MAX_THREADS, max(32, 1 << (n_classes - 1).bit_length()))
+    """Threads per row: a lane group for small rows (:func:`lane_group`, blocks of
+    :data:`GROUP_THREADS`), else a block of one column per thread up to 1024 (as the unfused
+    kernels up to 256).  The grid: no more blocks than the rows need, than the GPU holds, or
+    than keep the rows in L2 (at least one: a single row too long for L2 is re-read from DRAM,
+    and the proxy says so)."""
+    group = lane_group(n_classes)
+    if group:
+        threads = GROUP_THREADS
+    else:
+        threads = min(_MAX_THREADS, max(32, 1 << (n_classes - 1).bit_length()))
+    per_block = rows_per_block(threads, group)
     resident = sms * min(_BLOCKS_PER_SM, _THREADS_PER_SM // threads)
-    in_l2 = int(L2_SHARE * l2_bytes) // footprint
-    grid = max(1, min(rows, resident, in_l2))
-    return Plan(threads=threads, grid=grid, resident_bytes=grid * footprint, l2_bytes=l2_bytes)
+    in_l2 = int(L2_SHARE * l2_bytes) // (footprint * per_block)
+    grid = max(1, min(-(-rows // per_block), resident, in_l2))
+    return Plan(threads=threads, group=group, grid=grid,
+                resident_bytes=grid * per_block * footprint, l2_bytes=l2_bytes)
 
 
 @functools.cache
@@ -147,7 +179,7 @@ def run(call: CrossEntropyCall, layout: Any, grad_output: Array | float, out: An
     launch = _plan_for(call, layout.rows, in_place)
     row_dtype = call.dtype if call.reduction == "none" else compute
     row_loss = cupy.empty(layout.rows if want_loss else 1, dtype=row_dtype)
-    ce_fused(layout.mode, call.weight is not None)(
+    ce_fused(layout.mode, call.weight is not None, launch.group)(
         layout.input, layout.target if call.probabilities else layout.input, layout.weight,
         layout.input if call.probabilities else layout.target, partials, upstream,
         layout.rows, call.n_classes, n_partials, upstream_scalar, float(layout.rows),
@@ -203,6 +235,27 @@ _FINISH_ORDER_SUM = f"""
 // warp w of this block plays finish warps w, w + warps, ... and adds their lanes with the same
 // shuffle tree; the 32 warp totals are added in order.  Every thread gets the sum, and every
 // thread of the block must call it.
+// The sum and the maximum (NaN-free) over a lane group of `width` lanes (a power of two up
+// to 32), to every lane of the group: an xor butterfly, whose two partners at each step add
+// the same two values (commuted), so every lane ends with the same bits in a fixed order.
+// Every lane of the warp must call them.
+template <typename A>
+__device__ __forceinline__ A ce_group_sum(A value, int width) {
+    for (int offset = width >> 1; offset > 0; offset >>= 1) {
+        value += __shfl_xor_sync(0xffffffffu, value, offset, width);
+    }
+    return value;
+}
+
+template <typename A>
+__device__ __forceinline__ A ce_group_max(A value, int width) {
+    for (int offset = width >> 1; offset > 0; offset >>= 1) {
+        const A other = __shfl_xor_sync(0xffffffffu, value, offset, width);
+        if (other > value) value = other;
+    }
+    return value;
+}
+
 template <typename A, typename V>
 __device__ __forceinline__ A ce_finish_order_sum(const V& values, long long count) {
     __shared__ A finish_warps[32];
@@ -245,19 +298,22 @@ if (cls >= 0) thread_weight += has_weight ? A(w[cls]) : A(1);
 
 
 @kernel_factory
-def ce_fused(mode: int, has_weight: bool) -> cupy.ElementwiseKernel:
-    """The loss and gradient of each row, for target ``mode`` (``cross_entropy.CE_MODE_*``)
-    and class weights or none, both compile-time constants: index targets keep no double
-    accumulators, and no class weight takes a register.  Launched as
-    ``grid * threads`` threads in blocks of ``threads``: each thread runs the body once, and
-    block ``b`` takes rows ``b, b + grid, ...``."""
+def ce_fused(mode: int, has_weight: bool, group: int) -> cupy.ElementwiseKernel:
+    """The loss and gradient of each row, for target ``mode`` (``cross_entropy.CE_MODE_*``),
+    class weights or none and the lanes per row (:func:`lane_group`), all compile-time
+    constants: index targets keep no double accumulators, and no class weight a register.
+
+    Launched as ``grid * threads`` threads in blocks of ``threads``: each thread runs the body
+    once, and block ``b`` takes rows ``b, b + grid, ...`` (with lane groups, its ``k`` rows
+    ``b k, ..., b k + k - 1``, then those ``grid k`` further on)."""
     return cupy.ElementwiseKernel(
         "raw X x, raw Q q, raw W w, raw I t, raw P weight_partials, raw G g, int64 rows, "
         "int64 n_classes, int64 n_partials, float64 g_scalar, float64 divisor, "
         "float64 smoothing, int64 ignore_index, int32 ignore_matches, "
         "int32 upstream_mode, int32 reduction, int32 check, int32 want_loss",
         "raw R grad, raw L row_loss, raw uint64 invalid",
-        f"const int mode = {mode};\nconst int has_weight = {int(has_weight)};\n" + _FUSED_BODY,
+        f"const int mode = {mode};\nconst int has_weight = {int(has_weight)};\n"
+        f"const int group = {group};\n" + _FUSED_BODY,
         name="arrayloss_cross_entropy_fused",
         preamble=(preamble("al::compute_of<X>::type") + CE_STATS_PUSH_SOURCE + CE_GRAD_SOURCE
                   + _FINISH_ORDER_SUM),
@@ -272,16 +328,26 @@ const A total_weight = n_partials > 0
     ? ce_finish_order_sum<A>(weight_partials, n_partials) : A(1);
 const A upstream_all = upstream_mode == 0 ? A(g_scalar) : upstream_mode == 1 ? A(g[0]) : A(0);
 const A spread_share = A(smoothing / static_cast<double>(n_classes));
-const int stride = blockDim.x;
-const int columns = static_cast<int>(n_classes);  // at most MAX_CLASSES
-for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
+// A row is either the whole block's (group == 0) or a lane group's: `group` consecutive lanes
+// of a warp, several rows to a block.
+const int stride = group ? group : blockDim.x;
+const int lane = group ? threadIdx.x & (group - 1) : threadIdx.x;
+const int rows_per_block = group ? blockDim.x / group : 1;
+const int slot = group ? threadIdx.x / group : 0;
+const int row_columns = static_cast<int>(n_classes);  // at most MAX_CLASSES
+// Every thread runs the same iterations (an idle slot of the last one loads and stores
+// nothing, but joins its warp's shuffles and the block's barriers).
+for (long long first = static_cast<long long>(blockIdx.x) * rows_per_block; first < rows;
+     first += static_cast<long long>(gridDim.x) * rows_per_block) {
+    const long long row = first + slot < rows ? first + slot : first;
+    const int columns = first + slot < rows ? row_columns : 0;
     const long long base = row * n_classes;
     // The target, read before the row's barriers: no thread may store a gradient entry (grad
     // may be x) before every thread has read the target logit.
     long long cls = -1;
     A target_logit = 0;
     A weight = 0;
-    if (!probabilities) {
+    if (!probabilities && columns) {
         cls = al::nll_class(static_cast<long long>(t[row]), n_classes, ignore_index,
                             ignore_matches);
         if (cls >= 0) {
@@ -296,7 +362,7 @@ for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
     double mass = 0;
     // 32-bit columns from the row's own pointers: fewer registers than 64-bit offsets.
     const X* const row_x = &x[base];
-    int c = threadIdx.x;
+    int c = lane;
     for (; c + (CE_BATCH - 1) * stride < columns; c += CE_BATCH * stride) {
         A values[CE_BATCH];
 #pragma unroll
@@ -309,13 +375,17 @@ for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
     for (; c < columns; c += stride) {
         CE_STATS_PUSH(A(row_x[c]), c);
     }
-    const A block_top = al::block_max(top);
-    sum = al::block_sum(top == block_top ? sum : sum * exp(top - block_top));
-    top = block_top;
+    const A row_top = group ? ce_group_max(top, group) : al::block_max(top);
+    sum = top == row_top ? sum : sum * exp(top - row_top);
+    sum = group ? ce_group_sum(sum, group) : al::block_sum(sum);
+    top = row_top;
     if (mode != 0) {
-        linear = al::block_sum(linear);
-        mass = al::block_sum(mass);
+        linear = group ? ce_group_sum(linear, group) : al::block_sum(linear);
+        mass = group ? ce_group_sum(mass, group) : al::block_sum(mass);
     }
+    // The shuffles order nothing in memory: no lane of the group stores a gradient entry
+    // before every lane has read the target logit (block_sum's barrier does it for a block).
+    if (group) __syncwarp();
     const A log_sum = log(sum);
     // The row's loss and gradient factors, as ce_rows.
     A value = 0;
@@ -330,7 +400,7 @@ for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
         on_target = A(1 - smoothing) * weight;
         scale = on_target + A(smoothing / static_cast<double>(n_classes) * mass);
     }
-    if (want_loss && threadIdx.x == 0) row_loss[row] = L(value);
+    if (want_loss && lane == 0 && columns) row_loss[row] = L(value);
     // The upstream factor, as ce_grad.
     A upstream = upstream_mode == 2 ? A(g[row]) : upstream_all;
     if (!probabilities) {
@@ -342,7 +412,7 @@ for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
     // The second read (an L2 hit, see cross_entropy_fused.py) and the gradient, in batches:
     // all loads first, then the arithmetic, then the stores.
     R* const row_grad = &grad[base];
-    c = threadIdx.x;
+    c = lane;
     for (; c + (CE_BATCH - 1) * stride < columns; c += CE_BATCH * stride) {
         A values[CE_BATCH];
         A weights[CE_BATCH];
