@@ -59,6 +59,8 @@ _THREADS_PER_SM = 2048
 _BLOCKS_PER_SM = 32
 #: Most threads per row block (and the block of ``ce_finish``).
 _MAX_THREADS = 1024
+#: Registers a thread of ``ce_fused`` may use: a block of ``_MAX_THREADS`` must fit an SM.
+_REGISTERS_AT_MOST = 65536 // _MAX_THREADS
 #: The most classes the kernel's 32-bit column indices (plus a batch's reach) can address.
 MAX_CLASSES = 2**31 - 2**13
 #: Rows of at most this many classes go several to a warp (lane groups of up to 32 lanes),
@@ -315,6 +317,10 @@ def ce_fused(mode: int, has_weight: bool, group: int) -> cupy.ElementwiseKernel:
         f"const int mode = {mode};\nconst int has_weight = {int(has_weight)};\n"
         f"const int group = {group};\n" + _FUSED_BODY,
         name="arrayloss_cross_entropy_fused",
+        # A block of 1024 threads launches only with at most 64 registers a thread (65,536 an
+        # SM): the cap makes every mode launch on any compiler, spilling rather than failing.
+        # (Lane groups run in blocks of 256, which any register count fits.)
+        options=() if group else (f"--maxrregcount={_REGISTERS_AT_MOST}",),
         preamble=(preamble("al::compute_of<X>::type") + CE_STATS_PUSH_SOURCE + CE_GRAD_SOURCE
                   + _FINISH_ORDER_SUM),
     )
