@@ -100,6 +100,8 @@ def test_parity_case_on_the_kernels(case: Any) -> None:
     pytest.param(kce.case_cross_entropy, ("float32", (4, 6, 5, 3), "mean"),
                  id="cross-entropy-spatial"),
     pytest.param(kce.case_cross_entropy_long_rows, (5000,), id="cross-entropy-long-rows"),
+    pytest.param(kce.case_cross_entropy, ("float32", (40, 200), "mean"),
+                 id="cross-entropy-fused-rows"),
 ])
 def test_64_bit_index_path(function: Callable[..., None], arguments: tuple[Any, ...]) -> None:
     before = dict(hostcuda.COUNTERS.launches)
@@ -318,6 +320,15 @@ def test_fused_cross_entropy_has_the_bits_of_the_unfused_kernels(reduction: str,
     _, want_grad_one = _unfused(call, 1.0)
     np.testing.assert_array_equal(hostcuda.asnumpy(grad), want_grad_one)
     np.testing.assert_allclose(hostcuda.asnumpy(loss), want_rows[0], rtol=2e-6)
+    # out=input: the gradient over the logits, the same bits.
+    consumed = hostcuda.asarray(values)
+    in_place_call = cross_entropy_call(
+        consumed, target, options["weight"], ignore_index=-100, reduction=reduction,
+        label_smoothing=options["label_smoothing"], validate=True)
+    in_place_loss, in_place = backend.loss_and_grad(in_place_call, out=consumed)
+    assert in_place is consumed
+    np.testing.assert_array_equal(hostcuda.asnumpy(in_place), want_grad_one)
+    np.testing.assert_array_equal(hostcuda.asnumpy(in_place_loss), hostcuda.asnumpy(loss))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -433,3 +444,31 @@ def test_fused_cross_entropy_small_rows_go_several_to_a_warp(
                 if t["name"] == "arrayloss_cross_entropy_fused"] == [1]
         np.testing.assert_array_equal(hostcuda.asnumpy(loss), want_loss)
         np.testing.assert_array_equal(hostcuda.asnumpy(grad), want_grad)
+
+
+def test_the_shuffle_shims_keep_cuda_widths() -> None:
+    # CUDA's rule for width < 32: a source lane beyond the thread's own segment gives its own
+    # value; __shfl_xor_sync may read an earlier segment.  Two warps of 32, segments of 8.
+    code = r"""
+extern "C" __global__ void shuffles(const float* values, float* down, float* within,
+                                    float* across) {
+    const unsigned int t = threadIdx.x;
+    down[t] = __shfl_down_sync(0xffffffffu, values[t], 3, 8);
+    within[t] = __shfl_xor_sync(0xffffffffu, values[t], 5, 8);
+    across[t] = __shfl_xor_sync(0xffffffffu, values[t], 8, 8);
+}
+"""
+    import cupy
+
+    values = np.arange(64, dtype=np.float32) * 1.5
+    outputs = [hostcuda._arrays.empty(64, np.float32) for _ in range(3)]
+    function = cupy.RawModule(code=code, name_expressions=("shuffles",)).get_function(
+        "shuffles")
+    function((1,), (64,), (hostcuda.asarray(values), *outputs))
+    lanes = np.arange(64)
+    in_warp = lanes % 32
+    down = np.where(in_warp % 8 + 3 < 8, lanes + 3, lanes)
+    across = lanes ^ 8
+    across = np.where(across % 32 >= (in_warp & ~7) + 8, lanes, across)
+    for got, sources in zip(outputs, (down, lanes ^ 5, across), strict=True):
+        np.testing.assert_array_equal(hostcuda.asnumpy(got), values[sources])

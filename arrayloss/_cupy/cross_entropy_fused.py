@@ -39,8 +39,9 @@ from typing import Any
 
 import cupy
 
+from .._agnostic import cross_entropy as generic
 from .._class_calls import CrossEntropyCall
-from . import reduce
+from . import nll, reduce
 from ._common import compute_dtype, invalid_flag
 from ._kernels import NO_INVALID, REDUCE_BLOCK, block_partial, header, kernel_factory, preamble
 from .cross_entropy_kernels import CE_BATCH, CE_GRAD_SOURCE, CE_STATS_PUSH_SOURCE
@@ -192,10 +193,7 @@ def run(call: CrossEntropyCall, layout: Any, grad_output: Array | float, out: An
     if want_loss:
         loss = row_loss.reshape(call.loss_shape) if call.reduction == "none" else _finish(
             call, layout.rows, row_loss, partials, n_partials)
-    if checked:
-        from . import nll
-
-        nll.raise_if_invalid(call.nll, flag, checked)
+    nll.raise_if_invalid(call.nll, flag, checked)  # the target rules are NLL's
     if out is not None:
         if not direct:
             out[...] = grad.reshape(out.shape)
@@ -208,8 +206,6 @@ _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}  # kernels.cuh: REDUCE_NONE, _MEA
 
 def _finish(call: CrossEntropyCall, rows: int, row_loss: cupy.ndarray, partials: cupy.ndarray,
             n_partials: int) -> cupy.ndarray:
-    from .._agnostic import cross_entropy as generic
-
     if call.reduction == "sum":
         mode = reduce.MODE_SUM
     elif call.probabilities:
