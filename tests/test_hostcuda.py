@@ -335,27 +335,35 @@ def test_fused_cross_entropy_has_the_bits_of_the_unfused_kernels(reduction: str,
     np.testing.assert_array_equal(hostcuda.asnumpy(in_place_loss), hostcuda.asnumpy(loss))
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def _fused_source(trace: list[dict[str, Any]]) -> str:
+    launch = next(t for t in trace if t["name"] == "arrayloss_cross_entropy_fused")
+    return hostcuda.COUNTERS.sources[launch["digest"]]
+
+
+@pytest.mark.parametrize(("dtype", "classes", "vec"), [
+    ("float32", 4500, 4), ("bfloat16", 4504, 8), ("bfloat16", 4500, 1)])
 def test_fused_cross_entropy_rows_beyond_the_grid(monkeypatch: pytest.MonkeyPatch,
-                                                  dtype: str) -> None:
+                                                  dtype: str, classes: int, vec: int) -> None:
     # A tiny L2 caps the grid at 2 blocks: each block then takes 9 of the 17 rows in turn
-    # (4500 classes: 1024 threads, a batch of 4 and a tail per thread; few rows are split
-    # over blocks unless the row kernels aim for fewer blocks).  Same bits as the full grid,
-    # and the float64 reference's values, with out=input too.
+    # (1024 threads: 16-byte accesses, two batches of 2 and a tail per thread, where the
+    # rows are whole vectors; else a batch of 4 and a tail of single loads; few rows are
+    # split over blocks unless the row kernels aim for fewer blocks).  Same bits as the full
+    # grid, and the float64 reference's values, with out=input too.
     from arrayloss._cupy import cross_entropy as backend
     from arrayloss._cupy import cross_entropy_fused
 
     monkeypatch.setattr(backend, "_TARGET_BLOCKS", 1)
     rng = np.random.default_rng(13)
-    classes = 4500
     values = rng.normal(scale=2, size=(17, classes))
     labels = rng.integers(0, classes, 17)
     labels[4] = -100
     logits = DEVICE.put(values, dtype)
     exact = DEVICE.exact(logits)
     target = hostcuda.asarray(labels)
+    hostcuda.COUNTERS.trace.clear()
     full = [hostcuda.asnumpy(a) for a in al.cross_entropy_and_grad(logits, target,
                                                                    label_smoothing=0.1)]
+    assert f"constexpr int vec = {vec};" in _fused_source(hostcuda.COUNTERS.trace)
     row_bytes = classes * logits.itemsize
     monkeypatch.setattr(cross_entropy_fused, "_device_limits",
                         lambda device: (int(4 * row_bytes / cross_entropy_fused.L2_SHARE), 132))
@@ -375,6 +383,15 @@ def test_fused_cross_entropy_rows_beyond_the_grid(monkeypatch: pytest.MonkeyPatc
     _, in_place = al.cross_entropy_and_grad(consumed, target, label_smoothing=0.1, out=consumed)
     assert in_place is consumed
     np.testing.assert_array_equal(hostcuda.asnumpy(in_place), full[1])
+    if vec > 1:  # logits 4 bytes off a 16-byte boundary: one element at a time
+        flat = hostcuda.asarray(np.concatenate([[0.0], hostcuda.asnumpy(logits).ravel()]))
+        shifted = DEVICE.put(hostcuda.asnumpy(flat), dtype)[1:].reshape(17, classes)
+        assert shifted.data.ptr % 16 != 0
+        hostcuda.COUNTERS.trace.clear()
+        loss, grad = al.cross_entropy_and_grad(shifted, target, label_smoothing=0.1)
+        assert "constexpr int vec = 1;" in _fused_source(hostcuda.COUNTERS.trace)
+        kc.assert_close(loss, want_loss, dtype, DEVICE, "misaligned loss")
+        kc.assert_close(grad, want_grad, dtype, DEVICE, "misaligned grad")
 
 
 def test_fused_cross_entropy_launches() -> None:

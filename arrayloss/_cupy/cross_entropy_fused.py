@@ -12,7 +12,8 @@ launch at most three kernels:
   over the block; then reads its row a second time and writes the gradient (into ``out``,
   possibly the logits: each thread reads an entry before it writes it) and the row's loss.
   Rows of at most :data:`GROUP_MAX_CLASSES` classes go several to a warp instead: a lane
-  group of up to 32 lanes per row, reduced with width-limited shuffles.
+  group of up to 32 lanes per row, reduced with width-limited shuffles.  Rows of 1024
+  threads load and store 16 bytes at a time where the rows are whole, aligned vectors.
   Every block first adds the weight partials in :mod:`.reduce`'s ``arrayloss_finish`` order,
   so its ``'mean'`` divides by the same bits as the unfused path.  If the flag records an
   invalid target, no block writes anything (the host raises; ``out=input`` keeps its logits).
@@ -182,7 +183,8 @@ def run(call: CrossEntropyCall, layout: Any, grad_output: Array | float, out: An
     launch = _plan_for(call, layout.rows, in_place)
     row_dtype = call.dtype if call.reduction == "none" else compute
     row_loss = cupy.empty(layout.rows if want_loss else 1, dtype=row_dtype)
-    ce_fused(layout.mode, call.weight is not None, launch.group)(
+    vec = _vector_width(launch, call.n_classes, layout.input, grad)
+    ce_fused(layout.mode, call.weight is not None, launch.group, vec)(
         layout.input, layout.target if call.probabilities else layout.input, layout.weight,
         layout.input if call.probabilities else layout.target, partials, upstream,
         layout.rows, call.n_classes, n_partials, upstream_scalar, float(layout.rows),
@@ -201,7 +203,19 @@ def run(call: CrossEntropyCall, layout: Any, grad_output: Array | float, out: An
     return loss, grad.reshape(call.input.shape)
 
 
-_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}  # kernels.cuh: REDUCE_NONE, _MEAN, _SUM
+_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+
+
+def _vector_width(launch: Plan, n_classes: int, logits: cupy.ndarray,
+                  grad: cupy.ndarray) -> int:
+    """Elements per 16-byte load and store: only for a block per row of 1024 threads (below,
+    the rows keep the unfused kernels' order), rows of whole vectors, and 16-byte aligned
+    logits and gradient; else 1."""
+    vec = 16 // logits.itemsize
+    aligned = logits.data.ptr % 16 == 0 and grad.data.ptr % 16 == 0
+    if launch.threads == _MAX_THREADS and n_classes % vec == 0 and aligned:
+        return vec
+    return 1  # kernels.cuh: REDUCE_NONE, _MEAN, _SUM
 
 
 def _finish(call: CrossEntropyCall, rows: int, row_loss: cupy.ndarray, partials: cupy.ndarray,
@@ -254,6 +268,14 @@ __device__ __forceinline__ A ce_group_max(A value, int width) {
     return value;
 }
 
+// `N` consecutive elements as one 16-byte load or store (N * sizeof(T) == 16 where used).
+template <typename T, int N>
+struct alignas(sizeof(T) * N) ce_vector {
+    T value[N];
+};
+
+#define CE_VECTOR_BATCH 2
+
 template <typename A, typename V>
 __device__ __forceinline__ A ce_finish_order_sum(const V& values, long long count) {
     __shared__ A finish_warps[32];
@@ -296,10 +318,11 @@ if (cls >= 0) thread_weight += has_weight ? A(w[cls]) : A(1);
 
 
 @kernel_factory
-def ce_fused(mode: int, has_weight: bool, group: int) -> cupy.ElementwiseKernel:
+def ce_fused(mode: int, has_weight: bool, group: int, vec: int) -> cupy.ElementwiseKernel:
     """The loss and gradient of each row, for target ``mode`` (``cross_entropy.CE_MODE_*``),
-    class weights or none and the lanes per row (:func:`lane_group`), all compile-time
-    constants: index targets keep no double accumulators, and no class weight a register.
+    class weights or none, the lanes per row (:func:`lane_group`) and the elements per
+    16-byte access (``vec``, 1: one at a time), all compile-time constants: index targets
+    keep no double accumulators, and no class weight a register.
 
     Launched as ``grid * threads`` threads in blocks of ``threads``: each thread runs the body
     once, and block ``b`` takes rows ``b, b + grid, ...`` (with lane groups, its ``k`` rows
@@ -311,7 +334,8 @@ def ce_fused(mode: int, has_weight: bool, group: int) -> cupy.ElementwiseKernel:
         "int32 upstream_mode, int32 reduction, int32 check, int32 want_loss",
         "raw R grad, raw L row_loss, raw uint64 invalid",
         f"const int mode = {mode};\nconst int has_weight = {int(has_weight)};\n"
-        f"const int group = {group};\n" + _FUSED_BODY,
+        f"const int group = {group};\nconstexpr int vec = {vec};\n"
+        "typedef ce_vector<X, vec> CeVector;\n" + _FUSED_BODY,
         name="arrayloss_cross_entropy_fused",
         # A block of 1024 threads launches only with at most 64 registers a thread (65,536 an
         # SM): the cap makes every mode launch on any compiler, spilling rather than failing.
@@ -364,18 +388,40 @@ for (long long first = static_cast<long long>(blockIdx.x) * rows_per_block; firs
     double mass = 0;
     // 32-bit columns from the row's own pointers: fewer registers than 64-bit offsets.
     const X* const row_x = &x[base];
+    const CeVector* const row_vectors = reinterpret_cast<const CeVector*>(row_x);
     int c = lane;
-    for (; c + (CE_BATCH - 1) * stride < columns; c += CE_BATCH * stride) {
-        A values[CE_BATCH];
+    if (vec > 1) {  // 16-byte loads, CE_VECTOR_BATCH in flight: vector v holds columns v*vec...
+        for (; c + (CE_VECTOR_BATCH - 1) * stride < columns / vec;
+             c += CE_VECTOR_BATCH * stride) {
+            CeVector loaded[CE_VECTOR_BATCH];
 #pragma unroll
-        for (int k = 0; k < CE_BATCH; ++k) values[k] = A(row_x[c + k * stride]);
+            for (int k = 0; k < CE_VECTOR_BATCH; ++k) loaded[k] = row_vectors[c + k * stride];
 #pragma unroll
-        for (int k = 0; k < CE_BATCH; ++k) {
-            CE_STATS_PUSH(values[k], c + k * stride);
+            for (int k = 0; k < CE_VECTOR_BATCH; ++k) {
+#pragma unroll
+                for (int e = 0; e < vec; ++e) {
+                    CE_STATS_PUSH(A(loaded[k].value[e]), (c + k * stride) * vec + e);
+                }
+            }
         }
-    }
-    for (; c < columns; c += stride) {
-        CE_STATS_PUSH(A(row_x[c]), c);
+        for (; c < columns / vec; c += stride) {
+            const CeVector loaded = row_vectors[c];
+#pragma unroll
+            for (int e = 0; e < vec; ++e) CE_STATS_PUSH(A(loaded.value[e]), c * vec + e);
+        }
+    } else {
+        for (; c + (CE_BATCH - 1) * stride < columns; c += CE_BATCH * stride) {
+            A values[CE_BATCH];
+#pragma unroll
+            for (int k = 0; k < CE_BATCH; ++k) values[k] = A(row_x[c + k * stride]);
+#pragma unroll
+            for (int k = 0; k < CE_BATCH; ++k) {
+                CE_STATS_PUSH(values[k], c + k * stride);
+            }
+        }
+        for (; c < columns; c += stride) {
+            CE_STATS_PUSH(A(row_x[c]), c);
+        }
     }
     const A row_top = group ? ce_group_max(top, group) : al::block_max(top);
     sum = top == row_top ? sum : sum * exp(top - row_top);
@@ -415,6 +461,32 @@ for (long long first = static_cast<long long>(blockIdx.x) * rows_per_block; firs
     // all loads first, then the arithmetic, then the stores.
     R* const row_grad = &grad[base];
     c = lane;
+    if (vec > 1) {  // each thread stores the vectors it loaded (grad may be x)
+        CeVector* const grad_vectors = reinterpret_cast<CeVector*>(row_grad);
+        for (; c < columns / vec; c += CE_VECTOR_BATCH * stride) {
+            CeVector loaded[CE_VECTOR_BATCH];
+#pragma unroll
+            for (int k = 0; k < CE_VECTOR_BATCH; ++k) {
+                if (c + k * stride < columns / vec) loaded[k] = row_vectors[c + k * stride];
+            }
+#pragma unroll
+            for (int k = 0; k < CE_VECTOR_BATCH; ++k) {
+#pragma unroll
+                for (int e = 0; e < vec; ++e) {
+                    const int column = (c + k * stride) * vec + e;
+                    const A value = CE_GRAD(A(loaded[k].value[e]),
+                                            has_weight ? A(w[column]) : A(1),
+                                            probabilities ? A(q[base + column]) : A(0), column);
+                    loaded[k].value[e] = R(value);
+                }
+            }
+#pragma unroll
+            for (int k = 0; k < CE_VECTOR_BATCH; ++k) {
+                if (c + k * stride < columns / vec) grad_vectors[c + k * stride] = loaded[k];
+            }
+        }
+        c = columns;  // the scalar loops below have nothing left
+    }
     for (; c + (CE_BATCH - 1) * stride < columns; c += CE_BATCH * stride) {
         A values[CE_BATCH];
         A weights[CE_BATCH];
