@@ -341,7 +341,8 @@ def _fused_source(trace: list[dict[str, Any]]) -> str:
 
 
 @pytest.mark.parametrize(("dtype", "classes", "vec"), [
-    ("float32", 4500, 4), ("bfloat16", 4504, 8), ("bfloat16", 4500, 1)])
+    ("float32", 4500, 4), ("bfloat16", 4504, 8), ("bfloat16", 4500, 1), ("float16", 4504, 8),
+    ("float64", 4500, 2)])
 def test_fused_cross_entropy_rows_beyond_the_grid(monkeypatch: pytest.MonkeyPatch,
                                                   dtype: str, classes: int, vec: int) -> None:
     # A tiny L2 caps the grid at 2 blocks: each block then takes 9 of the 17 rows in turn
