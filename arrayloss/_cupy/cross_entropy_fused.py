@@ -141,7 +141,9 @@ def _device_limits(device: Any) -> tuple[int, int]:
     attributes = getattr(device, "attributes", None)
     if attributes is None:
         return H200_L2_BYTES, H200_SMS
-    return int(attributes["L2CacheSize"]), int(attributes["MultiProcessorCount"])
+    # CuPy's names (cudaDevAttr... without the prefix); an H200's where one is missing.
+    return (int(attributes.get("L2CacheSize", H200_L2_BYTES)),
+            int(attributes.get("MultiProcessorCount", H200_SMS)))
 
 
 def _plan_for(call: CrossEntropyCall, rows: int, in_place: bool) -> Plan:
