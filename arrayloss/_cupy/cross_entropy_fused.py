@@ -205,7 +205,7 @@ def run(call: CrossEntropyCall, layout: Any, grad_output: Array | float, out: An
     return loss, grad.reshape(call.input.shape)
 
 
-_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}  # kernels.cuh: REDUCE_NONE, _MEAN, _SUM
 
 
 def _vector_width(launch: Plan, n_classes: int, logits: cupy.ndarray,
@@ -217,7 +217,7 @@ def _vector_width(launch: Plan, n_classes: int, logits: cupy.ndarray,
     aligned = logits.data.ptr % 16 == 0 and grad.data.ptr % 16 == 0
     if launch.threads == _MAX_THREADS and n_classes % vec == 0 and aligned:
         return vec
-    return 1  # kernels.cuh: REDUCE_NONE, _MEAN, _SUM
+    return 1
 
 
 def _finish(call: CrossEntropyCall, rows: int, row_loss: cupy.ndarray, partials: cupy.ndarray,
