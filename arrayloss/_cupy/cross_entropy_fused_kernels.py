@@ -15,14 +15,9 @@ MAX_ROW_THREADS = 1024
 #: (65,536 registers).
 REGISTERS_AT_MOST = 65536 // MAX_ROW_THREADS
 
-_FINISH_ORDER_SUM = f"""
+_DEVICE_HELPERS = f"""
 #define AL_NO_INVALID {NO_INVALID}ull
 """ + """
-// The sum of values[0, count) in the bits of arrayloss_finish (reduce.py), whatever the block
-// size (a power of two from 32 to 1024): finish thread v adds values v, v + 1024, ...; here
-// warp w of this block plays finish warps w, w + warps, ... and adds their lanes with the same
-// shuffle tree; the 32 warp totals are added in order.  Every thread gets the sum, and every
-// thread of the block must call it.
 // The sum and the maximum (NaN-free) over a lane group of `width` lanes (a power of two up
 // to 32), to every lane of the group: an xor butterfly, whose two partners at each step add
 // the same two values (commuted), so every lane ends with the same bits in a fixed order.
@@ -52,6 +47,11 @@ struct alignas(sizeof(T) * N) ce_vector {
 
 #define CE_VECTOR_BATCH 2
 
+// The sum of values[0, count) in the bits of arrayloss_finish (reduce.py), whatever the block
+// size (a power of two from 32 to 1024): finish thread v adds values v, v + 1024, ...; here
+// warp w of this block plays finish warps w, w + warps, ... and adds their lanes with the same
+// shuffle tree; the 32 warp totals are added in order.  Every thread gets the sum, and every
+// thread of the block must call it.
 template <typename A, typename V>
 __device__ __forceinline__ A ce_finish_order_sum(const V& values, long long count) {
     __shared__ A finish_warps[32];
@@ -119,7 +119,7 @@ def ce_fused(mode: int, has_weight: bool, group: int, vec: int) -> cupy.Elementw
         # (Lane groups run in blocks of 256, which any register count fits.)
         options=() if group else (f"--maxrregcount={REGISTERS_AT_MOST}",),
         preamble=(preamble("al::compute_of<X>::type") + CE_STATS_PUSH_SOURCE + CE_GRAD_SOURCE
-                  + _FINISH_ORDER_SUM),
+                  + _DEVICE_HELPERS),
     )
 
 
@@ -307,5 +307,5 @@ if (threadIdx.x == 0) {
 }
 """,
         name="arrayloss_cross_entropy_finish",
-        preamble=header() + _FINISH_ORDER_SUM,
+        preamble=header() + _DEVICE_HELPERS,
     )
