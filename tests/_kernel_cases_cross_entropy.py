@@ -222,6 +222,9 @@ def params() -> list[Any]:
     for dtype, shape, reduction in itertools.product(DTYPES, CROSS_ENTROPY_SHAPES, REDUCTIONS):
         cases.append(pytest.param(case_cross_entropy, (dtype, shape, reduction),
                                   id=f"cross-entropy-{dtype}-{shape}-{reduction}"))
+    for dtype in ("float32", "bfloat16"):  # the fused kernel's block per row (C > 128)
+        cases.append(pytest.param(case_cross_entropy, (dtype, (64, 300), "mean"),
+                                  id=f"cross-entropy-{dtype}-block-rows"))
     for n_classes in (5000, 70_000):
         cases.append(pytest.param(case_cross_entropy_long_rows, (n_classes,),
                                   id=f"cross-entropy-long-rows-{n_classes}"))

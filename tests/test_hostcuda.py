@@ -100,6 +100,8 @@ def test_parity_case_on_the_kernels(case: Any) -> None:
     pytest.param(kce.case_cross_entropy, ("float32", (4, 6, 5, 3), "mean"),
                  id="cross-entropy-spatial"),
     pytest.param(kce.case_cross_entropy_long_rows, (5000,), id="cross-entropy-long-rows"),
+    pytest.param(kce.case_cross_entropy, ("float32", (40, 200), "mean"),
+                 id="cross-entropy-fused-rows"),
 ])
 def test_64_bit_index_path(function: Callable[..., None], arguments: tuple[Any, ...]) -> None:
     before = dict(hostcuda.COUNTERS.launches)
@@ -120,7 +122,8 @@ def test_every_kernel_factory_runs() -> None:
         kc.case_gaussian(DEVICE, *arguments)
     for reduction in kc.REDUCTIONS:
         kc.case_nll(DEVICE, "float32", (30, 100), reduction)
-        kce.case_cross_entropy(DEVICE, "float32", (30, 10), reduction)
+        kce.case_cross_entropy(DEVICE, "float32", (30, 10), reduction)  # the fused kernels
+    kce.case_cross_entropy(DEVICE, "float32", (3, 4, 2), "mean")  # spatial: the unfused ones
     kee.case_elementwise(DEVICE, "mse_loss", "float32", "none")
     kee.case_elementwise(DEVICE, "mse_loss", "float32", "mean")
     # Beyond FOLD_ABOVE partials: the fold runs before the second pass.
@@ -132,7 +135,8 @@ def test_every_kernel_factory_runs() -> None:
     names = {"gaussian_forward", "gaussian_forward_partials", "gaussian_backward",
              "gaussian_loss_and_grad", "nll_forward", "nll_forward_partials", "nll_backward",
              "finish_module", "finish_function", "fold_function", "ce_row_stats", "ce_rows",
-             "ce_rows_partials", "ce_grad", "elementwise_kernel"}
+             "ce_rows_partials", "ce_grad", "ce_targets", "ce_fused", "ce_finish",
+             "elementwise_kernel"}
     assert factories == names, "a new kernel factory needs a case here"
     launched = set(hostcuda.COUNTERS.launches)
     for kernel in ("arrayloss_gaussian_nll_forward", "arrayloss_gaussian_nll_forward_scalar_var",
@@ -145,6 +149,8 @@ def test_every_kernel_factory_runs() -> None:
                    "arrayloss_fold<float>",
                    "arrayloss_cross_entropy_row_stats", "arrayloss_cross_entropy_rows",
                    "arrayloss_cross_entropy_rows_partials", "arrayloss_cross_entropy_grad",
+                   "arrayloss_cross_entropy_targets", "arrayloss_cross_entropy_fused",
+                   "arrayloss_cross_entropy_finish",
                    "arrayloss_finish<float>", "arrayloss_mse_loss_none",
                    "arrayloss_mse_loss_partials", "arrayloss_mse_loss_backward",
                    "arrayloss_mse_loss_loss_and_grad"):
@@ -230,7 +236,9 @@ def test_every_launched_source_compiles_with_nvrtc() -> None:
 def test_cross_entropy_backward_from_the_saved_rows_is_the_gradient_pass_alone(
         reduction: str) -> None:
     # What the torch autograd bridge does: forward_saving, then backward_saved, which must
-    # launch only the gradient kernel and give the bits of a backward that recomputes.
+    # launch only the gradient kernel and give the bits of the unfused backward that
+    # recomputes the rows.  (The fused backward reduces a row in another order, lane groups
+    # here: the same values to rounding.)
     from arrayloss._class_calls import cross_entropy_call
     from arrayloss._cupy import cross_entropy as fused
 
@@ -243,14 +251,246 @@ def test_cross_entropy_backward_from_the_saved_rows_is_the_gradient_pass_alone(
                               label_smoothing=0.1, validate=True)
     upstream_values = rng.uniform(0.5, 1.5, 33).astype(np.float32)
     upstream: Any = hostcuda.asarray(upstream_values) if reduction == "none" else 0.75
-    want = hostcuda.asnumpy(fused.backward(call, upstream))
+    want = _unfused(call, upstream)[1]
     loss, saved = fused.forward_saving(call)
     np.testing.assert_array_equal(hostcuda.asnumpy(loss), hostcuda.asnumpy(fused.forward(call)))
     hostcuda.COUNTERS.launches.clear()
     got = hostcuda.asnumpy(fused.backward_saved(call, upstream, saved))
     assert set(hostcuda.COUNTERS.launches) == {"arrayloss_cross_entropy_grad"}
     np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got, hostcuda.asnumpy(fused.backward(call, upstream)),
+                               rtol=1e-5, atol=1e-8)
     reference = al.cross_entropy_backward(
         upstream_values.astype(np.float64) if reduction == "none" else 0.75,
         values.astype(np.float64), targets, reduction=reduction, label_smoothing=0.1)
     np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-7)
+
+
+# ------------------------------------------------------------------ the fused cross-entropy
+
+
+def _unfused(call: Any, grad_output: Any = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(the row passes' losses or totals, the gradient) of the unfused kernels."""
+    from arrayloss._cupy import cross_entropy as fused_backend
+
+    layout, result, row_info = fused_backend._checked_rows(call)
+    totals = result if call.reduction == "mean" else None
+    grad = fused_backend._grad(call, layout, row_info, grad_output, totals, None)
+    return hostcuda.asnumpy(result), hostcuda.asnumpy(grad)
+
+
+@pytest.mark.parametrize("reduction", kc.REDUCTIONS)
+@pytest.mark.parametrize("targets", ["index", "weighted-smoothed", "probabilities"])
+def test_fused_cross_entropy_has_the_bits_of_the_unfused_kernels(reduction: str,
+                                                                 targets: str) -> None:
+    # C = 200: 256 threads per row on both paths, so every sum runs in the same order.
+    from arrayloss._class_calls import cross_entropy_call
+    from arrayloss._cupy import cross_entropy as backend
+    from arrayloss._cupy import cross_entropy_fused
+
+    rng = np.random.default_rng(12)
+    values = rng.normal(scale=3, size=(300, 200)).astype(np.float32)
+    labels = rng.integers(0, 200, 300)
+    labels[::7] = -100
+    weight = hostcuda.asarray(rng.uniform(0.2, 2, 200).astype(np.float32))
+    soft = hostcuda.asarray(rng.dirichlet(np.ones(200), 300).astype(np.float32))
+    target, options = {
+        "index": (hostcuda.asarray(labels), {"weight": None, "label_smoothing": 0.0}),
+        "weighted-smoothed": (hostcuda.asarray(labels),
+                              {"weight": weight, "label_smoothing": 0.2}),
+        "probabilities": (soft, {"weight": weight, "label_smoothing": 0.1}),
+    }[targets]
+    logits = hostcuda.asarray(values)
+    call = cross_entropy_call(logits, target, options["weight"], ignore_index=-100,
+                              reduction=reduction, label_smoothing=options["label_smoothing"],
+                              validate=True)
+    layout = backend._layout(call)
+    assert backend._fusable(call, layout)
+    upstream: Any = 0.75
+    if reduction == "none":
+        upstream = hostcuda.asarray(rng.uniform(0.5, 1.5, 300).astype(np.float32))
+    want_rows, want_grad = _unfused(call, upstream)
+    hostcuda.COUNTERS.launches.clear()
+    got = hostcuda.asnumpy(backend.backward(call, upstream))
+    assert "arrayloss_cross_entropy_fused" in hostcuda.COUNTERS.launches
+    np.testing.assert_array_equal(got, want_grad)
+    if reduction == "none":  # the per-row losses, bit for bit
+        rows, grad = cross_entropy_fused.run(call, layout, upstream, None, want_loss=True)
+        np.testing.assert_array_equal(hostcuda.asnumpy(rows), want_rows)
+        np.testing.assert_array_equal(hostcuda.asnumpy(grad), want_grad)
+        return
+    # The loss: the same rows summed in another fixed order (rows, not per-block partials).
+    loss, grad = backend.loss_and_grad(call)
+    _, want_grad_one = _unfused(call, 1.0)
+    np.testing.assert_array_equal(hostcuda.asnumpy(grad), want_grad_one)
+    np.testing.assert_allclose(hostcuda.asnumpy(loss), want_rows[0], rtol=2e-6)
+    # out=input: the gradient over the logits, the same bits.
+    consumed = hostcuda.asarray(values)
+    in_place_call = cross_entropy_call(
+        consumed, target, options["weight"], ignore_index=-100, reduction=reduction,
+        label_smoothing=options["label_smoothing"], validate=True)
+    in_place_loss, in_place = backend.loss_and_grad(in_place_call, out=consumed)
+    assert in_place is consumed
+    np.testing.assert_array_equal(hostcuda.asnumpy(in_place), want_grad_one)
+    np.testing.assert_array_equal(hostcuda.asnumpy(in_place_loss), hostcuda.asnumpy(loss))
+
+
+def _fused_source(trace: list[dict[str, Any]]) -> str:
+    launch = next(t for t in trace if t["name"] == "arrayloss_cross_entropy_fused")
+    return hostcuda.COUNTERS.sources[launch["digest"]]
+
+
+@pytest.mark.parametrize(("dtype", "classes", "vec"), [
+    ("float32", 4500, 4), ("bfloat16", 4504, 8), ("bfloat16", 4500, 1), ("float16", 4504, 8),
+    ("float64", 4500, 2)])
+def test_fused_cross_entropy_rows_beyond_the_grid(monkeypatch: pytest.MonkeyPatch,
+                                                  dtype: str, classes: int, vec: int) -> None:
+    # A tiny L2 caps the grid at 2 blocks: each block then takes 9 of the 17 rows in turn
+    # (1024 threads: 16-byte accesses, two batches of 2 and a tail per thread, where the
+    # rows are whole vectors; else a batch of 4 and a tail of single loads; few rows are
+    # split over blocks unless the row kernels aim for fewer blocks).  Same bits as the full
+    # grid, and the float64 reference's values, with out=input too.
+    from arrayloss._cupy import cross_entropy as backend
+    from arrayloss._cupy import cross_entropy_fused
+
+    monkeypatch.setattr(backend, "_TARGET_BLOCKS", 1)
+    rng = np.random.default_rng(13)
+    values = rng.normal(scale=2, size=(17, classes))
+    labels = rng.integers(0, classes, 17)
+    labels[4] = -100
+    logits = DEVICE.put(values, dtype)
+    exact = DEVICE.exact(logits)
+    target = hostcuda.asarray(labels)
+    hostcuda.COUNTERS.trace.clear()
+    full = [hostcuda.asnumpy(a) for a in al.cross_entropy_and_grad(logits, target,
+                                                                   label_smoothing=0.1)]
+    assert f"constexpr int vec = {vec};" in _fused_source(hostcuda.COUNTERS.trace)
+    row_bytes = classes * logits.itemsize
+    monkeypatch.setattr(cross_entropy_fused, "_device_limits",
+                        lambda device: (int(4 * row_bytes / cross_entropy_fused.L2_SHARE), 132))
+    hostcuda.COUNTERS.trace.clear()
+    small = [hostcuda.asnumpy(a) for a in al.cross_entropy_and_grad(logits, target,
+                                                                    label_smoothing=0.1)]
+    fused_launch = next(t for t in hostcuda.COUNTERS.trace
+                        if t["name"] == "arrayloss_cross_entropy_fused")
+    assert (fused_launch["grid"], fused_launch["block"]) == (2, 1024)
+    for got, want in zip(small, full, strict=True):
+        np.testing.assert_array_equal(got, want)
+    want_loss, want_grad = kce.cross_entropy_reference(exact, labels, None,
+                                                       label_smoothing=0.1)
+    kc.assert_close(small[0], want_loss, dtype, DEVICE, "loss")
+    kc.assert_close(small[1], want_grad, dtype, DEVICE, "grad")
+    consumed = hostcuda.asarray(hostcuda.asnumpy(logits))
+    _, in_place = al.cross_entropy_and_grad(consumed, target, label_smoothing=0.1, out=consumed)
+    assert in_place is consumed
+    np.testing.assert_array_equal(hostcuda.asnumpy(in_place), full[1])
+    if vec > 1:  # logits 4 bytes off a 16-byte boundary: one element at a time
+        flat = hostcuda.asarray(np.concatenate([[0.0], hostcuda.asnumpy(logits).ravel()]))
+        shifted = DEVICE.put(hostcuda.asnumpy(flat), dtype)[1:].reshape(17, classes)
+        assert shifted.data.ptr % 16 != 0
+        hostcuda.COUNTERS.trace.clear()
+        loss, grad = al.cross_entropy_and_grad(shifted, target, label_smoothing=0.1)
+        assert "constexpr int vec = 1;" in _fused_source(hostcuda.COUNTERS.trace)
+        kc.assert_close(loss, want_loss, dtype, DEVICE, "misaligned loss")
+        kc.assert_close(grad, want_grad, dtype, DEVICE, "misaligned grad")
+
+
+def test_fused_cross_entropy_launches() -> None:
+    # 'mean': the targets pass, the row kernel, the finish; fewer where nothing needs them;
+    # a bfloat16 loss written by the finish itself (no cast).
+    import ml_dtypes
+
+    rng = np.random.default_rng(14)
+    labels = hostcuda.asarray(rng.integers(0, 40, 64))
+    for dtype in (np.float32, ml_dtypes.bfloat16):
+        logits = hostcuda.asarray(rng.normal(size=(64, 40)).astype(dtype))
+        soft = hostcuda.asarray(rng.dirichlet(np.ones(40), 64).astype(dtype))
+        quiet = {"validate": False}
+        for function, arguments, options, want in [
+            (al.cross_entropy_and_grad, (logits, labels), quiet, ["targets", "fused", "finish"]),
+            (al.cross_entropy_and_grad, (logits, labels), {**quiet, "reduction": "sum"},
+             ["fused", "finish"]),
+            (al.cross_entropy_and_grad, (logits, soft), {}, ["fused", "finish"]),
+            (al.cross_entropy_backward, (1.0, logits, labels), quiet, ["targets", "fused"]),
+            (al.cross_entropy_backward, (1.0, logits, labels), {**quiet, "reduction": "sum"},
+             ["fused"]),
+        ]:
+            start = len(hostcuda.COUNTERS.trace)
+            result = function(*arguments, **options)
+            names = [t["name"] for t in hostcuda.COUNTERS.trace[start:]]
+            assert names == [f"arrayloss_cross_entropy_{name}" for name in want]
+            if isinstance(result, tuple):
+                assert result[0].dtype == logits.dtype and result[0].shape == ()
+
+
+@pytest.mark.parametrize("classes", [1, 3, 10, 33, 128])
+def test_fused_cross_entropy_small_rows_go_several_to_a_warp(
+        monkeypatch: pytest.MonkeyPatch, classes: int) -> None:
+    # Lane groups of 1 to 32 lanes, 8 to 256 rows to a block, the last block part idle (203
+    # rows); against the float64 reference for every target kind, with out=input; and the
+    # same bits from a grid of one block, which takes every row group in turn.
+    from arrayloss._cupy import cross_entropy_fused
+
+    rng = np.random.default_rng(classes)
+    values = rng.normal(scale=3, size=(203, classes))
+    labels = rng.integers(0, classes, 203)
+    labels[::9] = -100
+    logits = DEVICE.put(values, "float32")
+    exact = DEVICE.exact(logits)
+    weight = DEVICE.put(rng.uniform(0.2, 2, classes), "float32")
+    soft = DEVICE.put(rng.dirichlet(np.ones(classes), 203), "float32")
+    target = hostcuda.asarray(labels)
+    calls = [((target, None), {}), ((target, weight), {"label_smoothing": 0.2}),
+             ((soft, weight), {"label_smoothing": 0.1})]
+    results = []
+    for (t, w), options in calls:
+        hostcuda.COUNTERS.trace.clear()
+        loss, grad = al.cross_entropy_and_grad(logits, t, w, **options)
+        launch = next(t for t in hostcuda.COUNTERS.trace
+                      if t["name"] == "arrayloss_cross_entropy_fused")
+        assert launch["block"] == cross_entropy_fused.GROUP_THREADS
+        host_t = labels if t is target else hostcuda.asnumpy(soft).astype(np.float64)
+        want_loss, want_grad = kce.cross_entropy_reference(
+            exact, host_t, None if w is None else DEVICE.exact(w), **options)
+        kc.assert_close(loss, want_loss, "float32", DEVICE, "loss")
+        kc.assert_close(grad, want_grad, "float32", DEVICE, "grad")
+        results.append((hostcuda.asnumpy(loss), hostcuda.asnumpy(grad)))
+    consumed = hostcuda.asarray(hostcuda.asnumpy(logits))
+    _, in_place = al.cross_entropy_and_grad(consumed, target, out=consumed)
+    np.testing.assert_array_equal(hostcuda.asnumpy(in_place), results[0][1])
+    monkeypatch.setattr(cross_entropy_fused, "_device_limits", lambda device: (1, 132))
+    for ((t, w), options), (want_loss, want_grad) in zip(calls, results, strict=True):
+        hostcuda.COUNTERS.trace.clear()
+        loss, grad = al.cross_entropy_and_grad(logits, t, w, **options)
+        assert [t["grid"] for t in hostcuda.COUNTERS.trace
+                if t["name"] == "arrayloss_cross_entropy_fused"] == [1]
+        np.testing.assert_array_equal(hostcuda.asnumpy(loss), want_loss)
+        np.testing.assert_array_equal(hostcuda.asnumpy(grad), want_grad)
+
+
+def test_the_shuffle_shims_keep_cuda_widths() -> None:
+    # CUDA's rule for width < 32: a source lane beyond the thread's own segment gives its own
+    # value; __shfl_xor_sync may read an earlier segment.  Two warps of 32, segments of 8.
+    code = r"""
+extern "C" __global__ void shuffles(const float* values, float* down, float* within,
+                                    float* across) {
+    const unsigned int t = threadIdx.x;
+    down[t] = __shfl_down_sync(0xffffffffu, values[t], 3, 8);
+    within[t] = __shfl_xor_sync(0xffffffffu, values[t], 5, 8);
+    across[t] = __shfl_xor_sync(0xffffffffu, values[t], 8, 8);
+}
+"""
+    import cupy
+
+    values = np.arange(64, dtype=np.float32) * 1.5
+    outputs = [hostcuda._arrays.empty(64, np.float32) for _ in range(3)]
+    function = cupy.RawModule(code=code, name_expressions=("shuffles",)).get_function(
+        "shuffles")
+    function((1,), (64,), (hostcuda.asarray(values), *outputs))
+    lanes = np.arange(64)
+    in_warp = lanes % 32
+    down = np.where(in_warp % 8 + 3 < 8, lanes + 3, lanes)
+    across = lanes ^ 8
+    across = np.where(across % 32 >= (in_warp & ~7) + 8, lanes, across)
+    for got, sources in zip(outputs, (down, lanes ^ 5, across), strict=True):
+        np.testing.assert_array_equal(hostcuda.asnumpy(got), values[sources])

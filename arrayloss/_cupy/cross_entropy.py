@@ -11,7 +11,9 @@
 
 So the forward reads the logits once and the loss-and-gradient twice; every sum is in a fixed
 order, so results are bitwise repeatable; nothing is read back to the host with
-``validate=False``.
+``validate=False``.  Where rows are contiguous and one block per row fills the GPU, the
+loss-and-gradient and the backward take :mod:`.cross_entropy_fused` instead: one row kernel
+whose second read of a row comes from L2 (the kernels themselves: :mod:`.cross_entropy_kernels`).
 """
 
 from __future__ import annotations
@@ -25,16 +27,11 @@ import numpy as np
 
 from .._agnostic import cross_entropy as generic
 from .._class_calls import CrossEntropyCall
+from . import cross_entropy_fused as fused
 from . import nll, reduce
 from ._common import compute_dtype, invalid_flag
-from ._kernels import (
-    LOSS_AND_WEIGHT_PARTIALS,
-    LOSS_AND_WEIGHT_PREP,
-    REDUCE_BLOCK,
-    header,
-    kernel_factory,
-    preamble,
-)
+from ._kernels import REDUCE_BLOCK
+from .cross_entropy_kernels import ce_grad, ce_row_stats, ce_rows, ce_rows_partials
 
 Array = Any
 
@@ -127,10 +124,9 @@ def _rows(call: CrossEntropyCall, layout: _Layout, check: bool,
     compute = compute_dtype(call.dtype)
     stats = cupy.empty(layout.rows * layout.splits * 4, dtype=cupy.float64)
     probabilities_or_input = layout.target if call.probabilities else layout.input
-    ce_row_stats()(
+    ce_row_stats(layout.mode)(
         layout.input, probabilities_or_input, layout.weight, call.n_classes, layout.spatial,
-        layout.chunk, layout.splits, call.label_smoothing, layout.mode,
-        int(call.weight is not None), stats,
+        layout.chunk, layout.splits, call.label_smoothing, int(call.weight is not None), stats,
         size=layout.rows * layout.splits * layout.threads, block_size=layout.threads)
     row_info = cupy.empty(layout.rows * 4, dtype=compute)
     # Probability targets have no index to read: a one-element stand-in.
@@ -189,6 +185,12 @@ def _grad(call: CrossEntropyCall, layout: _Layout, row_info: cupy.ndarray,
     return grad.reshape(call.input.shape)
 
 
+def _fusable(call: CrossEntropyCall, layout: _Layout) -> bool:
+    """Whether :mod:`.cross_entropy_fused` takes the call: contiguous rows, one block each."""
+    return (layout.splits == 1 and layout.spatial == 1
+            and call.n_classes <= fused.MAX_CLASSES)
+
+
 def _checked(call: CrossEntropyCall) -> bool:
     """Whether targets are checked: index targets with ``validate`` (probabilities have no
     value to check, so they never read the flag back)."""
@@ -199,12 +201,13 @@ def _raise_if_invalid(call: CrossEntropyCall, flag: cupy.ndarray, checked: bool)
     nll.raise_if_invalid(call.nll, flag, checked)  # the target rules are NLL's
 
 
-def _checked_rows(call: CrossEntropyCall) -> tuple[_Layout, cupy.ndarray, cupy.ndarray]:
+def _checked_rows(call: CrossEntropyCall, layout: _Layout | None = None
+                  ) -> tuple[_Layout, cupy.ndarray, cupy.ndarray]:
     """The row passes every entry point starts with, and the target check: a bad target
     raises here, before any gradient is written (``out=input`` keeps its logits)."""
     checked = _checked(call)
     flag = invalid_flag(checked)
-    layout = _layout(call)
+    layout = _layout(call) if layout is None else layout
     result, row_info = _rows(call, layout, checked, flag)
     _raise_if_invalid(call, flag, checked)
     return layout, result, row_info
@@ -230,19 +233,26 @@ def backward(call: CrossEntropyCall, grad_output: Array | float) -> Array:
     if call.dtype != call.input.dtype:
         return generic.backward(call, grad_output)
     with call.input.device:
-        layout, totals, row_info = _checked_rows(call)
+        layout = _layout(call)
+        if _fusable(call, layout):
+            return fused.run(call, layout, grad_output, None, want_loss=False)[1]
+        layout, totals, row_info = _checked_rows(call, layout)
         return _grad(call, layout, row_info, grad_output,
                      totals if call.reduction == "mean" else None, None)
 
 
 def loss_and_grad(call: CrossEntropyCall, out: Array | None = None) -> tuple[Array, Array]:
-    """The reduced loss and its gradient: two reads of the logits, one write of the gradient."""
+    """The reduced loss and its gradient: the logits read twice (the second time from L2 on
+    the fused path), the gradient written once."""
     if _degenerate(call):
         return _degenerate_results(call, out)
     if call.dtype != call.input.dtype:
         return generic.loss_and_grad(call, out)
     with call.input.device:
-        layout, totals, row_info = _checked_rows(call)
+        layout = _layout(call)
+        if _fusable(call, layout):
+            return fused.run(call, layout, 1.0, out, want_loss=True)
+        layout, totals, row_info = _checked_rows(call, layout)
         grad = _grad(call, layout, row_info, 1.0, totals, out)
     return reduce.as_result(totals, call.dtype), grad
 
@@ -277,237 +287,3 @@ def backward_saved(call: CrossEntropyCall, grad_output: Array | float,
     with call.input.device:
         return _grad(call, saved.layout, saved.row_info, grad_output,
                      saved.totals if call.reduction == "mean" else None, None)
-
-
-# ------------------------------------------------------------------ the kernels
-#
-# Rows are the (n, s) samples of an (N, C, S) input: row r reads x[base + c * S] with
-# base = (r / S) * C * S + r % S.  The two row-mapped kernels launch exactly `splits` blocks
-# per row (size = rows * splits * threads, block_size = threads, so each thread runs its body
-# once and the block's threads may synchronise); block b covers the columns
-# [part * chunk, part * chunk + chunk) of row b / splits, part = b % splits.
-
-#: Columns a thread loads before it computes (the row passes): four loads in flight.
-CE_BATCH = 4
-
-# One column of the statistics pass: the online (max, sum of exp), and the linear sums of
-# label smoothing (mode 1) or probability targets (mode 2).
-_CE_STATS_PUSH = f"\n#define CE_BATCH {CE_BATCH}\n" + """
-#define CE_STATS_PUSH(VALUE, COLUMN) do { \\
-    const A value_ = (VALUE); \\
-    const long long column_ = (COLUMN); \\
-    al::lse_push(top, sum, value_); \\
-    if (mode != 0) { \\
-        double share = has_weight ? static_cast<double>(A(w[column_])) : 1.0; \\
-        if (mode == 2) share *= static_cast<double>(al::ce_smoothed( \\
-            A(q[base + column_ * spatial]), smoothing, n_classes)); \\
-        linear += share * static_cast<double>(value_); \\
-        mass += share; \\
-    } \\
-} while (0)
-"""
-
-_CE_ROW_MAP = """
-const long long block = blockIdx.x;
-const long long row = block / splits;
-const long long part = block % splits;
-const long long base = (row / spatial) * n_classes * spatial + row % spatial;
-const long long begin = part * chunk;
-const long long end = begin + chunk < n_classes ? begin + chunk : n_classes;
-"""
-
-
-@kernel_factory
-def ce_row_stats() -> cupy.ElementwiseKernel:
-    """One pass over each row part: its (max, sum of exp) and the linear sums of ``mode``,
-    written as four doubles per block to ``stats``."""
-    return cupy.ElementwiseKernel(
-        "raw X x, raw Q q, raw W w, int64 n_classes, int64 spatial, int64 chunk, "
-        "int64 splits, float64 smoothing, int32 mode, int32 has_weight",
-        "raw float64 stats",
-        _CE_ROW_MAP + """
-A top = al::minus_infinity(A(0));
-A sum = 0;
-double linear = 0;
-double mass = 0;
-const long long stride = blockDim.x;
-long long c = begin + threadIdx.x;
-// Batches of CE_BATCH columns: every load of a batch issued before any value is used (the
-// values go through lse_push in the order of the one-at-a-time loop: the same bits).
-for (; c + (CE_BATCH - 1) * stride < end; c += CE_BATCH * stride) {
-    A values[CE_BATCH];
-#pragma unroll
-    for (int k = 0; k < CE_BATCH; ++k) values[k] = A(x[base + (c + k * stride) * spatial]);
-#pragma unroll
-    for (int k = 0; k < CE_BATCH; ++k) {
-        CE_STATS_PUSH(values[k], c + k * stride);
-    }
-}
-for (; c < end; c += stride) {
-    CE_STATS_PUSH(A(x[base + c * spatial]), c);
-}
-const A block_top = al::block_max(top);
-sum = al::block_sum(top == block_top ? sum : sum * exp(top - block_top));
-if (mode != 0) {
-    linear = al::block_sum(linear);
-    mass = al::block_sum(mass);
-}
-if (threadIdx.x == 0) {
-    stats[block * 4] = block_top;
-    stats[block * 4 + 1] = sum;
-    stats[block * 4 + 2] = linear;
-    stats[block * 4 + 3] = mass;
-}
-""",
-        name="arrayloss_cross_entropy_row_stats",
-        preamble=preamble("al::compute_of<X>::type") + _CE_STATS_PUSH,
-    )
-
-
-# Each thread of the row kernels finishes one row r = i: merges its parts in order, checks
-# and reads its target, and leaves (max, log sum, scale, on_target) in row_info for the
-# gradient kernel.
-_CE_ROW = """
-const long long row = i;
-A top = al::minus_infinity(A(0));
-A sum = 0;
-double linear = 0;
-double mass = 0;
-for (long long part = 0; part < splits; ++part) {
-    const long long at = (row * splits + part) * 4;
-    al::lse_merge(top, sum, A(stats[at]), A(stats[at + 1]));
-    linear += stats[at + 2];
-    mass += stats[at + 3];
-}
-const A log_sum = log(sum);
-A value = 0;
-A weight = 0;
-A scale = 0;
-A on_target = 0;
-if (probabilities) {
-    value = al::ce_probability_loss(top, log_sum, mass, linear);
-    weight = 1;
-    scale = A(mass);
-} else {
-    const long long cls = al::nll_class(static_cast<long long>(t[row]), n_classes,
-                                        ignore_index, ignore_matches);
-    if (check && cls == al::NLL_OUT_OF_RANGE) al::record_invalid(&invalid[0], row);
-    if (cls >= 0) {
-        const A target_logit =
-            A(x[((row / spatial) * n_classes + cls) * spatial + row % spatial]);
-        weight = has_weight ? A(w[cls]) : A(1);
-        value = al::ce_index_loss(target_logit, top, log_sum, weight, smoothing, n_classes,
-                                  mass, linear);
-        on_target = A(1 - smoothing) * weight;
-        scale = on_target + A(smoothing / static_cast<double>(n_classes) * mass);
-    }
-}
-row_info[row * 4] = top;
-row_info[row * 4 + 1] = log_sum;
-row_info[row * 4 + 2] = scale;
-row_info[row * 4 + 3] = on_target;
-"""
-
-_CE_ROW_INPUTS = ("raw float64 stats, raw X x, raw I t, raw W w, int64 n_classes, "
-                  "int64 spatial, int64 splits, float64 smoothing, int64 ignore_index, "
-                  "int32 ignore_matches, int32 has_weight, int32 probabilities, int32 check")
-
-
-@kernel_factory
-def ce_rows() -> cupy.ElementwiseKernel:
-    """Per-row loss (``reduction='none'``) and the rows' gradient factors."""
-    return cupy.ElementwiseKernel(
-        _CE_ROW_INPUTS,
-        "R loss, raw A row_info, raw uint64 invalid",
-        _CE_ROW + "loss = R(value);",
-        name="arrayloss_cross_entropy_rows",
-        preamble=header(),
-    )
-
-
-@kernel_factory
-def ce_rows_partials() -> cupy.ElementwiseKernel:
-    """Per-block sums of the rows' losses and target weights, and the rows' gradient factors."""
-    return cupy.ElementwiseKernel(
-        _CE_ROW_INPUTS,
-        "raw A loss_partials, raw A weight_partials, raw A row_info, raw uint64 invalid",
-        _CE_ROW + "thread_loss += value;\nthread_weight += weight;",
-        name="arrayloss_cross_entropy_rows_partials",
-        preamble=header(),
-        loop_prep=LOSS_AND_WEIGHT_PREP,
-        after_loop=LOSS_AND_WEIGHT_PARTIALS,
-    )
-
-
-# One gradient entry from its loaded logit, class weight and (probability) target.
-_CE_GRAD = f"\n#define CE_BATCH {CE_BATCH}\n" + """
-#define CE_GRAD(VALUE, WEIGHT, TARGET, COLUMN) (upstream * al::ce_grad_element( \\
-    (VALUE), top, log_sum, scale, \\
-    probabilities ? (WEIGHT) * al::ce_smoothed((TARGET), smoothing, n_classes) \\
-                  : ((COLUMN) == cls ? on_target : A(0)), \\
-    probabilities ? A(0) : spread_share * (WEIGHT)))
-"""
-
-
-@kernel_factory
-def ce_grad() -> cupy.ElementwiseKernel:
-    """The gradient, each entry written once (over ``x`` itself when ``grad`` is ``x``: each
-    thread reads an entry before it writes it).
-
-    ``upstream_mode`` as in :func:`.nll.nll_backward`; a ``'mean'`` divides by ``total[1]`` (the
-    total target weight) for index targets and by ``divisor`` for probability targets.
-    """
-    return cupy.ElementwiseKernel(
-        "raw X x, raw Q q, raw W w, raw I t, raw A row_info, raw G g, raw T total, "
-        "float64 g_scalar, float64 divisor, int64 n_classes, int64 spatial, int64 chunk, "
-        "int64 splits, float64 smoothing, int64 ignore_index, int32 ignore_matches, "
-        "int32 has_weight, int32 probabilities, int32 upstream_mode, int32 reduction",
-        "raw R grad",
-        _CE_ROW_MAP + """
-const A top = row_info[row * 4];
-const A log_sum = row_info[row * 4 + 1];
-const A scale = row_info[row * 4 + 2];
-const A on_target = row_info[row * 4 + 3];
-A upstream = upstream_mode == 0 ? A(g_scalar) : upstream_mode == 1 ? A(g[0]) : A(g[row]);
-long long cls = -1;
-if (!probabilities) {
-    cls = al::nll_class(static_cast<long long>(t[row]), n_classes, ignore_index,
-                        ignore_matches);
-    if (reduction == al::REDUCE_MEAN) upstream = upstream / A(total[1]);
-    if (cls < 0) upstream = 0;  // ignored (or invalid): no gradient, even where G is inf
-} else if (reduction == al::REDUCE_MEAN) {
-    upstream = upstream / A(divisor);
-}
-const A spread_share = A(smoothing / static_cast<double>(n_classes));
-const long long stride = blockDim.x;
-long long c = begin + threadIdx.x;
-// Batches of CE_BATCH columns: all their loads first, then the arithmetic, then the stores,
-// so no load waits on a store (``grad`` may be ``x``: each thread writes only the entries it
-// has read).
-for (; c + (CE_BATCH - 1) * stride < end; c += CE_BATCH * stride) {
-    A values[CE_BATCH];
-    A weights[CE_BATCH];
-    A targets[CE_BATCH];
-#pragma unroll
-    for (int k = 0; k < CE_BATCH; ++k) {
-        const long long at = base + (c + k * stride) * spatial;
-        values[k] = A(x[at]);
-        weights[k] = has_weight ? A(w[c + k * stride]) : A(1);
-        targets[k] = probabilities ? A(q[at]) : A(0);
-    }
-#pragma unroll
-    for (int k = 0; k < CE_BATCH; ++k) {
-        values[k] = CE_GRAD(values[k], weights[k], targets[k], c + k * stride);
-    }
-#pragma unroll
-    for (int k = 0; k < CE_BATCH; ++k) grad[base + (c + k * stride) * spatial] = R(values[k]);
-}
-for (; c < end; c += stride) {
-    const long long at = base + c * spatial;
-    grad[at] = R(CE_GRAD(A(x[at]), has_weight ? A(w[c]) : A(1),
-                         probabilities ? A(q[at]) : A(0), c));
-}
-""",
-        name="arrayloss_cross_entropy_grad",
-        preamble=header() + _CE_GRAD,
-    )

@@ -129,10 +129,10 @@ def _run(name: str, source: str, entry: int, entries: list[str], grid: int, bloc
          buffers: list[bytes], flush_to_zero: bool, raw_module: bool = False,
          reads: list[Any] | None = None, writes: list[Any] | None = None,
          read_names: list[str] | None = None, write_names: list[str] | None = None,
-         size: int = 0) -> None:
+         size: int = 0, options: tuple[str, ...] = ()) -> None:
     digest = hashlib.sha256(source.encode()).hexdigest()[:20]
     if digest not in COUNTERS.sources and _nvrtc.unavailable() is None:
-        _nvrtc.compile_for_device(source, tuple(entries) if raw_module else ())
+        _nvrtc.compile_for_device(source, tuple(entries) if raw_module else (), options)
     COUNTERS.sources.setdefault(digest, source)
     COUNTERS.launches[name] = COUNTERS.launches.get(name, 0) + 1
     COUNTERS.record(name, reads or [], writes or [], digest, read_names, write_names)
@@ -223,14 +223,15 @@ def launch_elementwise(kernel: Any, args: tuple[Any, ...], size: int = -1,
     buffers.append(_indexer_bytes(shape))
     source = _kernel._get_elementwise_kernel_code(
         tuple(infos), type_map, params, kernel.operation, kernel.name, kernel.preamble,
-        **kernel.kwargs)
+        **{key: value for key, value in kernel.kwargs.items() if key != "options"})
     total = math.prod(shape)
     grid = min(0x7FFFFFFF, -(-total // block_size))
     block = min(block_size, total)
     _run(kernel.name, source, 0, [kernel.name], grid, block, buffers, _flush_to_zero(inout),
          reads=list(in_args), writes=out_args,
          read_names=[p.name for p in kernel.in_params],
-         write_names=[p.name for p in kernel.out_params], size=total)
+         write_names=[p.name for p in kernel.out_params], size=total,
+         options=tuple(kernel.kwargs.get("options", ())))
     for arg in out_args:
         arg._buffer.written = True
     return None

@@ -37,20 +37,25 @@ def unavailable() -> str | None:
     return None
 
 
-def compile_for_device(source: str, name_expressions: tuple[str, ...] = ()) -> None:
-    """Compile ``source`` as CuPy would for each architecture; raises with NVRTC's log."""
+def compile_for_device(source: str, name_expressions: tuple[str, ...] = (),
+                       kernel_options: tuple[str, ...] = ()) -> None:
+    """Compile ``source`` as CuPy would for each architecture, with the kernel's own NVRTC
+    ``kernel_options`` (``ElementwiseKernel(options=...)``); raises with NVRTC's log."""
     from cupy._core import core
     from cupy.cuda import compiler
 
     digest = hashlib.sha256(source.encode()).hexdigest()[:32]
-    marker = _compiler.cache_dir() / f"{digest}.nvrtc"
+    # The options are part of what is compiled (a kernel's are fixed by its factory).
+    suffix = hashlib.sha256(" ".join(kernel_options).encode()).hexdigest()[:8] \
+        if kernel_options else ""
+    marker = _compiler.cache_dir() / f"{digest}{suffix}.nvrtc"
     if digest in compiled:
         return
     with contextlib.suppress(OSError, ValueError):  # an empty marker: compiled before
         resources[digest] = json.loads(marker.read_text())  # resources were recorded
         compiled.add(digest)
         return
-    options = core.assemble_cupy_compiler_options(("-ftz=true",))
+    options = (*core.assemble_cupy_compiler_options(("-ftz=true",)), *kernel_options)
     if name_expressions:  # a RawModule: its code as written
         text = source
     else:  # an ElementwiseKernel: CuPy prepends its headers

@@ -272,10 +272,27 @@ inline T shuffle_from(T value, unsigned int source_lane) {
 }
 }  // namespace hostcuda
 
+// `width` (a power of two up to 32) splits the warp into segments, as in CUDA: a source lane
+// past the end of the thread's own segment gives the thread's own value.
 template <typename T>
-inline T __shfl_down_sync(unsigned int /*mask*/, T value, unsigned int delta) {
-    return ::hostcuda::shuffle_from(value, (::hostcuda::thread_index.x & 31u) + delta);
+inline T __shfl_down_sync(unsigned int /*mask*/, T value, unsigned int delta, int width = 32) {
+    const unsigned int lane = ::hostcuda::thread_index.x & 31u;
+    const unsigned int in_segment = lane & static_cast<unsigned int>(width - 1);
+    return ::hostcuda::shuffle_from(value, in_segment + delta < static_cast<unsigned int>(width)
+                                               ? lane + delta : lane);
 }
+
+template <typename T>
+inline T __shfl_xor_sync(unsigned int /*mask*/, T value, int lane_mask, int width = 32) {
+    const unsigned int lane = ::hostcuda::thread_index.x & 31u;
+    const unsigned int source = lane ^ static_cast<unsigned int>(lane_mask);
+    const unsigned int segment_end = (lane & ~static_cast<unsigned int>(width - 1)) + width;
+    return ::hostcuda::shuffle_from(value, source < segment_end ? source : lane);
+}
+
+// A warp barrier, as a block barrier: like the shuffles, for code that calls it in every
+// thread of the block at the same point (which orders memory at least as strongly).
+inline void __syncwarp(unsigned int /*mask*/ = 0xffffffffu) { ::hostcuda::syncthreads(); }
 inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
 
 template <typename T>
