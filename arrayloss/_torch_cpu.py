@@ -141,8 +141,9 @@ def _numpy_views(torch: Any, args: tuple[Any, ...], kwargs: dict[str, Any], reco
     tensor_type = torch.Tensor
     if not any(isinstance(value, tensor_type) for value in (*args, *kwargs.values())):
         return None
-    if not use_fused.get() or torch.compiler.is_compiling() or _transforms_active(torch):
-        return None  # fused_kernels(False): the generic code on the tensors
+    # Dynamo traces no ContextVar: the compiling check comes first.
+    if torch.compiler.is_compiling() or _transforms_active(torch) or not use_fused.get():
+        return None  # and fused_kernels(False): the generic code on the tensors
     check_grad = records and torch.is_grad_enabled()
     viewable = _viewable_dtypes(torch)
     tensors: dict[int, Any] = {}

@@ -514,13 +514,15 @@ def test_torch_cuda_tensors_reach_the_device_backend_through_the_bridge(
     torch = pytest.importorskip("torch")
     from test_torch_cuda import StandIn
 
-    from arrayloss import _dispatch, _torch_cuda
+    from arrayloss import _dispatch, _torch_cpu, _torch_cuda
 
     recorder = StandIn()
     bridge = _torch_cuda.Bridge("linear_cross_entropy", recorder.device(),
                                 on_device=lambda tensor: True)
     monkeypatch.setattr(_torch_cuda, "cupy_available", lambda: True)
     monkeypatch.setattr(_dispatch, "_torch_bridge", lambda loss: bridge)
+    # The stand-in's "device" tensors are CPU tensors: keep them off the NumPy lane.
+    monkeypatch.setattr(_torch_cpu, "_numpy_views", lambda *arguments: None)
     data = _data(17)
     h, W, b, t = (torch.tensor(data[k]) for k in ("h", "W", "b", "t"))
     kwargs = {"linear_bias": b, "z_loss": 0.01, "chunk_size": 8}

@@ -17,7 +17,7 @@ import pytest
 from array_api_compat import array_namespace
 
 import arrayloss as al
-from arrayloss import _dispatch, _registry, _torch_cuda
+from arrayloss import _dispatch, _registry, _torch_cpu, _torch_cuda
 
 torch = pytest.importorskip("torch")
 
@@ -80,6 +80,9 @@ def stand_in(monkeypatch: pytest.MonkeyPatch) -> StandIn:
                             "binary_cross_entropy_with_logits")}
     monkeypatch.setattr(_torch_cuda, "cupy_available", lambda: True)
     monkeypatch.setattr(_dispatch, "_torch_bridge", lambda loss: bridges[loss])
+    # CPU tensors count as on the device here, so the NumPy lane a CPU tensor's call takes
+    # before validation (_torch_cpu.numpy_first) must not take them first.
+    monkeypatch.setattr(_torch_cpu, "_numpy_views", lambda *arguments: None)
     return recorder
 
 

@@ -101,16 +101,18 @@ def _layout(call: CrossEntropyCall) -> _Layout:
                         -(-_TARGET_BLOCKS // rows)))
     chunk = -(-n_classes // splits)
     splits = -(-n_classes // chunk)
+    # Every array flat (the kernels index them by their row-major position): the generated
+    # source is then the same whatever the call's number of dimensions.
     if call.probabilities:
         mode = CE_MODE_PROBABILITIES
-        target = cupy.ascontiguousarray(call.target)
+        target = cupy.ascontiguousarray(call.target).reshape(-1)
         ignore_matches = 0
     else:
         mode = CE_MODE_SMOOTHED_INDEX if call.label_smoothing else CE_MODE_INDEX
         target = cupy.ascontiguousarray(call.target).reshape(rows)
         limits = np.iinfo(target.dtype)
         ignore_matches = int(limits.min <= call.ignore_index <= limits.max)
-    input = cupy.ascontiguousarray(call.input)
+    input = cupy.ascontiguousarray(call.input).reshape(-1)
     return _Layout(
         input=input, target=target,
         weight=input if call.weight is None else cupy.ascontiguousarray(call.weight),
@@ -168,7 +170,7 @@ def _grad(call: CrossEntropyCall, layout: _Layout, row_info: cupy.ndarray,
     else:
         upstream_mode, upstream, upstream_scalar = 1, grad_output.reshape(1), 0.0
     direct = out is not None and out.flags.c_contiguous
-    grad = out if direct else cupy.empty(layout.input.shape, dtype=call.input.dtype)
+    grad = out.reshape(-1) if direct else cupy.empty(layout.input.shape, dtype=call.input.dtype)
     probabilities_or_input = layout.target if call.probabilities else layout.input
     indices = layout.input if call.probabilities else layout.target
     ce_grad()(

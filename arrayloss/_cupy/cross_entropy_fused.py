@@ -180,7 +180,7 @@ def run(call: CrossEntropyCall, layout: Any, grad_output: Array | float, out: An
     else:
         upstream_mode, upstream, upstream_scalar = 1, grad_output.reshape(1), 0.0
     direct = out is not None and out.flags.c_contiguous
-    grad = out if direct else cupy.empty(layout.input.shape, dtype=call.input.dtype)
+    grad = out.reshape(-1) if direct else cupy.empty(layout.input.shape, dtype=call.input.dtype)
     in_place = direct and out.data.ptr == layout.input.data.ptr
     launch = _plan_for(call, layout.rows, in_place)
     row_dtype = call.dtype if call.reduction == "none" else compute

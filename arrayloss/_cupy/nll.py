@@ -60,11 +60,16 @@ def _layout(call: NLLCall) -> _Layout:
     if input.ndim == 1:
         input, target = input.reshape(1, call.n_classes), target.reshape(1)
     limits = np.iinfo(target.dtype)
+    spatial = math.prod(input.shape[2:])
+    if input.flags.c_contiguous:
+        # Flat (the kernels index it by its row-major position): the generated source is then
+        # the same whatever the call's number of dimensions.  A strided input stays as it is.
+        input = input.reshape(-1)
     return _Layout(
         input=input,
         target=target,
         weight=input if call.weight is None else cupy.ascontiguousarray(call.weight),
-        spatial=math.prod(input.shape[2:]),
+        spatial=spatial,
         ignore_matches=int(limits.min <= call.ignore_index <= limits.max),
     )
 
@@ -103,7 +108,7 @@ def _grad_input(call: NLLCall, layout: _Layout, grad_output: Array | float,
         upstream_mode, upstream, upstream_scalar = 1, grad_output.reshape(1), 0.0
     if total_weight is None:
         total_weight = layout.weight  # read for 'mean' only; any initialised array will do
-    grad = cupy.empty(layout.input.shape, dtype=call.dtype)
+    grad = cupy.empty(call.input.shape, dtype=call.dtype).reshape(-1)
     if check and grad.size == 0 and layout.target.size:
         # No gradient entries (C == 0) means no thread to check the targets: let the
         # forward pass do it.
