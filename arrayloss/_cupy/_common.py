@@ -32,3 +32,15 @@ def first_invalid(flag: cupy.ndarray) -> int | None:
     """The flat index a kernel recorded, or None: the one device-to-host read of a checked call."""
     index = int(flag.get()[0])
     return None if index == _kernels.NO_INVALID else index
+
+
+def upstream_arguments(grad_output: Any, reduction: str, stand_in: cupy.ndarray
+                       ) -> tuple[int, cupy.ndarray, float]:
+    """The gradient kernels' ``(upstream_mode, upstream, upstream_scalar)``: mode 0 for a
+    Python float (``stand_in``, never read, as the array), 1 for a reduced loss's 0-d array,
+    2 for ``'none'``'s per-element upstream, flat."""
+    if isinstance(grad_output, float):
+        return 0, stand_in, grad_output
+    if reduction == "none":
+        return 2, cupy.ascontiguousarray(grad_output).reshape(-1), 0.0
+    return 1, grad_output.reshape(1), 0.0

@@ -29,7 +29,7 @@ from .._agnostic import cross_entropy as generic
 from .._class_calls import CrossEntropyCall
 from . import cross_entropy_fused as fused
 from . import nll, reduce
-from ._common import compute_dtype, invalid_flag
+from ._common import compute_dtype, invalid_flag, upstream_arguments
 from ._kernels import REDUCE_BLOCK
 from .cross_entropy_kernels import ce_grad, ce_row_stats, ce_rows, ce_rows_partials
 
@@ -162,13 +162,8 @@ def _rows(call: CrossEntropyCall, layout: _Layout, check: bool,
 def _grad(call: CrossEntropyCall, layout: _Layout, row_info: cupy.ndarray,
           grad_output: Array | float, totals: cupy.ndarray | None,
           out: Any) -> cupy.ndarray:
-    if isinstance(grad_output, float):
-        upstream_mode, upstream, upstream_scalar = 0, row_info, grad_output
-    elif call.reduction == "none":
-        upstream_mode, upstream_scalar = 2, 0.0
-        upstream = cupy.ascontiguousarray(grad_output).reshape(-1)
-    else:
-        upstream_mode, upstream, upstream_scalar = 1, grad_output.reshape(1), 0.0
+    upstream_mode, upstream, upstream_scalar = upstream_arguments(grad_output, call.reduction,
+                                                                  row_info)
     direct = out is not None and out.flags.c_contiguous
     grad = out.reshape(-1) if direct else cupy.empty(layout.input.shape, dtype=call.input.dtype)
     probabilities_or_input = layout.target if call.probabilities else layout.input

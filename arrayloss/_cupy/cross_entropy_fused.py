@@ -44,7 +44,7 @@ import cupy
 from .._agnostic import cross_entropy as generic
 from .._class_calls import CrossEntropyCall
 from . import nll, reduce
-from ._common import compute_dtype, invalid_flag
+from ._common import compute_dtype, invalid_flag, upstream_arguments
 from ._kernels import REDUCE_BLOCK
 from .cross_entropy_fused_kernels import MAX_ROW_THREADS, ce_finish, ce_fused, ce_targets
 from .cross_entropy_kernels import CE_BATCH
@@ -172,13 +172,8 @@ def run(call: CrossEntropyCall, layout: Any, grad_output: Array | float, out: An
         ce_targets()(layout.target, layout.weight, call.n_classes, call.ignore_index,
                      layout.ignore_matches, has_weight, int(checked), partials, flag,
                      size=layout.rows, block_size=REDUCE_BLOCK)
-    if isinstance(grad_output, float):
-        upstream_mode, upstream, upstream_scalar = 0, layout.input, grad_output
-    elif call.reduction == "none":
-        upstream_mode, upstream_scalar = 2, 0.0
-        upstream = cupy.ascontiguousarray(grad_output).reshape(-1)
-    else:
-        upstream_mode, upstream, upstream_scalar = 1, grad_output.reshape(1), 0.0
+    upstream_mode, upstream, upstream_scalar = upstream_arguments(grad_output, call.reduction,
+                                                                  layout.input)
     direct = out is not None and out.flags.c_contiguous
     grad = out.reshape(-1) if direct else cupy.empty(layout.input.shape, dtype=call.input.dtype)
     in_place = direct and out.data.ptr == layout.input.data.ptr

@@ -22,7 +22,7 @@ import numpy as np
 from .._class_calls import NLLCall
 from .._validation import target_out_of_range_error
 from . import reduce
-from ._common import compute_dtype, first_invalid, invalid_flag
+from ._common import compute_dtype, first_invalid, invalid_flag, upstream_arguments
 from ._kernels import (
     LOSS_AND_WEIGHT_PARTIALS,
     LOSS_AND_WEIGHT_PREP,
@@ -99,13 +99,8 @@ def _totals(call: NLLCall, layout: _Layout, check: bool, flag: cupy.ndarray) -> 
 def _grad_input(call: NLLCall, layout: _Layout, grad_output: Array | float,
                 total_weight: cupy.ndarray | None, check: bool,
                 flag: cupy.ndarray) -> cupy.ndarray:
-    if isinstance(grad_output, float):
-        upstream_mode, upstream, upstream_scalar = 0, layout.input, grad_output
-    elif call.reduction == "none":
-        upstream_mode, upstream_scalar = 2, 0.0
-        upstream = cupy.ascontiguousarray(grad_output).reshape(-1)
-    else:
-        upstream_mode, upstream, upstream_scalar = 1, grad_output.reshape(1), 0.0
+    upstream_mode, upstream, upstream_scalar = upstream_arguments(grad_output, call.reduction,
+                                                                  layout.input)
     if total_weight is None:
         total_weight = layout.weight  # read for 'mean' only; any initialised array will do
     grad = cupy.empty(call.input.shape, dtype=call.dtype).reshape(-1)
