@@ -45,9 +45,10 @@ from typing import Any
 
 import numpy as np
 
-from arrayloss import _torch_cuda
+from arrayloss import _torch_cpu, _torch_cuda
 
 from .cases import Case, make_inputs, model_bytes
+from .timing import tracked_cupy_pool
 
 RECORDS = "check.jsonl"
 SUMMARY = "summary.md"
@@ -240,11 +241,14 @@ class Platform:
             bridges = {loss: _torch_cuda.Bridge(loss, device, on_device=lambda tensor: True)
                        for loss in losses}
             # Every torch tensor reaches the bridges through _torch_bridge (CPU tensors too,
-            # which stand in for CUDA ones here).
+            # which stand in for CUDA ones here), and none takes the NumPy lane a CPU
+            # tensor's call takes before validation.
             saved += [(_torch_cuda, "cupy_available", _torch_cuda.cupy_available),
-                      (_dispatch, "_torch_bridge", _dispatch._torch_bridge)]
+                      (_dispatch, "_torch_bridge", _dispatch._torch_bridge),
+                      (_torch_cpu, "_numpy_views", _torch_cpu._numpy_views)]
             _torch_cuda.cupy_available = lambda: True  # type: ignore[assignment]
             _dispatch._torch_bridge = bridges.__getitem__  # type: ignore[assignment]
+            _torch_cpu._numpy_views = lambda *arguments: None  # type: ignore[assignment]
         else:
             for loss in losses:
                 fused = importlib.import_module(f"arrayloss._cupy.{loss}")
@@ -281,28 +285,15 @@ def peak_device_bytes(call: Call) -> int:
     import cupy
     import torch
 
-    pool = cupy.get_default_memory_pool()
-    cupy.cuda.get_current_stream().synchronize()
     torch.cuda.synchronize()
-    cupy_base, torch_base = pool.used_bytes(), torch.cuda.memory_allocated()
-    cupy_peak = cupy_base
+    torch_base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-
-    def tracking_malloc(size: int) -> Any:
-        nonlocal cupy_peak
-        memory = pool.malloc(size)
-        cupy_peak = max(cupy_peak, pool.used_bytes())
-        return memory
-
-    cupy.cuda.set_allocator(tracking_malloc)
-    try:
+    with tracked_cupy_pool() as cupy_peak:
         result = call()
         del result
         cupy.cuda.get_current_stream().synchronize()
         torch.cuda.synchronize()
-    finally:
-        cupy.cuda.set_allocator(pool.malloc)
-    return (cupy_peak - cupy_base) + (torch.cuda.max_memory_allocated() - torch_base)
+    return cupy_peak() + (torch.cuda.max_memory_allocated() - torch_base)
 
 
 # ------------------------------------------------------------------ calls

@@ -189,8 +189,10 @@ def time_cpu_interleaved(calls: dict[str, Sequence[Call]], peaks: dict[str, Call
     return timings
 
 
-def _cupy_peak(call: Call) -> int:
-    """Peak extra device memory of one call, through a tracking allocator on CuPy's pool."""
+@contextlib.contextmanager
+def tracked_cupy_pool() -> Iterator[Callable[[], int]]:
+    """CuPy's default pool behind a tracking allocator, inside the block: yields a function
+    that gives the peak extra bytes since the block began (after it, too)."""
     import cupy
 
     pool = cupy.get_default_memory_pool()
@@ -206,11 +208,17 @@ def _cupy_peak(call: Call) -> int:
 
     cupy.cuda.set_allocator(tracking_malloc)
     try:
-        result = call()
-        del result
+        yield lambda: peak - baseline
     finally:
         cupy.cuda.set_allocator(pool.malloc)
-    return peak - baseline
+
+
+def _cupy_peak(call: Call) -> int:
+    """Peak extra device memory of one call, through a tracking allocator on CuPy's pool."""
+    with tracked_cupy_pool() as peak:
+        result = call()
+        del result
+    return peak()
 
 
 def _torch_peak(call: Call) -> int:
