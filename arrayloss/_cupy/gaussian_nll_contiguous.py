@@ -1,0 +1,540 @@
+"""Gaussian NLL kernels for C-contiguous inputs: several elements per thread, vector loads.
+
+:mod:`.gaussian_nll` sends a call here when ``input`` and ``target`` are C-contiguous arrays of
+the loss's shape and ``var`` is a Python number, a C-contiguous array of the loss's shape
+(*flat* kernels) or a C-contiguous one-per-row variance of shape ``(..., 1)`` against
+``(..., D)`` (*row* kernels).  Every other layout keeps the general kernels there.
+
+* **Chunks.**  Elements are taken ``width`` at a time, ``width = 16 // the largest itemsize``
+  of the arrays read or written element by element, so one chunk of each is at most 16 bytes.
+  When every such pointer is a multiple of its chunk's bytes (checked on the host) a chunk is
+  one vector load or store; otherwise the *scalar* variant loads it element by element.  The
+  two variants give each thread the same elements in the same order, so they give the same
+  bits.  All loads of a chunk are issued before any branch on their values.
+* **Flat kernels.**  A grid-stride loop over chunks, at most :data:`MAX_BLOCKS` blocks (so the
+  partials need no fold before the second pass), at least :data:`CHUNKS_PER_THREAD` chunks per
+  thread.  A last partial chunk goes to the thread whose next chunk it would be, last in its
+  order.
+* **Row kernels.**  ``lanes`` consecutive threads of a warp share a row (a power of two up to
+  32, the fewest that cover its chunks), and the row's variance, clamp and weight are computed
+  once.  ``grad_var`` is the sum over the row's elements, each lane's chunks in order and then
+  a fixed shuffle tree over the lanes: one value per row is written, no scratch of the loss's
+  shape.  Every thread of a block runs the same number of row iterations (shuffles are called
+  by whole warps).
+* Per-thread setup (conversions of the double options, a scalar variance's clamp and weight,
+  the upstream factor) is done once, before the loop.  Sums are in the compute type ``A``
+  (float for float32 and narrower): each thread's elements in order, then
+  :func:`~._kernels.block_partial`'s fixed tree, then :func:`.reduce.finish`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import cupy
+
+from . import reduce
+from ._kernels import REDUCE_BLOCK, block_partial, header, kernel_factory
+
+Array = Any
+
+#: At most this many blocks: their partials go to the second pass without a fold.
+MAX_BLOCKS = reduce.FOLD_ABOVE
+#: A flat kernel gives each thread at least this many chunks (when there are enough).
+CHUNKS_PER_THREAD = 2
+#: Bytes of the widest load or store (``ld.global.v4``).
+VECTOR_BYTES = 16
+
+OPERATIONS = ("forward", "partials", "backward", "loss_and_grad")
+
+
+@dataclass
+class Layout:
+    """How a call's arrays are laid out, as far as these kernels care."""
+
+    #: ``"flat"`` (scalar or full variance) or ``"rows"`` (one variance per row).
+    kind: str
+    #: Elements per chunk.
+    width: int
+    #: Elements of the loss, and (rows only) the row length.
+    numel: int
+    columns: int
+
+
+def _itemsize(array: Array) -> int:
+    return int(array.dtype.itemsize)
+
+
+def layout(call: Any, upstream: Array | float | None = None) -> Layout | None:
+    """The layout these kernels take for ``call`` (and an array ``upstream``), or None.
+
+    ``upstream`` may be a number, a 0-d array or a C-contiguous array of the loss's shape.
+    """
+    shape = call.loss_shape
+    numel = call.numel
+    if numel == 0:
+        return None
+    chunked = [call.input, call.target]
+    for array in chunked:
+        if tuple(array.shape) != shape or not array.flags.c_contiguous:
+            return None
+    if upstream is not None and not isinstance(upstream, float) and upstream.ndim:
+        if tuple(upstream.shape) != shape or not upstream.flags.c_contiguous:
+            return None
+        chunked.append(upstream)
+    var = call.var
+    if isinstance(var, float):
+        kind = "flat"
+    elif not var.flags.c_contiguous:
+        return None
+    elif tuple(var.shape) == shape:
+        kind = "flat"
+        chunked.append(var)
+    elif shape and tuple(var.shape) == (*shape[:-1], 1):
+        kind = "rows"
+    else:
+        return None
+    # The outputs are of the loss's dtype or an argument's, no wider than the widest input.
+    widest = max([_itemsize(array) for array in chunked] + [call.dtype.itemsize])
+    width = max(VECTOR_BYTES // widest, 1)
+    return Layout(kind=kind, width=width, numel=numel,
+                  columns=shape[-1] if kind == "rows" else 1)
+
+
+def aligned(arrays: list[Array], plan: Layout) -> bool:
+    """Whether every array read or written by chunks starts on its chunk's bytes (and, for
+    rows, every row does), so that each chunk is one vector access."""
+    if plan.kind == "rows" and plan.columns % plan.width:
+        return False
+    return all(array.data.ptr % (plan.width * _itemsize(array)) == 0 for array in arrays)
+
+
+def launch_threads(plan: Layout) -> tuple[int, int]:
+    """``(threads, lanes)``: the launch's thread count (whole blocks) and lanes per row."""
+    if plan.kind == "flat":
+        chunks = -(-plan.numel // plan.width)
+        blocks = -(-chunks // (REDUCE_BLOCK * CHUNKS_PER_THREAD))
+        lanes = 1
+    else:
+        chunks_per_row = -(-plan.columns // plan.width)
+        lanes = min(32, 1 << max(chunks_per_row - 1, 0).bit_length())
+        rows = plan.numel // plan.columns
+        blocks = -(-rows // (REDUCE_BLOCK // lanes))
+    return REDUCE_BLOCK * max(1, min(MAX_BLOCKS, blocks)), lanes
+
+
+def partial_count(threads: int) -> int:
+    """The partials a launch of ``threads`` writes: one per block."""
+    return threads // REDUCE_BLOCK
+
+
+# ------------------------------------------------------------------ the kernels
+
+_HELPERS = r"""
+namespace al {
+// `N` elements of `T` that one vector instruction loads or stores (N * sizeof(T) <= 16).
+template <typename T, int N>
+struct alignas(sizeof(T) * N) chunk_of {
+    T v[N];
+};
+
+template <int N, typename T>
+__device__ __forceinline__ void load_chunk(const T* from, T (&to)[N]) {
+    const chunk_of<T, N> chunk = *reinterpret_cast<const chunk_of<T, N>*>(from);
+#pragma unroll
+    for (int k = 0; k < N; ++k) to[k] = chunk.v[k];
+}
+
+template <int N, typename T>
+__device__ __forceinline__ void store_chunk(T* to, const T (&from)[N]) {
+    chunk_of<T, N> chunk;
+#pragma unroll
+    for (int k = 0; k < N; ++k) chunk.v[k] = from[k];
+    *reinterpret_cast<chunk_of<T, N>*>(to) = chunk;
+}
+
+// The sum of `value` over each segment of `width` lanes (a power of two up to 32), in the
+// segment's first lane: lane i adds lane i + offset for offsets width / 2, ..., 1, a fixed
+// order.  Every lane of the warp must call it.
+template <typename A>
+__device__ __forceinline__ A segment_sum(A value, int width) {
+    for (int offset = width >> 1; offset > 0; offset >>= 1) {
+        value += __shfl_down_sync(0xffffffffu, value, offset);
+    }
+    return value;
+}
+}  // namespace al
+"""
+
+
+def _preamble(compute_type: str | None) -> str:
+    text = header() + _HELPERS
+    return text if compute_type is None else f"{text}\ntypedef {compute_type} A;\n"
+
+
+def _has_partials(operation: str) -> bool:
+    return operation in ("partials", "loss_and_grad")
+
+
+def _has_gradients(operation: str) -> bool:
+    return operation in ("backward", "loss_and_grad")
+
+
+def _parameters(operation: str, kind: str, scalar_var: bool, upstream: str) -> tuple[str, str]:
+    """(inputs, outputs) of a kernel; every kernel takes every option (unused ones cost
+    nothing), so that one signature serves the four operations."""
+    var = "float64 v" if scalar_var else "raw V v"
+    upstream_parameter = {"none": "", "number": ", float64 g", "device": ", raw G g",
+                          "array": ", raw G g"}[upstream]
+    inputs = (f"raw X x, raw T t, {var}{upstream_parameter}, int64 n, int64 columns, "
+              "int64 threads, int32 lanes, float64 eps, int32 log_var, float64 beta, "
+              "float64 constant, float64 divisor, int32 want, int32 check")
+    outputs = []
+    if operation == "forward":
+        outputs.append("raw R loss")
+    if _has_partials(operation):
+        outputs.append("raw A partials")
+    if _has_gradients(operation):
+        outputs.append("raw J grad_input, raw K grad_target")
+        if not scalar_var:
+            outputs.append("raw L grad_var")
+    outputs.append("raw uint64 invalid")
+    return inputs, ", ".join(outputs)
+
+
+@dataclass
+class _Shape:
+    """What the generated code of one kernel depends on."""
+
+    operation: str
+    kind: str  # "flat" or "rows"
+    scalar_var: bool
+    upstream: str  # "none", "number", "device", "array"
+    vector: bool
+    width: int
+
+    @property
+    def chunked_var(self) -> bool:
+        return self.kind == "flat" and not self.scalar_var
+
+    @property
+    def grad_var(self) -> bool:
+        return _has_gradients(self.operation) and not self.scalar_var
+
+
+def _setup(shape: _Shape) -> str:
+    lines = [
+        f"constexpr int WIDTH = {shape.width};",
+        "const A eps_value = A(eps);",
+        "const A constant_value = A(constant);",
+        "const A beta_value = A(beta);",
+        "const bool plain = beta == 0;  // the weight is exactly 1: a uniform branch",
+        "const X* __restrict__ x_data = &x[0];",
+        "const T* __restrict__ t_data = &t[0];",
+    ]
+    if not shape.scalar_var:
+        lines.append("const V* __restrict__ v_data = &v[0];")
+    else:
+        lines += ["const A scalar_term = al::gaussian_term(A(v), eps_value, log_var);",
+                  "const A scalar_weight = plain ? A(1) : "
+                  "al::beta_weight(scalar_term, beta_value, log_var);"]
+    if shape.upstream == "number":
+        lines.append("const A upstream_base = A(g) / A(divisor);")
+    elif shape.upstream == "device":
+        lines.append("const A upstream_base = A(g[0]) / A(divisor);")
+    elif shape.upstream == "array":
+        lines += ["const A divisor_value = A(divisor);", "const G* __restrict__ g_data = &g[0];"]
+    if shape.operation == "forward":
+        lines.append("R* __restrict__ loss_data = &loss[0];")
+    if _has_gradients(shape.operation):
+        lines += ["J* __restrict__ grad_input_data = &grad_input[0];",
+                  "K* __restrict__ grad_target_data = &grad_target[0];"]
+        if not shape.scalar_var:
+            lines.append("L* __restrict__ grad_var_data = &grad_var[0];")
+    return "\n".join(lines) + "\n"
+
+
+def _chunked(shape: _Shape) -> list[tuple[str, str, str]]:
+    """(local array, pointer, type) of every array read by chunks."""
+    arrays = [("xs", "x_data", "X"), ("ts", "t_data", "T")]
+    if shape.chunked_var:
+        arrays.append(("vs", "v_data", "V"))
+    if shape.upstream == "array":
+        arrays.append(("gs", "g_data", "G"))
+    return arrays
+
+
+def _written(shape: _Shape) -> list[tuple[str, str, str, str]]:
+    """(local array, pointer, type, want condition) of every array written by chunks."""
+    if shape.operation == "forward":
+        return [("losses", "loss_data", "R", "")]
+    if not _has_gradients(shape.operation):
+        return []
+    written = [("grad_inputs", "grad_input_data", "J", "want & 1"),
+               ("grad_targets", "grad_target_data", "K", "want & 2")]
+    if shape.chunked_var:
+        written.append(("grad_vars", "grad_var_data", "L", "want & 4"))
+    return written
+
+
+def _loads(shape: _Shape, vector: bool, count: str) -> str:
+    lines = [f"{kind} {local}[WIDTH];" for local, _, kind in _chunked(shape)]
+    lines += [f"{kind} {local}[WIDTH];" for local, _, kind, _ in _written(shape)]
+    for local, pointer, _ in _chunked(shape):
+        if vector:
+            lines.append(f"al::load_chunk<WIDTH>({pointer} + first, {local});")
+        else:
+            lines.append(f"for (int k = 0; k < {count}; ++k) {local}[k] = {pointer}[first + k];")
+    return "\n".join(lines) + "\n"
+
+
+def _stores(shape: _Shape, vector: bool, count: str) -> str:
+    lines = []
+    for local, pointer, _, condition in _written(shape):
+        store = (f"al::store_chunk<WIDTH>({pointer} + first, {local});" if vector else
+                 f"for (int k = 0; k < {count}; ++k) {pointer}[first + k] = {local}[k];")
+        lines.append(f"if ({condition}) {store}" if condition else store)
+    return "\n".join(lines) + "\n"
+
+
+def _element(shape: _Shape) -> str:
+    """One element ``k`` of a chunk starting at flat index ``first``."""
+    lines = ["const A input_value = A(xs[k]);", "const A target_value = A(ts[k]);"]
+    if shape.chunked_var:
+        lines += [
+            "const A var_value = A(vs[k]);",
+            "if (check && al::gaussian_var_is_invalid(var_value)) "
+            "al::record_invalid(&invalid[0], first + k);",
+            "const A term = al::gaussian_term(var_value, eps_value, log_var);",
+            "const A weight = plain ? A(1) : al::beta_weight(term, beta_value, log_var);",
+        ]
+    elif shape.scalar_var:
+        lines += ["const A term = scalar_term;", "const A weight = scalar_weight;"]
+    # (rows: term and weight are the row's, set before its chunks)
+    loss = ("weight * al::gaussian_element(input_value, target_value, term, constant_value, "
+            "log_var)")
+    if shape.operation == "forward":
+        lines.append(f"losses[k] = R({loss});")
+    if _has_partials(shape.operation):
+        lines.append(f"thread_total += {loss};")
+    if _has_gradients(shape.operation):
+        if shape.upstream == "array":
+            lines.append("const A upstream = A(gs[k]) / divisor_value * weight;")
+        elif shape.kind == "rows":
+            lines.append("const A upstream = row_upstream;")
+        else:
+            lines.append("const A upstream = upstream_base * weight;")
+        lines += [
+            "if (want & 3) {",
+            "    const A grad_diff = al::gaussian_element_grad_input(input_value, target_value,"
+            " term, upstream, log_var);",
+            "    grad_inputs[k] = J(grad_diff);",
+            "    grad_targets[k] = K(-grad_diff);",
+            "}",
+        ]
+        grad_var = ("al::gaussian_element_grad_var(input_value, target_value, term, upstream, "
+                    "log_var)")
+        if shape.chunked_var:
+            lines.append(f"if (want & 4) grad_vars[k] = L({grad_var});")
+        elif shape.grad_var:
+            lines.append(f"if (want & 4) row_grad += {grad_var};")
+    return "\n".join("    " + line for line in lines) + "\n"
+
+
+def _chunk(shape: _Shape, vector: bool, count: str, unrolled: bool) -> str:
+    loop = "#pragma unroll\n" if unrolled else ""
+    return (_loads(shape, vector, count)
+            + f"{loop}for (int k = 0; k < {count}; ++k) {{\n{_element(shape)}}}\n"
+            + _stores(shape, vector, count))
+
+
+def _flat_body(shape: _Shape) -> str:
+    return _setup(shape) + (
+        "const long long full_chunks = n / WIDTH;\n"
+        "long long chunk = i;\n"
+        "for (; chunk < full_chunks; chunk += threads) {\n"
+        "const long long first = chunk * WIDTH;\n"
+        + _chunk(shape, shape.vector, "WIDTH", True)
+        + "}\n"
+        "// The last partial chunk: its owner's next chunk, so last in that thread's order.\n"
+        "if (chunk == full_chunks && n > full_chunks * WIDTH) {\n"
+        "const long long first = full_chunks * WIDTH;\n"
+        "const int count = static_cast<int>(n - first);\n"
+        + _chunk(shape, False, "count", False)
+        + "}\n")
+
+
+def _rows_body(shape: _Shape) -> str:
+    upstream_row = ""
+    if _has_gradients(shape.operation) and shape.upstream != "array":
+        upstream_row = "const A row_upstream = upstream_base * weight;\n"
+    count = "WIDTH" if shape.vector else "count"
+    chunk_count = "" if shape.vector else (
+        "const long long left = columns - column;\n"
+        "const int count = left < WIDTH ? static_cast<int>(left) : WIDTH;\n")
+    grad_var = ""
+    if shape.grad_var:
+        grad_var = (
+            "if (want & 4) {  // uniform: every lane of the warp shuffles\n"
+            "    const A total = al::segment_sum(row_grad, lanes);\n"
+            "    if (active && lane == 0) grad_var_data[row] = L(total);\n"
+            "}\n")
+    return _setup(shape) + (
+        "const long long rows = n / columns;\n"
+        "const long long chunks_per_row = (columns + WIDTH - 1) / WIDTH;\n"
+        "const int lane = static_cast<int>(threadIdx.x) & (lanes - 1);\n"
+        "const long long rows_per_block = blockDim.x / lanes;\n"
+        "for (long long base = static_cast<long long>(blockIdx.x) * rows_per_block; "
+        "base < rows; base += static_cast<long long>(gridDim.x) * rows_per_block) {\n"
+        "const long long row = base + threadIdx.x / lanes;\n"
+        "const bool active = row < rows;\n"
+        "A row_grad = 0;\n"
+        "if (active) {\n"
+        "const A var_value = A(v_data[row]);\n"
+        "const bool invalid_row = check && al::gaussian_var_is_invalid(var_value);\n"
+        "const A term = al::gaussian_term(var_value, eps_value, log_var);\n"
+        "const A weight = plain ? A(1) : al::beta_weight(term, beta_value, log_var);\n"
+        + upstream_row
+        + "for (long long chunk = lane; chunk < chunks_per_row; chunk += lanes) {\n"
+        "const long long column = chunk * WIDTH;\n"
+        "const long long first = row * columns + column;\n"
+        + chunk_count
+        + _chunk(shape, shape.vector, count, shape.vector)
+        + "}\n"
+        "// Recorded after the row's loads, which an atomic before them would hold back.\n"
+        "if (invalid_row) al::record_invalid(&invalid[0], row * columns);\n"
+        "}\n"
+        + grad_var
+        + "}\n")
+
+
+def kernel_name(shape: _Shape) -> str:
+    """``arrayloss_gaussian_nll_{flat|rows}_{operation}[_scalar_var][_scalar_loads]``."""
+    return (f"arrayloss_gaussian_nll_{shape.kind}_{shape.operation}"
+            + ("_scalar_var" if shape.scalar_var else "")
+            + ("" if shape.vector else "_scalar_loads"))
+
+
+def _build(shape: _Shape) -> cupy.ElementwiseKernel:
+    inputs, outputs = _parameters(shape.operation, shape.kind, shape.scalar_var, shape.upstream)
+    body = _flat_body(shape) if shape.kind == "flat" else _rows_body(shape)
+    partials = _has_partials(shape.operation)
+    compute = "al::compute_of<X, T>::type" if shape.scalar_var else \
+        "al::compute_of<X, T, V>::type"
+    return cupy.ElementwiseKernel(
+        inputs, outputs, body, name=kernel_name(shape),
+        preamble=_preamble(None if partials else compute),
+        loop_prep="A thread_total = 0;" if partials else "",
+        after_loop=block_partial("thread_total", "partials") if partials else "",
+    )
+
+
+@kernel_factory
+def gaussian_flat(operation: str, scalar_var: bool, upstream: str, vector: bool,
+                  width: int) -> cupy.ElementwiseKernel:
+    """A flat kernel (scalar or full variance): ``operation`` is one of :data:`OPERATIONS`,
+    ``upstream`` ``"none"`` (forward), ``"number"``, ``"device"`` (0-d) or ``"array"``."""
+    return _build(_Shape(operation, "flat", scalar_var, upstream, vector, width))
+
+
+@kernel_factory
+def gaussian_rows(operation: str, upstream: str, vector: bool,
+                  width: int) -> cupy.ElementwiseKernel:
+    """A row kernel (one variance per row of the loss's last axis), as :func:`gaussian_flat`."""
+    return _build(_Shape(operation, "rows", False, upstream, vector, width))
+
+
+# ------------------------------------------------------------------ the launches
+
+
+def _upstream_kind(upstream: Array | float | None) -> str:
+    if upstream is None:
+        return "none"
+    if isinstance(upstream, float):
+        return "number"
+    return "device" if upstream.ndim == 0 else "array"
+
+
+def launch(operation: str, call: Any, plan: Layout, options: tuple[float, int, float],
+           constant: float, upstream: Array | float | None, divisor: float, want: int,
+           check: bool, outputs: list[Array], flag: Array) -> int:
+    """Run one kernel; returns its thread count (``partial_count`` gives its partials).
+
+    ``outputs`` are the kernel's output arrays in order (loss or partials, then the three
+    gradients, never-written stand-ins for the unwanted ones).
+    """
+    scalar_var = isinstance(call.var, float)
+    kind = _upstream_kind(upstream)
+    chunked = [call.input, call.target]
+    if plan.kind == "flat" and not scalar_var:
+        chunked.append(call.var)
+    if kind == "array":
+        chunked.append(upstream)
+    if operation == "forward":
+        chunked.append(outputs[0])
+    if _has_gradients(operation):
+        gradients = outputs[1:] if _has_partials(operation) else outputs
+        chunked += [array for bit, array in zip((1, 2, 4), gradients, strict=False)
+                    if want & bit and (bit != 4 or plan.kind == "flat")]
+    vector = aligned(chunked, plan)
+    if plan.kind == "flat":
+        kernel = gaussian_flat(operation, scalar_var, kind, vector, plan.width)
+    else:
+        kernel = gaussian_rows(operation, kind, vector, plan.width)
+    threads, lanes = launch_threads(plan)
+    eps, log_var, beta = options
+    upstream_arguments = () if upstream is None else (upstream,)
+    kernel(call.input, call.target, call.var, *upstream_arguments, plan.numel, plan.columns,
+           threads, lanes, eps, log_var, beta, constant, divisor, want, int(check), *outputs,
+           flag, size=threads, block_size=REDUCE_BLOCK)
+    return threads
+
+
+def finish(partials: Array, threads: int, call: Any, mode: int) -> Array:
+    """The reduced loss from a launch's partials (one per block, at most :data:`MAX_BLOCKS`,
+    so :func:`.reduce.finish` adds them in one launch)."""
+    assert partial_count(threads) <= MAX_BLOCKS
+    return reduce.finish(partials, threads, mode, divisor=call.numel)
+
+
+def empty_partials(threads: int, dtype: Any) -> Array:
+    return cupy.empty(partial_count(threads), dtype=dtype)
+
+
+def gradient_outputs(call: Any, plan: Layout, wrt: frozenset[str]) -> list[Array]:
+    """The three gradient outputs: each wanted one in its final shape and dtype (``grad_var``
+    of a row variance one value per row), a one-element stand-in for each other."""
+    outputs = []
+    for name in ("input", "target", "var"):
+        argument = getattr(call, name)
+        if isinstance(argument, float):
+            continue  # a scalar var has no gradient output at all
+        if name not in wrt:
+            outputs.append(cupy.empty(1, dtype=argument.dtype))  # never written
+        elif name == "var" and plan.kind == "rows":
+            outputs.append(cupy.empty(call.var_shape, dtype=argument.dtype))
+        else:
+            outputs.append(cupy.empty(call.loss_shape, dtype=argument.dtype))
+    return outputs
+
+
+def gradient_results(call: Any, wrt: frozenset[str],
+                     outputs: list[Array]) -> tuple[Array | None, Array | None, Array | None]:
+    """The caller's gradients from :func:`gradient_outputs`'s arrays."""
+    names = ("input", "target", "var")
+    results: list[Array | None] = [None, None, None]
+    for position, array in enumerate(outputs):
+        name = names[position]
+        if name in wrt:
+            shape = call.var_shape if name == "var" else tuple(getattr(call, name).shape)
+            results[position] = array.reshape(shape) if tuple(array.shape) != shape else array
+    return results[0], results[1], results[2]
+
+
+def mean_upstream(call: Any) -> float:
+    """``loss_and_grad``'s upstream factor: 1 / numel for ``'mean'``, else 1."""
+    if call.reduction == "mean":
+        return 1.0 / call.numel if call.numel else math.nan
+    return 1.0
