@@ -165,6 +165,83 @@ __device__ __forceinline__ A segment_sum(A value, int width) {
     }
     return value;
 }
+
+// The ordinary elements' math: no variance or eps the device would flush (the forms of
+// kernels.cuh without their subnormal branches, which the rare elements keep).
+template <typename A>
+__device__ __forceinline__ A ordinary_term(A var, A eps, int log_var) {
+    return log_var ? var : (var < eps ? eps : var);
+}
+
+template <typename A>
+__device__ __forceinline__ A ordinary_weight(A term, A beta, int log_var) {
+    return log_var ? exp(beta * term) : pow(term, beta);
+}
+
+template <typename A>
+__device__ __forceinline__ A ordinary_loss(A input, A target, A term, A constant, int log_var) {
+    return log_var ? gaussian_loss_log_var(input, target, term, constant)
+                   : gaussian_loss_of<round_none>(input, target, term, constant);
+}
+
+template <typename A>
+__device__ __forceinline__ A ordinary_grad_input(A input, A target, A term, A upstream,
+                                                 int log_var) {
+    return log_var ? gaussian_grad_input_log_var(input, target, term, upstream)
+                   : gaussian_grad_input_of<round_none>(input, target, term, upstream);
+}
+
+template <typename A>
+__device__ __forceinline__ A ordinary_grad_var(A input, A target, A term, A upstream,
+                                               int log_var) {
+    return log_var ? gaussian_grad_log_var(input, target, term, upstream)
+                   : gaussian_grad_var_of<round_none>(input, target, term, upstream);
+}
+
+// The general forms of kernels.cuh (subnormal variances and eps included), called, not
+// inlined: their double-precision branches would otherwise hold registers across the
+// ordinary loop.  Only rare elements and partial chunks take them.
+template <typename A>
+__device__ __noinline__ A general_term(A var, A eps, int log_var) {
+    return gaussian_term(var, eps, log_var);
+}
+
+template <typename A>
+__device__ __noinline__ A general_weight(A term, A beta, int log_var) {
+    return beta_weight(term, beta, log_var);
+}
+
+template <typename A>
+__device__ __noinline__ A general_loss(A input, A target, A term, A constant, int log_var) {
+    return gaussian_element(input, target, term, constant, log_var);
+}
+
+template <typename A>
+__device__ __noinline__ A general_grad_input(A input, A target, A term, A upstream,
+                                             int log_var) {
+    return gaussian_element_grad_input(input, target, term, upstream, log_var);
+}
+
+template <typename A>
+__device__ __noinline__ A general_grad_var(A input, A target, A term, A upstream,
+                                           int log_var) {
+    return gaussian_element_grad_var(input, target, term, upstream, log_var);
+}
+
+// Whether a chunk's variances (in the compute type A) all take the ordinary math: none
+// flushed, none negative when checked (such a chunk goes element by element, recording it).
+template <typename A, int N, typename V>
+__device__ __forceinline__ bool chunk_is_ordinary(const V (&vs)[N], bool eps_ordinary,
+                                                  int log_var, int check) {
+    bool ordinary = eps_ordinary;
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+        const A var = A(vs[k]);
+        if (!log_var) ordinary = ordinary && !is_flushed(var);
+        if (check) ordinary = ordinary && !gaussian_var_is_invalid(var);
+    }
+    return ordinary;
+}
 }  // namespace al
 """
 
@@ -182,15 +259,15 @@ def _has_gradients(operation: str) -> bool:
     return operation in ("backward", "loss_and_grad")
 
 
-def _parameters(operation: str, kind: str, scalar_var: bool, upstream: str) -> tuple[str, str]:
+def _parameters(operation: str, scalar_var: bool, upstream: str) -> tuple[str, str]:
     """(inputs, outputs) of a kernel; every kernel takes every option (unused ones cost
     nothing), so that one signature serves the four operations."""
     var = "float64 v" if scalar_var else "raw V v"
     upstream_parameter = {"none": "", "number": ", float64 g", "device": ", raw G g",
                           "array": ", raw G g"}[upstream]
     inputs = (f"raw X x, raw T t, {var}{upstream_parameter}, int64 n, int64 columns, "
-              "int64 threads, int32 lanes, float64 eps, int32 log_var, float64 beta, "
-              "float64 constant, float64 divisor, int32 want, int32 check")
+              "int64 threads, int32 lanes, float64 eps, float64 beta, float64 constant, "
+              "float64 divisor, int32 want")
     outputs = []
     if operation == "forward":
         outputs.append("raw R loss")
@@ -214,6 +291,10 @@ class _Shape:
     upstream: str  # "none", "number", "device", "array"
     vector: bool
     width: int
+    #: Compile-time options: the log-variance form, beta == 0, the validation check.
+    log_var: bool
+    plain: bool
+    check: bool
 
     @property
     def chunked_var(self) -> bool:
@@ -227,19 +308,27 @@ class _Shape:
 def _setup(shape: _Shape) -> str:
     lines = [
         f"constexpr int WIDTH = {shape.width};",
+        # Constants, not arguments: a branch on them costs nothing, not even registers.
+        f"constexpr int log_var = {int(shape.log_var)};",
+        f"constexpr bool plain = {str(shape.plain).lower()};  // beta == 0: a weight of 1",
+        f"constexpr int check = {int(shape.check)};",
         "const A eps_value = A(eps);",
         "const A constant_value = A(constant);",
         "const A beta_value = A(beta);",
-        "const bool plain = beta == 0;  // the weight is exactly 1: a uniform branch",
+        # A flushed eps (below 2^-126 in float) makes every element a rare one.
+        "const bool eps_ordinary = log_var || !al::is_flushed(eps_value);",
         "const X* __restrict__ x_data = &x[0];",
         "const T* __restrict__ t_data = &t[0];",
     ]
     if not shape.scalar_var:
         lines.append("const V* __restrict__ v_data = &v[0];")
     else:
-        lines += ["const A scalar_term = al::gaussian_term(A(v), eps_value, log_var);",
+        lines += ["const A scalar_var = A(v);",
+                  "const A scalar_term = al::general_term(scalar_var, eps_value, log_var);",
                   "const A scalar_weight = plain ? A(1) : "
-                  "al::beta_weight(scalar_term, beta_value, log_var);"]
+                  "al::general_weight(scalar_term, beta_value, log_var);",
+                  "const bool scalar_ordinary = eps_ordinary && "
+                  "(log_var || !al::is_flushed(scalar_var));"]
     if shape.upstream == "number":
         lines.append("const A upstream_base = A(g) / A(divisor);")
     elif shape.upstream == "device":
@@ -279,90 +368,150 @@ def _written(shape: _Shape) -> list[tuple[str, str, str, str]]:
     return written
 
 
-def _loads(shape: _Shape, vector: bool, count: str) -> str:
-    lines = [f"{kind} {local}[WIDTH];" for local, _, kind in _chunked(shape)]
-    lines += [f"{kind} {local}[WIDTH];" for local, _, kind, _ in _written(shape)]
-    for local, pointer, _ in _chunked(shape):
-        if vector:
-            lines.append(f"al::load_chunk<WIDTH>({pointer} + first, {local});")
-        else:
-            lines.append(f"for (int k = 0; k < {count}; ++k) {local}[k] = {pointer}[first + k];")
-    return "\n".join(lines) + "\n"
+def _upstream(shape: _Shape, given: str) -> str:
+    if shape.upstream == "array":
+        return f"const A upstream = A({given}) / divisor_value * weight;"
+    if shape.kind == "rows":
+        return "const A upstream = row_upstream;"
+    return "const A upstream = upstream_base * weight;"
 
 
-def _stores(shape: _Shape, vector: bool, count: str) -> str:
+#: The element functions of the general forms (kernels.cuh) and of the ordinary ones.
+_GENERAL = {"loss": "al::general_loss", "grad_input": "al::general_grad_input",
+            "grad_var": "al::general_grad_var"}
+_ORDINARY = {"loss": "al::ordinary_loss", "grad_input": "al::ordinary_grad_input",
+             "grad_var": "al::ordinary_grad_var"}
+
+
+def _results(shape: _Shape, functions: dict[str, str], out: dict[str, str]) -> list[str]:
+    """The element's loss and gradients through ``functions``, written to ``out[name]`` (an
+    lvalue), summed, or added to the row's ``grad_var``."""
+    loss = (f"weight * {functions['loss']}(input_value, target_value, term, constant_value, "
+            "log_var)")
     lines = []
-    for local, pointer, _, condition in _written(shape):
+    if shape.operation == "forward":
+        lines.append(f"{out['loss']} = R({loss});")
+    if _has_partials(shape.operation):
+        lines.append(f"thread_total += {loss};")
+    if _has_gradients(shape.operation):
+        lines += [
+            out["upstream"],
+            "if (want & 3) {",
+            f"    const A grad_diff = {functions['grad_input']}(input_value, target_value, term, "
+            "upstream, log_var);",
+            f"    if (want & 1) {out['grad_input']} = J(grad_diff);",
+            f"    if (want & 2) {out['grad_target']} = K(-grad_diff);",
+            "}",
+        ]
+        grad_var = (f"{functions['grad_var']}(input_value, target_value, term, upstream, "
+                    "log_var)")
+        if shape.chunked_var:
+            lines.append(f"if (want & 4) {out['grad_var']} = L({grad_var});")
+        elif shape.grad_var:
+            lines.append(f"if (want & 4) row_grad += {grad_var};")
+    return lines
+
+
+def _rare_elements(shape: _Shape, count: str) -> str:
+    """Elements ``first .. first + count`` one at a time, from memory, through the general
+    forms of ``kernels.cuh`` (subnormal variances, eps, validation, a partial chunk)."""
+    lines = ["const long long index = first + k;",
+             "const A input_value = A(x_data[index]);",
+             "const A target_value = A(t_data[index]);"]
+    if shape.chunked_var:
+        lines += [
+            "const A var_value = A(v_data[index]);",
+            "if (check && al::gaussian_var_is_invalid(var_value)) "
+            "al::record_invalid(&invalid[0], index);",
+            "const A term = al::general_term(var_value, eps_value, log_var);",
+            "const A weight = plain ? A(1) : al::general_weight(term, beta_value, log_var);",
+        ]
+    elif shape.scalar_var:
+        lines += ["const A term = scalar_term;", "const A weight = scalar_weight;"]
+    out = {"loss": "loss_data[index]", "grad_input": "grad_input_data[index]",
+           "grad_target": "grad_target_data[index]", "grad_var": "grad_var_data[index]",
+           "upstream": _upstream(shape, "g_data[index]")}
+    lines += _results(shape, _GENERAL, out)
+    body = "\n".join("    " + line for line in lines)
+    return f"#pragma unroll 1\nfor (int k = 0; k < {count}; ++k) {{\n{body}\n}}\n"
+
+
+def _ordinary_chunk(shape: _Shape, vector: bool) -> str:
+    """A whole chunk already in the local arrays, through the ordinary math, its results
+    written by chunks.
+
+    The math is written once, in a loop that is not unrolled: each step takes element 0 of
+    the local arrays and shifts them down by one, and shifts its results in at the top.  An
+    unrolled loop would interleave ``WIDTH`` elements' divisions and logarithms, and hold
+    about twice the registers for it.
+    """
+    written = _written(shape)
+    lines = [f"{kind} {local}[WIDTH];" for local, _, kind, _ in written]
+    element = ["const A input_value = A(xs[0]);", "const A target_value = A(ts[0]);"]
+    if shape.chunked_var:
+        element += ["const A term = al::ordinary_term(A(vs[0]), eps_value, log_var);",
+                    "const A weight = plain ? A(1) : al::ordinary_weight(term, beta_value, "
+                    "log_var);"]
+    elif shape.scalar_var:
+        element += ["const A term = scalar_term;", "const A weight = scalar_weight;"]
+    if written:
+        element += ["#pragma unroll", "for (int k = 0; k + 1 < WIDTH; ++k) {"]
+        element += [f"    {local}[k] = {local}[k + 1];" for local, _, _, _ in written]
+        element += ["}"]
+    out = {"loss": "losses[WIDTH - 1]", "grad_input": "grad_inputs[WIDTH - 1]",
+           "grad_target": "grad_targets[WIDTH - 1]", "grad_var": "grad_vars[WIDTH - 1]",
+           "upstream": _upstream(shape, "gs[0]")}
+    element += _results(shape, _ORDINARY, out)
+    element += ["#pragma unroll", "for (int k = 0; k + 1 < WIDTH; ++k) {"]
+    element += [f"    {local}[k] = {local}[k + 1];" for local, _, _ in _chunked(shape)]
+    element += ["}"]
+    lines += ["#pragma unroll 1", "for (int step = 0; step < WIDTH; ++step) {"]
+    lines += ["    " + line for line in element] + ["}"]
+    for local, pointer, _, condition in written:
         store = (f"al::store_chunk<WIDTH>({pointer} + first, {local});" if vector else
-                 f"for (int k = 0; k < {count}; ++k) {pointer}[first + k] = {local}[k];")
+                 f"for (int k = 0; k < WIDTH; ++k) {pointer}[first + k] = {local}[k];")
         lines.append(f"if ({condition}) {store}" if condition else store)
     return "\n".join(lines) + "\n"
 
 
-def _element(shape: _Shape) -> str:
-    """One element ``k`` of a chunk starting at flat index ``first``."""
-    lines = ["const A input_value = A(xs[k]);", "const A target_value = A(ts[k]);"]
-    if shape.chunked_var:
-        lines += [
-            "const A var_value = A(vs[k]);",
-            "if (check && al::gaussian_var_is_invalid(var_value)) "
-            "al::record_invalid(&invalid[0], first + k);",
-            "const A term = al::gaussian_term(var_value, eps_value, log_var);",
-            "const A weight = plain ? A(1) : al::beta_weight(term, beta_value, log_var);",
-        ]
-    elif shape.scalar_var:
-        lines += ["const A term = scalar_term;", "const A weight = scalar_weight;"]
-    # (rows: term and weight are the row's, set before its chunks)
-    loss = ("weight * al::gaussian_element(input_value, target_value, term, constant_value, "
-            "log_var)")
-    if shape.operation == "forward":
-        lines.append(f"losses[k] = R({loss});")
-    if _has_partials(shape.operation):
-        lines.append(f"thread_total += {loss};")
-    if _has_gradients(shape.operation):
-        if shape.upstream == "array":
-            lines.append("const A upstream = A(gs[k]) / divisor_value * weight;")
-        elif shape.kind == "rows":
-            lines.append("const A upstream = row_upstream;")
+def _loads(shape: _Shape, vector: bool) -> str:
+    """A whole chunk's loads into the local arrays, all before any branch on them."""
+    lines = [f"{kind} {local}[WIDTH];" for local, _, kind in _chunked(shape)]
+    for local, pointer, _ in _chunked(shape):
+        if vector:
+            lines.append(f"al::load_chunk<WIDTH>({pointer} + first, {local});")
         else:
-            lines.append("const A upstream = upstream_base * weight;")
-        lines += [
-            "if (want & 3) {",
-            "    const A grad_diff = al::gaussian_element_grad_input(input_value, target_value,"
-            " term, upstream, log_var);",
-            "    grad_inputs[k] = J(grad_diff);",
-            "    grad_targets[k] = K(-grad_diff);",
-            "}",
-        ]
-        grad_var = ("al::gaussian_element_grad_var(input_value, target_value, term, upstream, "
-                    "log_var)")
-        if shape.chunked_var:
-            lines.append(f"if (want & 4) grad_vars[k] = L({grad_var});")
-        elif shape.grad_var:
-            lines.append(f"if (want & 4) row_grad += {grad_var};")
-    return "\n".join("    " + line for line in lines) + "\n"
+            lines.append("#pragma unroll")
+            lines.append(f"for (int k = 0; k < WIDTH; ++k) {local}[k] = {pointer}[first + k];")
+    return "\n".join(lines) + "\n"
 
 
-def _chunk(shape: _Shape, vector: bool, count: str, unrolled: bool) -> str:
-    loop = "#pragma unroll\n" if unrolled else ""
-    return (_loads(shape, vector, count)
-            + f"{loop}for (int k = 0; k < {count}; ++k) {{\n{_element(shape)}}}\n"
-            + _stores(shape, vector, count))
+def _flat_ordinary(shape: _Shape) -> str:
+    if shape.scalar_var:
+        return "scalar_ordinary"
+    # A negative (checked) or flushed variance sends the chunk through the general forms.
+    return "al::chunk_is_ordinary<A>(vs, eps_ordinary, log_var, check)"
 
 
+# The loops of ordinary chunks and of the others are siblings, never nested: the general
+# forms' registers (their double-precision branches) do not add to the ordinary loop's.
 def _flat_body(shape: _Shape) -> str:
     return _setup(shape) + (
         "const long long full_chunks = n / WIDTH;\n"
         "long long chunk = i;\n"
         "for (; chunk < full_chunks; chunk += threads) {\n"
         "const long long first = chunk * WIDTH;\n"
-        + _chunk(shape, shape.vector, "WIDTH", True)
+        + _loads(shape, shape.vector)
+        + f"if (!({_flat_ordinary(shape)})) break;\n"
+        + _ordinary_chunk(shape, shape.vector)
         + "}\n"
-        "// The last partial chunk: its owner's next chunk, so last in that thread's order.\n"
-        "if (chunk == full_chunks && n > full_chunks * WIDTH) {\n"
-        "const long long first = full_chunks * WIDTH;\n"
-        "const int count = static_cast<int>(n - first);\n"
-        + _chunk(shape, False, "count", False)
+        "// From a chunk that is not ordinary on, and the last partial chunk (its owner's next,\n"
+        "// so last in that thread's order): element by element, in the same order.\n"
+        "for (; chunk * WIDTH < n; chunk += threads) {\n"
+        "const long long first = chunk * WIDTH;\n"
+        "const long long left = n - first;\n"
+        "const int count = left < WIDTH ? static_cast<int>(left) : WIDTH;\n"
+        + _rare_elements(shape, "count")
         + "}\n")
 
 
@@ -370,10 +519,6 @@ def _rows_body(shape: _Shape) -> str:
     upstream_row = ""
     if _has_gradients(shape.operation) and shape.upstream != "array":
         upstream_row = "const A row_upstream = upstream_base * weight;\n"
-    count = "WIDTH" if shape.vector else "count"
-    chunk_count = "" if shape.vector else (
-        "const long long left = columns - column;\n"
-        "const int count = left < WIDTH ? static_cast<int>(left) : WIDTH;\n")
     grad_var = ""
     if shape.grad_var:
         grad_var = (
@@ -384,6 +529,7 @@ def _rows_body(shape: _Shape) -> str:
     return _setup(shape) + (
         "const long long rows = n / columns;\n"
         "const long long chunks_per_row = (columns + WIDTH - 1) / WIDTH;\n"
+        "const long long whole_chunks = columns / WIDTH;\n"
         "const int lane = static_cast<int>(threadIdx.x) & (lanes - 1);\n"
         "const long long rows_per_block = blockDim.x / lanes;\n"
         "for (long long base = static_cast<long long>(blockIdx.x) * rows_per_block; "
@@ -394,14 +540,23 @@ def _rows_body(shape: _Shape) -> str:
         "if (active) {\n"
         "const A var_value = A(v_data[row]);\n"
         "const bool invalid_row = check && al::gaussian_var_is_invalid(var_value);\n"
-        "const A term = al::gaussian_term(var_value, eps_value, log_var);\n"
-        "const A weight = plain ? A(1) : al::beta_weight(term, beta_value, log_var);\n"
+        "const bool row_ordinary = eps_ordinary && (log_var || !al::is_flushed(var_value));\n"
+        "const A term = al::general_term(var_value, eps_value, log_var);\n"
+        "const A weight = plain ? A(1) : al::general_weight(term, beta_value, log_var);\n"
         + upstream_row
-        + "for (long long chunk = lane; chunk < chunks_per_row; chunk += lanes) {\n"
-        "const long long column = chunk * WIDTH;\n"
-        "const long long first = row * columns + column;\n"
-        + chunk_count
-        + _chunk(shape, shape.vector, count, shape.vector)
+        + "long long chunk = lane;\n"
+        "if (row_ordinary) {\n"
+        "for (; chunk < whole_chunks; chunk += lanes) {\n"
+        "const long long first = row * columns + chunk * WIDTH;\n"
+        + _loads(shape, shape.vector)
+        + _ordinary_chunk(shape, shape.vector)
+        + "}\n}\n"
+        "// A row whose variance is flushed, and a partial last chunk: element by element.\n"
+        "for (; chunk < chunks_per_row; chunk += lanes) {\n"
+        "const long long first = row * columns + chunk * WIDTH;\n"
+        "const long long left = columns - chunk * WIDTH;\n"
+        "const int count = left < WIDTH ? static_cast<int>(left) : WIDTH;\n"
+        + _rare_elements(shape, "count")
         + "}\n"
         "// Recorded after the row's loads, which an atomic before them would hold back.\n"
         "if (invalid_row) al::record_invalid(&invalid[0], row * columns);\n"
@@ -418,7 +573,7 @@ def kernel_name(shape: _Shape) -> str:
 
 
 def _build(shape: _Shape) -> cupy.ElementwiseKernel:
-    inputs, outputs = _parameters(shape.operation, shape.kind, shape.scalar_var, shape.upstream)
+    inputs, outputs = _parameters(shape.operation, shape.scalar_var, shape.upstream)
     body = _flat_body(shape) if shape.kind == "flat" else _rows_body(shape)
     partials = _has_partials(shape.operation)
     compute = "al::compute_of<X, T>::type" if shape.scalar_var else \
@@ -432,18 +587,19 @@ def _build(shape: _Shape) -> cupy.ElementwiseKernel:
 
 
 @kernel_factory
-def gaussian_flat(operation: str, scalar_var: bool, upstream: str, vector: bool,
-                  width: int) -> cupy.ElementwiseKernel:
+def gaussian_flat(operation: str, scalar_var: bool, upstream: str, vector: bool, width: int,
+                  flags: tuple[bool, bool, bool]) -> cupy.ElementwiseKernel:
     """A flat kernel (scalar or full variance): ``operation`` is one of :data:`OPERATIONS`,
-    ``upstream`` ``"none"`` (forward), ``"number"``, ``"device"`` (0-d) or ``"array"``."""
-    return _build(_Shape(operation, "flat", scalar_var, upstream, vector, width))
+    ``upstream`` ``"none"`` (forward), ``"number"``, ``"device"`` (0-d) or ``"array"``,
+    ``flags`` ``(log_var, beta == 0, check)``."""
+    return _build(_Shape(operation, "flat", scalar_var, upstream, vector, width, *flags))
 
 
 @kernel_factory
-def gaussian_rows(operation: str, upstream: str, vector: bool,
-                  width: int) -> cupy.ElementwiseKernel:
+def gaussian_rows(operation: str, upstream: str, vector: bool, width: int,
+                  flags: tuple[bool, bool, bool]) -> cupy.ElementwiseKernel:
     """A row kernel (one variance per row of the loss's last axis), as :func:`gaussian_flat`."""
-    return _build(_Shape(operation, "rows", False, upstream, vector, width))
+    return _build(_Shape(operation, "rows", False, upstream, vector, width, *flags))
 
 
 # ------------------------------------------------------------------ the launches
@@ -479,16 +635,17 @@ def launch(operation: str, call: Any, plan: Layout, options: tuple[float, int, f
         chunked += [array for bit, array in zip((1, 2, 4), gradients, strict=False)
                     if want & bit and (bit != 4 or plan.kind == "flat")]
     vector = aligned(chunked, plan)
-    if plan.kind == "flat":
-        kernel = gaussian_flat(operation, scalar_var, kind, vector, plan.width)
-    else:
-        kernel = gaussian_rows(operation, kind, vector, plan.width)
-    threads, lanes = launch_threads(plan)
     eps, log_var, beta = options
+    flags = (bool(log_var), beta == 0, bool(check))
+    if plan.kind == "flat":
+        kernel = gaussian_flat(operation, scalar_var, kind, vector, plan.width, flags)
+    else:
+        kernel = gaussian_rows(operation, kind, vector, plan.width, flags)
+    threads, lanes = launch_threads(plan)
     upstream_arguments = () if upstream is None else (upstream,)
     kernel(call.input, call.target, call.var, *upstream_arguments, plan.numel, plan.columns,
-           threads, lanes, eps, log_var, beta, constant, divisor, want, int(check), *outputs,
-           flag, size=threads, block_size=REDUCE_BLOCK)
+           threads, lanes, eps, beta, constant, divisor, want, *outputs, flag,
+           size=threads, block_size=REDUCE_BLOCK)
     return threads
 
 
