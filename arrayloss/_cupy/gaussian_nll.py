@@ -2,10 +2,14 @@
 
 * ``'none'``: one elementwise pass.  ``'mean'``/``'sum'``: one pass writing per-block partials,
   then a one-block second pass (:mod:`.reduce`).
+* C-contiguous ``input`` and ``target`` of the loss's shape, with a scalar, full or one-per-row
+  variance, go to :mod:`.gaussian_nll_contiguous` (several elements per thread, vector loads,
+  a row variance's gradient summed inside the kernel).  The kernels here take the rest.
 * Backward: one pass writing only the requested gradients.  A gradient whose argument spans
-  the whole loss is written in its final dtype; one whose argument was broadcast (a ``(N, 1)``
-  variance, say) is written to a compute-dtype scratch array of the loss's shape and summed back
-  over the broadcast axes, which reads the scratch once instead of the inputs again.
+  the whole loss is written in its final dtype; one whose argument was broadcast in another
+  way (a ``(1, D)`` variance, a broadcast target, a strided ``(N, 1)`` variance) is written to
+  a compute-dtype scratch array of the loss's shape and summed back over the broadcast axes,
+  which reads the scratch once instead of the inputs again.
 * A scalar variance is a kernel argument; a broadcast one is read in place, never copied.
 * Validation is a flag written by the same kernel; a checked call reads it once.
 """
