@@ -297,6 +297,13 @@ class _Shape:
     check: bool
 
     @property
+    def chunk_stores(self) -> bool:
+        """Whether results are written by chunks.  ``loss_and_grad`` writes each gradient
+        element as it is computed instead: its three chunks of results would hold twelve
+        more registers (above 64 on sm_90)."""
+        return self.operation != "loss_and_grad"
+
+    @property
     def chunked_var(self) -> bool:
         return self.kind == "flat" and not self.scalar_var
 
@@ -392,7 +399,9 @@ def _results(shape: _Shape, functions: dict[str, str], out: dict[str, str]) -> l
     if shape.operation == "forward":
         lines.append(f"{out['loss']} = R({loss});")
     if _has_partials(shape.operation):
-        lines.append(f"thread_total += {loss};")
+        # Summed at once, or into the chunk's sum (``out["total"]``), added once committed.
+        lines.append(f"{out['total']} += {loss};" if "total" in out else
+                     f"thread_total += {loss};")
     if _has_gradients(shape.operation):
         lines += [
             out["upstream"],
@@ -436,7 +445,7 @@ def _rare_elements(shape: _Shape, count: str) -> str:
     return f"#pragma unroll 1\nfor (int k = 0; k < {count}; ++k) {{\n{body}\n}}\n"
 
 
-def _ordinary_chunk(shape: _Shape, vector: bool) -> str:
+def _ordinary_chunk(shape: _Shape, vector: bool, guard: str | None = None) -> str:
     """A whole chunk already in the local arrays, through the ordinary math, its results
     written by chunks.
 
@@ -444,9 +453,17 @@ def _ordinary_chunk(shape: _Shape, vector: bool) -> str:
     the local arrays and shifts them down by one, and shifts its results in at the top.  An
     unrolled loop would interleave ``WIDTH`` elements' divisions and logarithms, and hold
     about twice the registers for it.
+
+    With a ``guard`` (a C++ condition on the loaded values), the chunk is computed first and
+    committed (summed, stored) only if the guard holds, else the loop is left: a branch before
+    the math would let the compiler defer the loads it does not need until after the branch,
+    two dependent memory round trips per chunk instead of one.
     """
-    written = _written(shape)
-    lines = [f"{kind} {local}[WIDTH];" for local, _, kind, _ in written]
+    written = _written(shape) if shape.chunk_stores else []
+    kept = [(local, kind) for local, _, kind, _ in written]
+    lines = [f"{kind} {local}[WIDTH];" for local, kind in kept]
+    if guard is not None and _has_partials(shape.operation):
+        lines.append("A chunk_total = 0;")
     element = ["const A input_value = A(xs[0]);", "const A target_value = A(ts[0]);"]
     if shape.chunked_var:
         element += ["const A term = al::ordinary_term(A(vs[0]), eps_value, log_var);",
@@ -454,19 +471,31 @@ def _ordinary_chunk(shape: _Shape, vector: bool) -> str:
                     "log_var);"]
     elif shape.scalar_var:
         element += ["const A term = scalar_term;", "const A weight = scalar_weight;"]
-    if written:
+    if kept:
         element += ["#pragma unroll", "for (int k = 0; k + 1 < WIDTH; ++k) {"]
-        element += [f"    {local}[k] = {local}[k + 1];" for local, _, _, _ in written]
+        element += [f"    {local}[k] = {local}[k + 1];" for local, _ in kept]
         element += ["}"]
     out = {"loss": "losses[WIDTH - 1]", "grad_input": "grad_inputs[WIDTH - 1]",
            "grad_target": "grad_targets[WIDTH - 1]", "grad_var": "grad_vars[WIDTH - 1]",
            "upstream": _upstream(shape, "gs[0]")}
+    if not shape.chunk_stores:
+        # Written before the guard: a chunk that is not ordinary is written again, right
+        # after, by the element-by-element loop of the same thread.
+        out.update(grad_input="grad_input_data[first + step]",
+                   grad_target="grad_target_data[first + step]",
+                   grad_var="grad_var_data[first + step]")
+    if guard is not None:
+        out["total"] = "chunk_total"
     element += _results(shape, _ORDINARY, out)
     element += ["#pragma unroll", "for (int k = 0; k + 1 < WIDTH; ++k) {"]
     element += [f"    {local}[k] = {local}[k + 1];" for local, _, _ in _chunked(shape)]
     element += ["}"]
     lines += ["#pragma unroll 1", "for (int step = 0; step < WIDTH; ++step) {"]
     lines += ["    " + line for line in element] + ["}"]
+    if guard is not None:
+        lines.append(f"if (!({guard})) break;")
+        if _has_partials(shape.operation):
+            lines.append("thread_total += chunk_total;")
     for local, pointer, _, condition in written:
         store = (f"al::store_chunk<WIDTH>({pointer} + first, {local});" if vector else
                  f"for (int k = 0; k < WIDTH; ++k) {pointer}[first + k] = {local}[k];")
@@ -502,8 +531,8 @@ def _flat_body(shape: _Shape) -> str:
         "for (; chunk < full_chunks; chunk += threads) {\n"
         "const long long first = chunk * WIDTH;\n"
         + _loads(shape, shape.vector)
-        + f"if (!({_flat_ordinary(shape)})) break;\n"
-        + _ordinary_chunk(shape, shape.vector)
+        + f"const bool ordinary = {_flat_ordinary(shape)};\n"
+        + _ordinary_chunk(shape, shape.vector, guard="ordinary")
         + "}\n"
         "// From a chunk that is not ordinary on, and the last partial chunk (its owner's next,\n"
         "// so last in that thread's order): element by element, in the same order.\n"
