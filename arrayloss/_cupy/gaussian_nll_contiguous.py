@@ -71,10 +71,12 @@ def layout(call: Any, upstream: Array | float | None = None) -> Layout | None:
     """The layout these kernels take for ``call`` (and an array ``upstream``), or None.
 
     ``upstream`` may be a number, a 0-d array or a C-contiguous array of the loss's shape.
+    An empty or 0-d loss takes the general kernels.
     """
     shape = call.loss_shape
     numel = call.numel
-    if numel == 0:
+    if numel == 0 or not shape:
+        # Nothing to do, or one element: a 0-d CArray gives no address to read chunks from.
         return None
     chunked = [call.input, call.target]
     for array in chunked:
