@@ -1,16 +1,23 @@
 """Gaussian NLL kernels for C-contiguous inputs: several elements per thread, vector loads.
 
 :mod:`.gaussian_nll` sends a call here when ``input`` and ``target`` are C-contiguous arrays of
-the loss's shape and ``var`` is a Python number, a C-contiguous array of the loss's shape
-(*flat* kernels) or a C-contiguous one-per-row variance of shape ``(..., 1)`` against
-``(..., D)`` (*row* kernels).  Every other layout keeps the general kernels there.
+the loss's shape (not 0-d, not empty) and ``var`` is a Python number, a C-contiguous array of
+the loss's shape (*flat* kernels) or a C-contiguous one-per-row variance of shape ``(..., 1)``
+against ``(..., D)`` (*row* kernels).  Every other layout keeps the general kernels there.
 
 * **Chunks.**  Elements are taken ``width`` at a time, ``width = 16 // the largest itemsize``
   of the arrays read or written element by element, so one chunk of each is at most 16 bytes.
   When every such pointer is a multiple of its chunk's bytes (checked on the host) a chunk is
-  one vector load or store; otherwise the *scalar* variant loads it element by element.  The
-  two variants give each thread the same elements in the same order, so they give the same
-  bits.  All loads of a chunk are issued before any branch on their values.
+  one vector load or store; otherwise the *scalar-load* variant loads it element by element.
+  The two give each thread the same elements in the same order, so they give the same bits.
+  All loads of a chunk are issued before any branch on their values.
+* **Ordinary and rare elements.**  A chunk whose variances the device would not flush (nor
+  eps), and none of them negative when checked, goes through the plain float math, written
+  once in a loop that is not unrolled (unrolled, ``width`` elements' divisions and logarithms
+  would hold twice the registers).  Other chunks, and a last partial chunk, go element by
+  element through the general forms of ``kernels.cuh``, called rather than inlined, in a loop
+  beside the first one rather than inside it: their double-precision branches then cost the
+  ordinary loop no registers.
 * **Flat kernels.**  A grid-stride loop over chunks, at most :data:`MAX_BLOCKS` blocks (so the
   partials need no fold before the second pass), at least :data:`CHUNKS_PER_THREAD` chunks per
   thread.  A last partial chunk goes to the thread whose next chunk it would be, last in its
@@ -21,10 +28,12 @@ the loss's shape and ``var`` is a Python number, a C-contiguous array of the los
   a fixed shuffle tree over the lanes: one value per row is written, no scratch of the loss's
   shape.  Every thread of a block runs the same number of row iterations (shuffles are called
   by whole warps).
-* Per-thread setup (conversions of the double options, a scalar variance's clamp and weight,
-  the upstream factor) is done once, before the loop.  Sums are in the compute type ``A``
-  (float for float32 and narrower): each thread's elements in order, then
-  :func:`~._kernels.block_partial`'s fixed tree, then :func:`.reduce.finish`.
+* Per-thread setup (the double options converted once, a scalar variance's clamp and weight,
+  the upstream factor) is done before the loop, and ``log_var``, ``beta == 0`` and the
+  validation check are compile-time constants.  Sums are in the compute type ``A`` (float for
+  float32 and narrower; double only for float64, as PyTorch's parity needs): each thread's
+  chunk sums in order, then :func:`~._kernels.block_partial`'s fixed tree, then
+  :func:`.reduce.finish`.
 """
 
 from __future__ import annotations
