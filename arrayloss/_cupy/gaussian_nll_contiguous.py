@@ -105,8 +105,8 @@ def layout(call: Any, upstream: Array | float | None = None) -> Layout | None:
     elif tuple(var.shape) == shape:
         kind = "flat"
         chunked.append(var)
-    elif shape and tuple(var.shape) == (*shape[:-1], 1):
-        kind = "rows"
+    elif shape and tuple(var.shape) == (*shape[:-1], 1) and shape[-1] < 2**30:
+        kind = "rows"  # (the row kernels count in 32 bits within a row)
     else:
         return None
     # The outputs are of the loss's dtype or an argument's, no wider than the widest input.
