@@ -281,6 +281,118 @@ def case_gaussian_broadcast_target_0d_upstream(device: Device) -> None:
                        upstream=g if reduction != "none" else None)
 
 
+#: The contiguous kernels' layouts (``arrayloss/_cupy/gaussian_nll_contiguous.py``): shapes
+#: whose rows and sizes are whole vector chunks for every dtype (48 columns), and odd ones
+#: (partial chunks: a last partial chunk of the flat kernels, partial row chunks).
+CONTIGUOUS_SHAPES = {"whole": (64, 48), "odd": (37, 29)}
+#: Var kinds of the contiguous kernels: flat (full, scalar) and rows (rows, one fewer).
+CONTIGUOUS_VARS = ("full", "rows", "one fewer", "scalar")
+
+
+def put_offset(device: Device, values: np.ndarray, dtype: str) -> Any:
+    """``values`` on the device one element past an allocation's start: a C-contiguous
+    view that no vector load may read (its address is not a multiple of 16)."""
+    padded = np.concatenate([np.zeros(1), values.reshape(-1)])
+    return device.put(padded, dtype)[1:].reshape(values.shape)
+
+
+def _contiguous_arrays(device: Device, dtype: str, shape_kind: str, var_kind: str,
+                       aligned: bool, log_var: bool = False) -> tuple[Any, Any, Any]:
+    rng = np.random.default_rng(20)
+    shape = CONTIGUOUS_SHAPES[shape_kind]
+    var_shape = {"full": shape, "rows": (shape[0], 1), "one fewer": (shape[0],),
+                 "scalar": None}[var_kind]
+    put = device.put if aligned else functools.partial(put_offset, device)
+    x = put(rng.normal(size=shape), dtype)
+    t = put(rng.normal(size=shape), dtype)
+    if var_shape is None:
+        return x, t, (-0.3 if log_var else 0.75)
+    values = rng.normal(size=var_shape) if log_var else rng.uniform(0, 2, var_shape)
+    return x, t, put(values, dtype)
+
+
+def case_gaussian_contiguous(device: Device, dtype: str, shape_kind: str, var_kind: str,
+                             aligned: bool) -> None:
+    """Every reduction and gradient subset through the contiguous kernels, with vector
+    loads (aligned) and without (an offset view), whole and partial chunks."""
+    x, t, v = _contiguous_arrays(device, dtype, shape_kind, var_kind, aligned)
+    wrts = (("input", "target", "var"), ("input",), ("var",), ("target", "var"))
+    for reduction in REDUCTIONS:
+        check_gaussian(device, dtype, x, t, v, reduction=reduction, full=True, eps=1e-3,
+                       wrts=wrts)
+
+
+def case_gaussian_contiguous_variant(device: Device, dtype: str, var_kind: str, log_var: bool,
+                                     beta: float) -> None:
+    """The log-variance form and beta-NLL through the vector kernels (whole chunks)."""
+    x, t, v = _contiguous_arrays(device, dtype, "whole", var_kind, True, log_var)
+    for reduction in REDUCTIONS:
+        check_gaussian(device, dtype, x, t, v, reduction=reduction, full=True, eps=1e-3,
+                       log_var=log_var, beta=beta, wrts=(("input", "target", "var"), ("var",)))
+
+
+def case_gaussian_contiguous_upstream(device: Device) -> None:
+    """A 0-d array upstream (read once per thread) and an offset upstream array of the
+    loss's shape (the scalar-load kernels), for flat and row variances."""
+    rng = np.random.default_rng(21)
+    for var_kind in ("full", "rows"):
+        x, t, v = _contiguous_arrays(device, "float32", "whole", var_kind, True)
+        for reduction in ("mean", "sum"):
+            check_gaussian(device, "float32", x, t, v, reduction=reduction,
+                           upstream=device.put(np.array(0.25), "float32"))
+        offset = put_offset(device, rng.uniform(-1, 2, CONTIGUOUS_SHAPES["whole"]), "float32")
+        check_gaussian(device, "float32", x, t, v, reduction="none", upstream=offset)
+
+
+def contiguous_results(device: Device, aligned: bool, var_kind: str) -> list[bytes]:
+    """The bits of every entry point on one layout, aligned or as offset views (rows of
+    whole chunks, which alone have vector row kernels; a flat size with a partial chunk)."""
+    shape_kind = "whole" if var_kind == "rows" else "odd"
+    x, t, v = _contiguous_arrays(device, "float32", shape_kind, var_kind, aligned)
+    results = [al.gaussian_nll_loss(x, t, v), al.gaussian_nll_loss(x, t, v, reduction="none")]
+    loss, grads = al.gaussian_nll_loss_and_grad(x, t, v)
+    results += [loss, *grads, *al.gaussian_nll_loss_backward(0.5, x, t, v)]
+    return [device.asnumpy(result).tobytes() for result in results if result is not None]
+
+
+def case_gaussian_vector_and_scalar_loads_agree(device: Device) -> None:
+    """The vector kernels and their scalar-load fallbacks give each thread the same elements
+    in the same order: the same bits, repeatably."""
+    for var_kind in ("full", "rows", "scalar"):
+        vector = contiguous_results(device, True, var_kind)
+        assert contiguous_results(device, True, var_kind) == vector, var_kind
+        assert contiguous_results(device, False, var_kind) == vector, var_kind
+        Checks.count += 1
+
+
+def case_gaussian_contiguous_negative_variance(device: Device) -> None:
+    """A negative variance in whole and partial chunks, flat and row layouts, aligned and
+    not: an error when validated; unvalidated, PyTorch's values (the clamp to eps)."""
+    for var_kind, aligned in itertools.product(("full", "rows"), (True, False)):
+        x, t, v = _contiguous_arrays(device, "float32", "odd", var_kind, aligned)
+        values = device.asnumpy(v).copy()
+        values.reshape(-1)[[5, -1]] = -0.5  # one in a whole chunk, one in the last
+        bad = (device.put if aligned else functools.partial(put_offset, device))(
+            values, "float32")
+        want_error = _numpy_error(al.gaussian_nll_loss, device.asnumpy(x), device.asnumpy(t),
+                                  values)
+        for call in (functools.partial(al.gaussian_nll_loss, reduction="none"),
+                     al.gaussian_nll_loss, al.gaussian_nll_loss_and_grad,
+                     functools.partial(al.gaussian_nll_loss_backward, 1.0)):
+            with pytest.raises(type(want_error)) as got:
+                call(x, t, bad)
+            assert str(got.value) == str(want_error)
+            Checks.count += 1
+        want = gaussian_reference(device.exact(x), device.exact(t), device.exact(bad),
+                                  full=False, eps=1e-6, reduction="none", upstream=1.0)
+        assert_close(al.gaussian_nll_loss(x, t, bad, reduction="none", validate=False), want[0],
+                     "float32", device, "unchecked loss")
+        grads = al.gaussian_nll_loss_backward(1.0, x, t, bad, reduction="sum", validate=False)
+        for name, got, expected in zip(("input", "target", "var"), grads, want[1:],
+                                       strict=True):
+            assert_close(got, expected, "float32", device, f"unchecked grad_{name}")
+
+
 NLL_SHAPES = [(500, 10), (30, 100), (8, 5, 17, 9), (4, 3, 2, 5, 6), (37,)]
 
 
@@ -566,6 +678,27 @@ def gpu_and_host_cases() -> list[Any]:
                                    id=f"gaussian-{dtype}-{var_kind}-log_var={log_var}-beta={beta}"))
     params.append(pytest.param(case_gaussian_broadcast_target_0d_upstream, (),
                                id="gaussian-broadcast-target"))
+    # Every dtype on whole aligned chunks and on offset partial ones; float32 on all four.
+    layouts = [(dtype, "whole", True) for dtype in DTYPES] + [
+        (dtype, "odd", False) for dtype in DTYPES] + [("float32", "whole", False),
+                                                      ("float32", "odd", True)]
+    for (dtype, shape_kind, aligned), var_kind in itertools.product(layouts, CONTIGUOUS_VARS):
+        params.append(pytest.param(
+            case_gaussian_contiguous, (dtype, shape_kind, var_kind, aligned),
+            id=f"gaussian-contiguous-{dtype}-{shape_kind}-{var_kind}-"
+               + ("aligned" if aligned else "offset")))
+    for dtype, var_kind, (log_var, beta) in itertools.product(
+            ("float16", "float32", "float64"), ("full", "rows", "scalar"),
+            ((True, 0.0), (False, 0.5), (True, 1.0))):
+        params.append(pytest.param(
+            case_gaussian_contiguous_variant, (dtype, var_kind, log_var, beta),
+            id=f"gaussian-contiguous-{dtype}-{var_kind}-log_var={log_var}-beta={beta}"))
+    params.append(pytest.param(case_gaussian_contiguous_upstream, (),
+                               id="gaussian-contiguous-upstream"))
+    params.append(pytest.param(case_gaussian_vector_and_scalar_loads_agree, (),
+                               id="gaussian-contiguous-vector-scalar-bits"))
+    params.append(pytest.param(case_gaussian_contiguous_negative_variance, (),
+                               id="gaussian-contiguous-negative-variance"))
     for var_shape in ((1, 3), (1, 1)):
         params.append(pytest.param(case_gaussian_long_broadcast_var, (var_shape,),
                                    id=f"gaussian-long-broadcast-var-{var_shape}"))

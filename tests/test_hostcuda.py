@@ -117,23 +117,35 @@ def test_every_kernel_factory_runs() -> None:
     from arrayloss._cupy import _kernels
 
     hostcuda.COUNTERS.launches.clear()
-    for arguments in [("float32", "full", "none"), ("float32", "scalar", "none"),
-                      ("float32", "full", "mean"), ("float32", "scalar", "mean")]:
-        kc.case_gaussian(DEVICE, *arguments)
+    # A (1, D) variance takes the general kernels, a broadcast target too (scalar var).
+    for reduction in ("none", "mean"):
+        kc.case_gaussian(DEVICE, "float32", "columns", reduction)
+    kc.case_gaussian_broadcast_target_0d_upstream(DEVICE)
+    many_rows = hostcuda.asarray(np.ones((2, 3, 8), np.float32))
+    for reduction in ("none", "mean"):
+        al.gaussian_nll_loss(many_rows, many_rows[0], 0.5, reduction=reduction)
+    al.gaussian_nll_loss_backward(1.0, many_rows, many_rows[0], 0.5)
+    al.gaussian_nll_loss_and_grad(many_rows, many_rows[0], 0.5)
+    # The contiguous kernels: flat and rows, vector and scalar loads.
+    for var_kind in ("full", "rows", "scalar"):
+        for aligned in (True, False):
+            kc.case_gaussian_contiguous(DEVICE, "float32", "whole", var_kind, aligned)
     for reduction in kc.REDUCTIONS:
         kc.case_nll(DEVICE, "float32", (30, 100), reduction)
         kce.case_cross_entropy(DEVICE, "float32", (30, 10), reduction)  # the fused kernels
     kce.case_cross_entropy(DEVICE, "float32", (3, 4, 2), "mean")  # spatial: the unfused ones
     kee.case_elementwise(DEVICE, "mse_loss", "float32", "none")
     kee.case_elementwise(DEVICE, "mse_loss", "float32", "mean")
-    # Beyond FOLD_ABOVE partials: the fold runs before the second pass.
+    # Beyond FOLD_ABOVE partials: the fold runs before the second pass (the general kernels:
+    # the contiguous ones launch at most FOLD_ABOVE blocks).
     many = hostcuda.asarray(np.linspace(-1, 1, 300_001).astype(np.float32))
-    al.gaussian_nll_loss(many, many, 1.0)
+    al.gaussian_nll_loss(many[None], many, 1.0)
     for module in pkgutil.iter_modules(cupy_backends.__path__):  # every factory registered
         importlib.import_module(f"{cupy_backends.__name__}.{module.name}")
     factories = {factory.__name__ for factory in _kernels.FACTORIES}
     names = {"gaussian_forward", "gaussian_forward_partials", "gaussian_backward",
-             "gaussian_loss_and_grad", "nll_forward", "nll_forward_partials", "nll_backward",
+             "gaussian_loss_and_grad", "gaussian_flat", "gaussian_rows", "nll_forward",
+             "nll_forward_partials", "nll_backward",
              "finish_module", "finish_function", "fold_function", "ce_row_stats", "ce_rows",
              "ce_rows_partials", "ce_grad", "ce_targets", "ce_fused", "ce_finish",
              "elementwise_kernel"}
@@ -144,7 +156,12 @@ def test_every_kernel_factory_runs() -> None:
                    "arrayloss_gaussian_nll_forward_partials_scalar_var",
                    "arrayloss_gaussian_nll_backward", "arrayloss_gaussian_nll_backward_scalar_var",
                    "arrayloss_gaussian_nll_loss_and_grad",
-                   "arrayloss_gaussian_nll_loss_and_grad_scalar_var", "arrayloss_nll_forward",
+                   "arrayloss_gaussian_nll_loss_and_grad_scalar_var",
+                   *(f"arrayloss_gaussian_nll_{family}_{operation}{var}{loads}"
+                     for family, var in (("flat", ""), ("flat", "_scalar_var"), ("rows", ""))
+                     for operation in ("forward", "partials", "backward", "loss_and_grad")
+                     for loads in ("", "_scalar_loads")),
+                   "arrayloss_nll_forward",
                    "arrayloss_nll_forward_partials", "arrayloss_nll_backward",
                    "arrayloss_fold<float>",
                    "arrayloss_cross_entropy_row_stats", "arrayloss_cross_entropy_rows",
@@ -155,6 +172,55 @@ def test_every_kernel_factory_runs() -> None:
                    "arrayloss_mse_loss_partials", "arrayloss_mse_loss_backward",
                    "arrayloss_mse_loss_loss_and_grad"):
         assert kernel in launched, f"{kernel} never ran"
+
+
+@pytest.mark.parametrize(("var_kind", "shape_kind", "aligned", "kernel"), [
+    ("full", "whole", True, "flat_loss_and_grad"),
+    ("full", "whole", False, "flat_loss_and_grad_scalar_loads"),
+    ("full", "odd", True, "flat_loss_and_grad"),  # a partial last chunk: still vector loads
+    ("scalar", "whole", True, "flat_loss_and_grad_scalar_var"),
+    ("scalar", "odd", False, "flat_loss_and_grad_scalar_var_scalar_loads"),
+    ("rows", "whole", True, "rows_loss_and_grad"),
+    ("one fewer", "whole", False, "rows_loss_and_grad_scalar_loads"),
+    ("rows", "odd", True, "rows_loss_and_grad_scalar_loads"),  # rows of partial chunks
+])
+def test_vector_loads_only_where_every_chunk_is_aligned(var_kind: str, shape_kind: str,
+                                                        aligned: bool, kernel: str) -> None:
+    x, t, v = kc._contiguous_arrays(DEVICE, "float32", shape_kind, var_kind, aligned)
+    hostcuda.COUNTERS.launches.clear()
+    al.gaussian_nll_loss_and_grad(x, t, v)
+    # One pass and the second one: the partials need no fold.
+    assert set(hostcuda.COUNTERS.launches) == {f"arrayloss_gaussian_nll_{kernel}",
+                                               "arrayloss_finish<float>"}
+
+
+def test_a_row_variance_gradient_is_reduced_in_the_backward(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # What a backward allocates, counted at the harness's allocator: the three gradients and
+    # the flag, no scratch of the loss's shape for grad_var (peak memory is at most this).
+    from hostcuda._arrays import HostArray
+
+    rows, columns = 4096, 64
+    rng = np.random.default_rng(12)
+    x, t = (hostcuda.asarray(rng.normal(size=(rows, columns)).astype(np.float32)) for _ in "xt")
+    v = hostcuda.asarray(rng.uniform(0.5, 2, (rows, 1)).astype(np.float32))
+    allocated: list[int] = []
+    allocate = HostArray.allocate.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type, array: np.ndarray, written: bool) -> HostArray:
+        allocated.append(array.nbytes)
+        return allocate(cls, array, written)
+
+    monkeypatch.setattr(HostArray, "allocate", classmethod(counting))
+    grads = al.gaussian_nll_loss_backward(1.0, x, t, v, validate=False)
+    monkeypatch.undo()
+    assert sum(allocated) == 2 * x.nbytes + v.nbytes + 8, allocated
+    want = kc.gaussian_reference(hostcuda.asnumpy(x).astype(np.float64),
+                                 hostcuda.asnumpy(t).astype(np.float64),
+                                 hostcuda.asnumpy(v).astype(np.float64), full=False, eps=1e-6,
+                                 reduction="mean")
+    for got, expected in zip(grads, want[1:], strict=True):
+        kc.assert_close(got, expected, "float32", DEVICE, "grad")
 
 
 def test_nll_reads_a_strided_input_without_copying_it(monkeypatch: pytest.MonkeyPatch) -> None:

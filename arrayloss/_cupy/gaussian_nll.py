@@ -2,10 +2,14 @@
 
 * ``'none'``: one elementwise pass.  ``'mean'``/``'sum'``: one pass writing per-block partials,
   then a one-block second pass (:mod:`.reduce`).
+* C-contiguous ``input`` and ``target`` of the loss's shape, with a scalar, full or one-per-row
+  variance, go to :mod:`.gaussian_nll_contiguous` (several elements per thread, vector loads,
+  a row variance's gradient summed inside the kernel).  The kernels here take the rest.
 * Backward: one pass writing only the requested gradients.  A gradient whose argument spans
-  the whole loss is written in its final dtype; one whose argument was broadcast (a ``(N, 1)``
-  variance, say) is written to a compute-dtype scratch array of the loss's shape and summed back
-  over the broadcast axes, which reads the scratch once instead of the inputs again.
+  the whole loss is written in its final dtype; one whose argument was broadcast in another
+  way (a ``(1, D)`` variance, a broadcast target, a strided ``(N, 1)`` variance) is written to
+  a compute-dtype scratch array of the loss's shape and summed back over the broadcast axes,
+  which reads the scratch once instead of the inputs again.
 * A scalar variance is a kernel argument; a broadcast one is read in place, never copied.
 * Validation is a flag written by the same kernel; a checked call reads it once.
 """
@@ -20,6 +24,7 @@ import cupy
 from .._agnostic.gaussian_nll import HALF_LOG_2PI
 from .._calls import GaussianNLLCall
 from .._validation import negative_var_error
+from . import gaussian_nll_contiguous as contiguous
 from . import reduce
 from ._common import compute_dtype, first_invalid, invalid_flag
 from ._kernels import REDUCE_BLOCK, block_partial, header, kernel_factory, preamble
@@ -47,6 +52,25 @@ def _raise_if_invalid(flag: cupy.ndarray, checked: bool) -> None:
 
 def _constant(call: GaussianNLLCall) -> float:
     return HALF_LOG_2PI if call.full else 0.0
+
+
+def _want(wrt: frozenset[str]) -> int:
+    return sum(bit for name, bit in _WANT_BITS.items() if name in wrt)
+
+
+def _contiguous_forward(call: GaussianNLLCall, plan: contiguous.Layout, checked: bool,
+                        flag: cupy.ndarray) -> cupy.ndarray:
+    """The forward through :mod:`.gaussian_nll_contiguous`'s kernels."""
+    if call.reduction == "none":
+        loss = cupy.empty(call.loss_shape, dtype=call.dtype)
+        contiguous.launch("forward", call, plan, _options(call), _constant(call), None, 1.0, 0,
+                          checked, [loss], flag)
+        return loss
+    threads, _ = contiguous.launch_threads(plan)
+    partials = contiguous.empty_partials(threads, compute_dtype(call.dtype))
+    contiguous.launch("partials", call, plan, _options(call), _constant(call), None, 1.0, 0,
+                      checked, [partials], flag)
+    return reduce.as_result(contiguous.finish(partials, threads, call, _mode(call)), call.dtype)
 
 
 def _mode(call: GaussianNLLCall) -> int:
@@ -125,9 +149,12 @@ def forward(call: GaussianNLLCall) -> Array:
     """The loss, reduced as ``call.reduction`` says."""
     checked = _check(call)
     scalar_var = isinstance(call.var, float)
+    plan = contiguous.layout(call)
     with call.input.device:  # everything, the flag too, on the inputs' device
         flag = invalid_flag(checked)
-        if call.reduction == "none":
+        if plan is not None:
+            loss = _contiguous_forward(call, plan, checked, flag)
+        elif call.reduction == "none":
             loss = cupy.empty(call.loss_shape, dtype=call.dtype)
             gaussian_forward(scalar_var)(
                 call.input, call.target, call.var, *_options(call), _constant(call),
@@ -148,8 +175,15 @@ def backward(call: GaussianNLLCall, grad_output: Array | float, wrt: frozenset[s
     checked = _check(call)
     scalar_var = isinstance(call.var, float)
     divisor = float(call.numel) if call.reduction == "mean" else 1.0
+    plan = contiguous.layout(call, grad_output)
     with call.input.device:  # everything, the flag too, on the inputs' device
         flag = invalid_flag(checked)
+        if plan is not None:
+            arrays = contiguous.gradient_outputs(call, plan, wrt)
+            contiguous.launch("backward", call, plan, _options(call), 0.0, grad_output, divisor,
+                              _want(wrt), checked, arrays, flag)
+            _raise_if_invalid(flag, checked)
+            return contiguous.gradient_results(call, wrt, arrays)
         outputs = _GradientOutputs(call, wrt)
         kernel = gaussian_backward(scalar_var, not isinstance(grad_output, float))
         kernel(call.input, call.target, call.var, grad_output, *_options(call), divisor,
@@ -166,8 +200,19 @@ def loss_and_grad(call: GaussianNLLCall, wrt: frozenset[str]) -> tuple[Array, Gr
         upstream = 1.0 / call.numel if call.numel else math.nan
     else:
         upstream = 1.0
+    plan = contiguous.layout(call)
     with call.input.device:  # everything, the flag too, on the inputs' device
         flag = invalid_flag(checked)
+        if plan is not None:
+            arrays = contiguous.gradient_outputs(call, plan, wrt)
+            threads, _ = contiguous.launch_threads(plan)
+            partials = contiguous.empty_partials(threads, compute_dtype(call.dtype))
+            contiguous.launch("loss_and_grad", call, plan, _options(call), _constant(call),
+                              upstream, 1.0, _want(wrt), checked, [partials, *arrays], flag)
+            totals = contiguous.finish(partials, threads, call, _mode(call))
+            _raise_if_invalid(flag, checked)
+            return (reduce.as_result(totals, call.dtype),
+                    contiguous.gradient_results(call, wrt, arrays))
         outputs = _GradientOutputs(call, wrt)
         partials = reduce.empty_partials(call.numel, compute_dtype(call.dtype))
         gaussian_loss_and_grad(scalar_var)(
