@@ -177,17 +177,24 @@ def launch(operation: str, call: Any, plan: Layout, options: tuple[float, int, f
                     if want & bit and (bit != 4 or plan.kind == "flat")]
     vector = aligned(chunked, plan)
     eps, log_var, beta = options
-    flags = (bool(log_var), beta == 0, bool(check))
+    flags = (bool(log_var), beta == 0)
     if plan.kind == "flat":
         kernel = gaussian_flat(operation, scalar_var, kind, vector, plan.width, flags)
     else:
         kernel = gaussian_rows(operation, kind, vector, plan.width, flags)
     threads, lanes = launch_threads(plan)
-    upstream_arguments = () if upstream is None else (upstream,)
-    kernel(call.input, call.target, call.var, *upstream_arguments, plan.numel, plan.columns,
-           threads, lanes, eps, beta, constant, divisor, want, *outputs, flag,
-           size=threads, block_size=REDUCE_BLOCK)
+    upstream_arguments = () if upstream is None else (_flat(upstream),)
+    kernel(_flat(call.input), _flat(call.target), _flat(call.var), *upstream_arguments,
+           plan.numel, plan.columns, threads, lanes, eps, beta, constant, divisor, want,
+           int(check), *(_flat(output) for output in outputs),
+           flag, size=threads, block_size=REDUCE_BLOCK)
     return threads
+
+
+def _flat(value: Any) -> Any:
+    """A C-contiguous array as the kernels read it, by element pointers: flat, so that the
+    generated source is the same whatever the number of dimensions (a Python var as it is)."""
+    return value.reshape(-1) if isinstance(value, cupy.ndarray) else value
 
 
 def finish(partials: Array, threads: int, call: Any, mode: int) -> Array:

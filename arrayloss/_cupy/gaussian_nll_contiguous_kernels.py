@@ -155,7 +155,7 @@ def _parameters(operation: str, scalar_var: bool, upstream: str) -> tuple[str, s
                           "array": ", raw G g"}[upstream]
     inputs = (f"raw X x, raw T t, {var}{upstream_parameter}, int64 n, int64 columns, "
               "int64 threads, int32 lanes, float64 eps, float64 beta, float64 constant, "
-              "float64 divisor, int32 want")
+              "float64 divisor, int32 want, int32 check")
     outputs = []
     if operation == "forward":
         outputs.append("raw R loss")
@@ -179,10 +179,11 @@ class _Shape:
     upstream: str  # "none", "number", "device", "array"
     vector: bool
     width: int
-    #: Compile-time options: the log-variance form, beta == 0, the validation check.
+    #: Compile-time options: the log-variance form and beta == 0 (as arguments, the same for
+    #: every thread, they held a dozen more registers in the flat loss-and-gradient kernel,
+    #: above 64).  The validation check is an argument: it is read on the rare path only.
     log_var: bool
     plain: bool
-    check: bool
 
     @property
     def chunk_stores(self) -> bool:
@@ -206,7 +207,6 @@ def _setup(shape: _Shape) -> str:
         # Constants, not arguments: a branch on them costs nothing, not even registers.
         f"constexpr int log_var = {int(shape.log_var)};",
         f"constexpr bool plain = {str(shape.plain).lower()};  // beta == 0: a weight of 1",
-        f"constexpr int check = {int(shape.check)};",
         "const A eps_value = A(eps);",
         "const A constant_value = A(constant);",
         "const A beta_value = A(beta);",
@@ -510,15 +510,15 @@ def _build(shape: _Shape) -> cupy.ElementwiseKernel:
 
 @kernel_factory
 def gaussian_flat(operation: str, scalar_var: bool, upstream: str, vector: bool, width: int,
-                  flags: tuple[bool, bool, bool]) -> cupy.ElementwiseKernel:
+                  flags: tuple[bool, bool]) -> cupy.ElementwiseKernel:
     """A flat kernel (scalar or full variance): ``operation`` is one of :data:`OPERATIONS`,
     ``upstream`` ``"none"`` (forward), ``"number"``, ``"device"`` (0-d) or ``"array"``,
-    ``flags`` ``(log_var, beta == 0, check)``."""
+    ``flags`` ``(log_var, beta == 0)``."""
     return _build(_Shape(operation, "flat", scalar_var, upstream, vector, width, *flags))
 
 
 @kernel_factory
 def gaussian_rows(operation: str, upstream: str, vector: bool, width: int,
-                  flags: tuple[bool, bool, bool]) -> cupy.ElementwiseKernel:
+                  flags: tuple[bool, bool]) -> cupy.ElementwiseKernel:
     """A row kernel (one variance per row of the loss's last axis), as :func:`gaussian_flat`."""
     return _build(_Shape(operation, "rows", False, upstream, vector, width, *flags))
