@@ -30,7 +30,7 @@ import numpy as np
 
 from . import _registry
 from ._settings import use_fused
-from ._torch_cuda import Bridge, Device
+from ._torch_cuda import _DTYPES, Bridge, Device
 from ._validation import _numpy_namespace
 
 __all__ = ["Router", "bridge", "numpy_first", "on_cpu"]
@@ -92,10 +92,9 @@ def _unviewable(error: Exception) -> bool:
 # NumPy arrays, runs as a NumPy call (its checks, its fast paths), and hands the results back
 # as tensors over the same memory.  Whatever this lane cannot take goes the bridge's way.
 
-#: The tensor dtypes that view as NumPy arrays as they are (bfloat16 travels as its bits, by
-#: the bridge).
-_VIEWABLE_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64",
-                    "uint8", "uint16", "uint32", "uint64", "bool")
+#: The tensor dtypes that view as NumPy arrays as they are: the bridge's, but bfloat16 (which
+#: travels as its bits, by the bridge).
+_VIEWABLE_DTYPES = tuple(sorted(_DTYPES - {"bfloat16"}))
 
 
 def numpy_first(*, records: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
