@@ -5,11 +5,12 @@ with ctypes.  The cache directory is ``$ARRAYLOSS_HOSTCUDA_CACHE`` or
 ``~/.cache/arrayloss-hostcuda``; the key covers the source, the shim headers and the flags, so a
 change to any of them compiles afresh.
 
-What every source starts with (the shim, ``hostcuda.h``, and CuPy's ``cupy/carray.cuh``, which
-bring most of the C++ standard library) is compiled once into a precompiled header, which halves
-each compile; a compiler that cannot use it parses the headers as before.  Test processes
-running side by side (pytest-xdist) share the cache: each library and the header are built
-under a file lock, so by one of them, and published atomically.
+What is the same for every kernel is compiled once per cache: the fiber scheduler
+(``runtime.cpp``) into a shared library that each kernel's library links, and what every source
+starts with (the shim, ``hostcuda.h``, and CuPy's ``cupy/carray.cuh``) into a precompiled header;
+a compiler that cannot use it parses the headers as before.  Test processes running side by
+side (pytest-xdist) share the cache: each library and the header are built under a file lock,
+so by one of them, and published atomically.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SHIM_DIR = HERE / "include"
+RUNTIME = HERE / "runtime.cpp"
 FLAGS = ("-std=c++20", "-O1", "-fPIC", "-w", "-fno-strict-aliasing", "-ffp-contract=off")
 #: The first line of every host source (``_launch._host_source``), after the shim.
 PRELUDE = "#include <cupy/carray.cuh>\n"
@@ -64,6 +66,7 @@ def _shim_digest() -> str:
         if path.is_file():
             digest.update(path.name.encode() + path.read_bytes())
     digest.update((cupy_include_dir() / "cupy" / "carray.cuh").read_bytes())
+    digest.update(RUNTIME.read_bytes())
     return digest.hexdigest()
 
 
@@ -128,7 +131,24 @@ def _precompiled_prelude(cxx: str) -> Path | None:
     return header
 
 
+@cache
+def _runtime_library(cxx: str) -> Path:
+    """The fiber scheduler's shared library, built once per cache directory."""
+    key = hashlib.sha256("\0".join((_shim_digest(), cxx, *FLAGS)).encode()).hexdigest()[:32]
+    library = cache_dir() / f"runtime-{key}.so"
+    with locked(cache_dir() / f"runtime-{key}.lock"):
+        if not library.exists():
+            partial = library.with_suffix(f".{os.getpid()}")
+            command = [cxx, *FLAGS, "-shared", *_include_flags(), str(RUNTIME), "-o", str(partial)]
+            result = subprocess.run(command, capture_output=True, text=True, check=False)
+            if result.returncode:
+                raise CompileError(f"the hostcuda runtime failed to compile:\n{result.stderr}")
+            os.replace(partial, library)
+    return library
+
+
 def _build(cxx: str, source: str, library: Path) -> None:
+    runtime = _runtime_library(cxx)
     prelude = _precompiled_prelude(cxx)
     # With the precompiled prelude first, the source's own `#include <cupy/carray.cuh>` is a
     # no-op (#pragma once): the same text, parsed once per cache instead of once per kernel.
@@ -137,8 +157,9 @@ def _build(cxx: str, source: str, library: Path) -> None:
         source_path = Path(work) / "kernel.cpp"
         source_path.write_text(source)
         partial = Path(work) / "kernel.so"
+        # Linked by its path (it has no soname), so loading a kernel's library loads it too.
         command = [cxx, *FLAGS, "-shared", "-include", first, *_include_flags(),
-                   str(source_path), "-o", str(partial)]
+                   str(source_path), str(runtime), "-o", str(partial)]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode:
             raise CompileError(f"host compilation failed:\n{result.stderr[-6000:]}\n"
