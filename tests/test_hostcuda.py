@@ -9,6 +9,7 @@ second device, uninitialised inputs, and that every kernel factory ran.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import pkgutil
@@ -278,6 +279,30 @@ def test_no_kernel_reads_an_uninitialised_buffer() -> None:
         gaussian_nll.gaussian_forward(False)(hostcuda._arrays.empty(3, np.float32),
                                              logits[0, :3], logits[0, :3], 1e-6, 0, 0.0, 0.0,
                                              0, hostcuda._arrays.empty(3, np.float16), flag)
+
+
+@pytest.mark.nvrtc
+def test_precompiled_headers_change_no_bit_of_the_device_code(tmp_path, monkeypatch) -> None:
+    # NVRTC starts each compile from a precompiled header of CuPy's headers (built by the first
+    # source, read by the others): the cubins are those of a compile that parses them.
+    from hostcuda import _nvrtc
+
+    reason = _nvrtc.unavailable()
+    if reason:
+        pytest.skip(reason)
+    with hostcuda.recording_only(), contextlib.suppress(AssertionError):
+        kc.case_gaussian(DEVICE, "float16", "rows", "mean")  # launched, not run: no values
+    launched = [hostcuda.COUNTERS.sources[launch["digest"]] for launch in hostcuda.COUNTERS.trace
+                if launch["name"].startswith("arrayloss_gaussian_nll")]
+    assert launched
+    monkeypatch.setenv("ARRAYLOSS_HOSTCUDA_CACHE", str(tmp_path))  # no header built yet
+    monkeypatch.setattr(_nvrtc, "_pch_directory", _nvrtc._pch_directory.__wrapped__)
+    for source in launched[:2]:  # ElementwiseKernels: CuPy's headers first
+        built, read, parsed = (_nvrtc.device_binary(source, (), (), "90", precompiled)[0]
+                               for precompiled in (True, True, False))
+        assert built == read == parsed
+    if _nvrtc._pch_directory() is not None:
+        assert list(tmp_path.glob("nvrtc-pch-*/*.pch")), "no precompiled header was built"
 
 
 @pytest.mark.nvrtc

@@ -14,6 +14,10 @@ import contextlib
 import functools
 import hashlib
 import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
 
 from . import _compiler, _cubin
 
@@ -41,39 +45,125 @@ def compile_for_device(source: str, name_expressions: tuple[str, ...] = (),
                        kernel_options: tuple[str, ...] = ()) -> None:
     """Compile ``source`` as CuPy would for each architecture, with the kernel's own NVRTC
     ``kernel_options`` (``ElementwiseKernel(options=...)``); raises with NVRTC's log."""
-    from cupy._core import core
-    from cupy.cuda import compiler
-
     digest = hashlib.sha256(source.encode()).hexdigest()[:32]
+    if digest in compiled:
+        return
     # The options are part of what is compiled (a kernel's are fixed by its factory).
     suffix = hashlib.sha256(" ".join(kernel_options).encode()).hexdigest()[:8] \
         if kernel_options else ""
     marker = _compiler.cache_dir() / f"{digest}{suffix}.nvrtc"
-    if digest in compiled:
-        return
-    with contextlib.suppress(OSError, ValueError):  # an empty marker: compiled before
-        resources[digest] = json.loads(marker.read_text())  # resources were recorded
-        compiled.add(digest)
-        return
+    if not _read_marker(digest, marker):
+        # Workers side by side (pytest-xdist) meet the same sources: one of them compiles.
+        with _compiler.locked(marker.with_suffix(".lock")):
+            if not _read_marker(digest, marker):
+                found = _compile(source, name_expressions, kernel_options)
+                partial = marker.with_suffix(f".{os.getpid()}")
+                partial.write_text(json.dumps(found))
+                os.replace(partial, marker)  # a reader sees no marker or a whole one
+                resources[digest] = found
+    compiled.add(digest)
+
+
+def _read_marker(digest: str, marker: Path) -> bool:
+    """Whether ``marker`` records a compile of ``digest`` (its resources then remembered)."""
+    try:
+        resources[digest] = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _compile(source: str, name_expressions: tuple[str, ...], kernel_options: tuple[str, ...]
+             ) -> dict[str, dict[str, dict[str, int]]]:
+    """Each architecture's kernels' resources (registers, stack frame) by name."""
+    found: dict[str, dict[str, dict[str, int]]] = {}
+    for arch in ARCHITECTURES:
+        cubin, lowered = device_binary(source, name_expressions, kernel_options, arch)
+        by_symbol = _cubin.resources(cubin)
+        # A RawModule's kernels by their name expressions, an ElementwiseKernel's by name.
+        names = {symbol: symbol for symbol in by_symbol}
+        names.update({symbol: expression for expression, symbol in (lowered or {}).items()})
+        found[arch] = {names[symbol]: usage for symbol, usage in by_symbol.items()}
+    return found
+
+
+def device_binary(source: str, name_expressions: tuple[str, ...], kernel_options: tuple[str, ...],
+                  arch: str, precompiled: bool = True) -> tuple[bytes, dict[str, str] | None]:
+    """(the cubin, the lowered name of each name expression) of ``source`` for ``sm_<arch>``,
+    compiled as CuPy compiles it; ``precompiled=False`` parses every header afresh."""
+    from cupy._core import core
+    from cupy.cuda import compiler
+
     options = (*core.assemble_cupy_compiler_options(("-ftz=true",)), *kernel_options)
     if name_expressions:  # a RawModule: its code as written
         text = source
     else:  # an ElementwiseKernel: CuPy prepends its headers
         text = "".join(f"#include <{h}>\n" for h in core._cupy_header_list) + source
         options = (*options, "--device-as-default-execution-space")
-    found: dict[str, dict[str, dict[str, int]]] = {}
-    for arch in ARCHITECTURES:
+    options = (*options, f"-arch=sm_{arch}", "--std=c++17")
+    with _precompiled_headers(text, options, precompiled) as pch_options:
         program = compiler._NVRTCProgram(text, "arrayloss_kernel.cu",
                                          name_expressions=name_expressions or None,
                                          method="cubin")
-        cubin, lowered = program.compile((*options, f"-arch=sm_{arch}", "--std=c++17"))
-        if cubin[:4] != b"\x7fELF":
-            raise RuntimeError(f"NVRTC returned no device binary for sm_{arch}")
-        by_symbol = _cubin.resources(cubin)
-        # A RawModule's kernels by their name expressions, an ElementwiseKernel's by name.
-        names = {symbol: symbol for symbol in by_symbol}
-        names.update({symbol: expression for expression, symbol in (lowered or {}).items()})
-        found[arch] = {names[symbol]: usage for symbol, usage in by_symbol.items()}
-    marker.write_text(json.dumps(found))
-    resources[digest] = found
-    compiled.add(digest)
+        cubin, lowered = program.compile((*options, *pch_options))
+    if cubin[:4] != b"\x7fELF":
+        raise RuntimeError(f"NVRTC returned no device binary for sm_{arch}")
+    return cubin, lowered
+
+
+# ------------------------------------------------------------------ precompiled headers
+#
+# Most of an NVRTC compile of a small kernel is parsing CuPy's headers, which the first lines of
+# every source include.  NVRTC (12.8+) can precompile what a source's first preprocessing
+# directives bring in (``--create-pch``) and start later compiles from it (``--use-pch``) when
+# their first directives and their options are the same.  So one precompiled header is kept per
+# (directives, options, architecture): the first source of each builds it under a lock, into a
+# file of its own that is then published whole, and the others only read it.  A precompiled
+# header changes how fast NVRTC compiles, not what (tests/test_hostcuda.py compares the bits).
+
+#: A source's first preprocessing directives (and the blank and comment lines among them).
+_DIRECTIVES = re.compile(r"(?:[ \t]*(?:#[^\n]*|//[^\n]*)?\n)*")
+
+
+@functools.cache
+def _pch_directory() -> Path | None:
+    """Where precompiled headers live (per NVRTC and CuPy version), or None where NVRTC has
+    none (before 12.8)."""
+    import cupy
+    from cupy.cuda import nvrtc
+
+    version = nvrtc.getVersion()
+    if version < (12, 8):
+        return None
+    key = hashlib.sha256(f"{version} {cupy.__version__}".encode()).hexdigest()[:16]
+    directory = _compiler.cache_dir() / f"nvrtc-pch-{key}"
+    directory.mkdir(exist_ok=True)
+    return directory
+
+
+@contextlib.contextmanager
+def _precompiled_headers(text: str, options: tuple[str, ...], wanted: bool = True
+                         ) -> Iterator[tuple[str, ...]]:
+    """The options that compile ``text`` (with ``options``) from a precompiled header, or
+    build that header on the way (none where NVRTC has none, or ``wanted`` is false)."""
+    directives = _DIRECTIVES.match(text).group(0)  # type: ignore[union-attr]
+    directory = _pch_directory() if wanted and "#include" in directives else None
+    if directory is None:
+        yield ()
+        return
+    key = hashlib.sha256("\0".join((directives, *options)).encode()).hexdigest()[:24]
+    header = directory / f"{key}.pch"
+    if header.exists():
+        yield (f"--use-pch={header}",)
+        return
+    with _compiler.locked(directory / f"{key}.lock"):
+        if header.exists():  # built by another process meanwhile
+            yield (f"--use-pch={header}",)
+            return
+        partial = directory / f"{key}.{os.getpid()}.partial"
+        try:
+            yield (f"--create-pch={partial}",)
+            if partial.exists():  # NVRTC may decline (a full PCH heap): compiled without
+                os.replace(partial, header)
+        finally:
+            partial.unlink(missing_ok=True)
