@@ -84,8 +84,13 @@ def test_a_stage_stopped_by_sigint_keeps_what_it_measured(tmp_path: Path) -> Non
             path = out / gpu_check.RECORDS
             if path.exists() and '"timing"' in path.read_text():
                 break
-            time.sleep(0.1)
+            time.sleep(0.02)
+        # Stopped at once, the stage is still mid-way when the signal comes (on a busy machine
+        # the rest of the stage could otherwise end before it does); it takes it on resuming.
+        process.send_signal(signal.SIGSTOP)
+        assert '"kind": "stage"' not in path.read_text(), "the stage ended before its stop"
         process.send_signal(signal.SIGINT)  # what `timeout -s INT` sends
+        process.send_signal(signal.SIGCONT)
         assert process.wait(timeout=120) == 124
     finally:
         if process.poll() is None:
