@@ -18,6 +18,15 @@ from array_api_compat import array_namespace
 
 ALL_BACKENDS = ("numpy", "array_api_strict", "torch", "jax", "cupy")
 
+# JAX compiles every operation again for each new shape (35 ms each on the CPU), about half of
+# a warm suite's time: its persistent cache keeps them between runs, every one however quick
+# (JAX's default skips those under a second).  Environment variables, read when JAX is first
+# imported, so that the tests' own subprocesses share it; a caller's own settings win.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(os.path.expanduser("~"), ".cache", "arrayloss-tests-jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 
 def _cupy_works() -> bool:
     try:
