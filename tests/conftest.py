@@ -26,6 +26,10 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(os.path.expanduser("~"), ".cache", "arrayloss-tests-jax"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# With no size limit JAX's cache takes no lock, and a second process (a test's subprocess, the
+# other worker) could read an entry half written: a warning, an error here.  A limit (2 GiB; a
+# suite writes about 16 MB) turns on its file lock around every read and write.
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
 
 
 def _cupy_works() -> bool:
