@@ -4,8 +4,8 @@ Each target case of ``gpu_check`` (at its full size) runs once through the real 
 on the host harness (``tests/hostcuda``) in recording mode: every launch is recorded with the
 bytes its array arguments span, read and written, but nothing is computed, and the inputs
 are never touched (so 2^26 elements cost no memory).  Every launched source is compiled by
-NVRTC for sm_80 and sm_90, and each kernel's registers per thread and stack frame are read
-from the cubins.  Per case:
+NVRTC to machine code for sm_80 and sm_90, and each kernel's registers per thread and stack
+frame are read from the cubins.  Per case:
 
 * launches per call (the arrayloss kernels and CuPy's own operations: fills, copies, casts);
 * bytes read and written, against the least the call must move (``cases.model_bytes``);
@@ -26,7 +26,6 @@ counted as DRAM bytes.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import sys
@@ -148,7 +147,8 @@ def measure_case(case: Case) -> dict[str, Any]:
         if launch["digest"] is None:
             continue
         source = counters.sources[launch["digest"]]
-        found = _nvrtc.resources.get(hashlib.sha256(source.encode()).hexdigest()[:32], {})
+        # The cubins are built here, for the kernels the proxy reads (the rest get PTX).
+        found = _nvrtc.machine_resources(source) if _nvrtc.unavailable() is None else {}
         for arch, kernels in found.items():
             usage = kernels.get(launch["name"])
             if usage:

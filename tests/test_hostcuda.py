@@ -306,10 +306,33 @@ def test_precompiled_headers_change_no_bit_of_the_device_code(tmp_path, monkeypa
 
 
 @pytest.mark.nvrtc
+def test_every_architecture_compiles_each_source(tmp_path, monkeypatch) -> None:
+    # A source that only sm_90 accepts fails, with NVRTC's log, for compute_80: both
+    # architectures' front ends see every source; its machine code is built where asked.
+    from hostcuda import _nvrtc
+
+    reason = _nvrtc.unavailable()
+    if reason:
+        pytest.skip(reason)
+    monkeypatch.setenv("ARRAYLOSS_HOSTCUDA_CACHE", str(tmp_path))
+    kernel = 'extern "C" __global__ void probe(float* x) {{ x[threadIdx.x] = {}; }}\n'
+    only_sm_90 = "#if __CUDA_ARCH__ < 900\n#error needs sm_90\n#endif\n" + kernel.format(1)
+    with pytest.raises(Exception, match="needs sm_90"):
+        _nvrtc.compile_for_device(only_sm_90, ("probe",))
+    source = kernel.format(2)
+    _nvrtc.compile_for_device(source, ("probe",))
+    assert list(tmp_path.glob("*.ptx")) and not list(tmp_path.glob("*.nvrtc"))
+    found = _nvrtc.machine_resources(source)
+    assert set(found) == {"80", "90"}
+    assert all(kernels["probe"]["registers"] > 0 for kernels in found.values())
+
+
+@pytest.mark.nvrtc
 def test_every_launched_source_compiles_with_nvrtc() -> None:
     # Runs last in its process: by now every kernel source launched above went through NVRTC
-    # for sm_80 and sm_90 (tests/hostcuda/_nvrtc.py) before it ran, so what CI compiles is what
-    # runs.  Under pytest-xdist this process may have run none of them: then one case first.
+    # for compute_80 and compute_90 (tests/hostcuda/_nvrtc.py) before it ran, so what CI
+    # compiles is what runs.  Under pytest-xdist this process may have run none of them: then
+    # one case first.
     from hostcuda import _nvrtc
 
     reason = _nvrtc.unavailable()
