@@ -11,6 +11,10 @@ they become a validated call, the forward and the backward) and hands it to :fun
   through ``jax.custom_vjp`` with the same backward;
 * everything else runs the forward directly, at no extra cost.
 
+The torch CPU lane (:mod:`arrayloss._torch_cpu`) runs a recording call on NumPy views of its
+tensors inside :func:`handing_over`: the call's :class:`Differentiable` is handed over to it
+(it records one light autograd node over the views), instead of a bridge.
+
 So the gradients are the documented ones (the ``eps`` clamp invisible to them, as in
 PyTorch), not whatever autograd would make of the generic code's clamp and ``where`` calls.
 """
@@ -21,6 +25,7 @@ import contextlib
 import functools
 import sys
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -32,7 +37,7 @@ from ._validation import _numpy_namespace
 Array = Any
 Call = Any
 
-__all__ = ["Differentiable", "loss", "not_recorded", "recording"]
+__all__ = ["Differentiable", "handing_over", "loss", "not_recorded", "recording"]
 
 
 @dataclass(frozen=True)
@@ -49,10 +54,30 @@ class Differentiable:
     backward: Callable[[Call, Array, frozenset[str]], dict[str, Array | None]]
 
 
+#: While the torch CPU lane runs a recording call on NumPy views: the list that the call's
+#: (Differentiable, validated call) is handed over in.
+_handed_over: ContextVar[list[tuple[Differentiable, Call]] | None] = ContextVar(
+    "arrayloss_handed_over", default=None)
+
+
+@contextlib.contextmanager
+def handing_over() -> Iterator[list[tuple[Differentiable, Call]]]:
+    """A NumPy call run inside records nothing: the first loss it computes appends its
+    (Differentiable, validated call) to the list yielded, for the caller to record."""
+    taken: list[tuple[Differentiable, Call]] = []
+    token = _handed_over.set(taken)
+    try:
+        yield taken
+    finally:
+        _handed_over.reset(token)
+
+
 def recording(xp: ModuleType, arrays: tuple[Array, ...]) -> bool:
-    """Whether a bridge is needed: torch autograd recording, or JAX tracing."""
+    """Whether a bridge is needed: torch autograd recording, or JAX tracing (or, for NumPy,
+    a Differentiable to hand over: see :func:`handing_over`)."""
     if xp is _numpy_namespace():  # the common case, decided at once
-        return False
+        taken = _handed_over.get()
+        return taken is not None and not taken
     if is_torch_namespace(xp):
         import torch
 
@@ -66,6 +91,11 @@ def recording(xp: ModuleType, arrays: tuple[Array, ...]) -> bool:
 
 def loss(spec: Differentiable, call: Call) -> Array:
     """The loss of ``call``, differentiable by ``call.xp``'s autograd (see the module doc)."""
+    if call.xp is _numpy_namespace():  # handed over (TorchDynamo traces no ContextVar)
+        taken = _handed_over.get()
+        if taken is not None:
+            taken.append((spec, call))
+        return spec.forward(call)
     if is_torch_namespace(call.xp):
         from ._torch_autograd import ArraylossLoss
 

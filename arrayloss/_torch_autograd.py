@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from ._agnostic._helpers import torch_compiling
@@ -18,9 +19,15 @@ if TYPE_CHECKING:
 
 Call = Any
 
-__all__ = ["ArraylossLoss"]
+__all__ = ["ArraylossLoss", "NumpyViewsLoss"]
 
 _FUNCTORCH = torch._C._functorch
+
+#: Why a second derivative is refused, by both functions below.
+DIFFERENTIABLE_ONCE = (
+    "arrayloss's losses are differentiable once: their backward is the explicit first "
+    "derivative, so create_graph=True (double backward, gradient penalties through the "
+    "loss, nested torch.func.grad) is not supported")
 
 
 class ArraylossLoss(torch.autograd.Function):
@@ -49,11 +56,7 @@ class ArraylossLoss(torch.autograd.Function):
     def backward(ctx: Any, grad_output: Any) -> tuple[Any, ...]:
         tensors = ctx.saved_tensors  # raises if an input was modified in place
         if _differentiated_again(grad_output, tensors):
-            raise RuntimeError(
-                "arrayloss's losses are differentiable once: their backward is the "
-                "explicit first derivative, so create_graph=True (double backward, "
-                "gradient penalties through the loss, nested torch.func.grad) is not "
-                "supported")
+            raise RuntimeError(DIFFERENTIABLE_ONCE)
         names = list(ctx.spec.arrays)
         wanted = frozenset(name for name, needed in zip(names, ctx.needs_input_grad[2:],
                                                         strict=True) if needed)
@@ -61,6 +64,53 @@ class ArraylossLoss(torch.autograd.Function):
         grads = ctx.spec.backward(call, grad_output, wanted) if wanted else {}
         return (None, None, *(grads.get(name) if name in wanted else None
                               for name in names))
+
+
+class NumpyViewsLoss(torch.autograd.Function):
+    """The autograd node of a loss that the torch CPU lane (:mod:`arrayloss._torch_cpu`)
+    computed on NumPy views of CPU tensors: the forward hands back the loss already computed,
+    the backward runs the loss's NumPy backward on the same views.
+
+    ``forward(ctx, spec, call, loss, *tensors)``: ``call`` is the validated NumPy call,
+    ``loss`` its NumPy result, ``tensors`` the caller's tensors of ``spec.arrays``.  The
+    lane runs outside ``torch.func`` transforms and ``torch.compile``, so this is the plain
+    ``ctx`` form: ``setup_context``'s form costs PyTorch an ``inspect.signature`` a call.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, spec: Differentiable, call: Call, loss: Any, *tensors: Any) -> Any:
+        ctx.spec, ctx.call = spec, call
+        ctx.save_for_backward(*tensors)  # in-place changes before backward are caught
+        return torch.from_numpy(loss)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Any) -> tuple[Any, ...]:
+        ctx.saved_tensors  # noqa: B018  (raises if an input was modified in place)
+        if torch.is_grad_enabled():  # create_graph=True
+            raise RuntimeError(DIFFERENTIABLE_ONCE)
+        names = list(ctx.spec.arrays)
+        wanted = frozenset(name for name, needed in zip(names, ctx.needs_input_grad[3:],
+                                                        strict=True) if needed)
+        grads = ctx.spec.backward(ctx.call, _numpy_view(grad_output), wanted) if (
+            wanted) else {}
+        return (None, None, None, *(_tensor_over(grads.get(name)) if name in wanted
+                                    else None for name in names))
+
+
+def _numpy_view(tensor: Any) -> Any:
+    """A CPU tensor as a NumPy array, without a copy where NumPy can view it."""
+    try:
+        return tensor.numpy()
+    except (RuntimeError, TypeError):  # a conjugate or negative view, say
+        return tensor.resolve_conj().resolve_neg().contiguous().numpy()
+
+
+def _tensor_over(array: Any) -> Any:
+    """A NumPy gradient as a tensor over its memory (None stays None)."""
+    if array is None:
+        return None
+    array = np.asarray(array)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
 def _differentiated_again(grad_output: Any, saved: tuple[Any, ...]) -> bool:

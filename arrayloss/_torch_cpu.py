@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _registry
+from . import _autograd, _registry
 from ._settings import use_fused
 from ._torch_cuda import _DTYPES, Bridge, Device
 from ._validation import _numpy_namespace
@@ -103,9 +103,12 @@ def numpy_first(*, records: bool) -> Callable[[Callable[..., Any]], Callable[...
 
     The call's tensors are viewed as NumPy arrays (``Tensor.numpy()``: no copy) when every
     array argument is a CPU tensor of a dtype NumPy has, outside ``torch.compile``'s tracing
-    and ``torch.func`` transforms, and, for a function that ``records`` autograd (a forward),
-    when none of them requires grad with grad mode on.  The results come back as tensors
-    sharing NumPy's memory; ``out`` comes back as the caller's own tensor.
+    and ``torch.func`` transforms.  The results come back as tensors sharing NumPy's memory;
+    ``out`` comes back as the caller's own tensor.  A function that ``records`` autograd (a
+    forward) with a tensor that requires grad, grad mode on, hands its Differentiable over
+    (:func:`arrayloss._autograd.handing_over`): its loss is recorded as one autograd node
+    whose backward is the loss's NumPy backward on the same views
+    (:class:`arrayloss._torch_autograd.NumpyViewsLoss`), not a bridge's round trip each way.
 
     Errors are always the tensor call's own: where the NumPy call raises (or warns, with
     warnings as errors), ``function`` runs again on the tensors, which raises it as its
@@ -121,12 +124,16 @@ def numpy_first(*, records: bool) -> Callable[[Callable[..., Any]], Callable[...
             lane = _numpy_views(torch, args, kwargs, records)
             if lane is None:
                 return function(*args, **kwargs)
-            arrays, keywords, tensors = lane
+            arrays, keywords, tensors, recorded = lane
             try:
-                result = function(*arrays, **keywords)
+                if not recorded:
+                    return _as_tensors(torch, function(*arrays, **keywords), tensors)
+                with _autograd.handing_over() as taken:
+                    result = function(*arrays, **keywords)
             except Exception:
                 return function(*args, **kwargs)  # raised as the tensor call raises it
-            return _as_tensors(torch, result, tensors)
+            node = _recorded(torch, result, taken, tensors)
+            return node if node is not None else function(*args, **kwargs)
 
         return numpy_first_call
 
@@ -134,9 +141,10 @@ def numpy_first(*, records: bool) -> Callable[[Callable[..., Any]], Callable[...
 
 
 def _numpy_views(torch: Any, args: tuple[Any, ...], kwargs: dict[str, Any], records: bool
-                 ) -> tuple[list[Any], dict[str, Any], dict[int, Any]] | None:
-    """(the positional arguments, the keyword arguments, the tensor of each view's id) with
-    every tensor viewed as a NumPy array; None where the call keeps its tensors."""
+                 ) -> tuple[list[Any], dict[str, Any], dict[int, Any], bool] | None:
+    """(the positional arguments, the keyword arguments, the tensor of each view's id,
+    whether autograd records the call) with every tensor viewed as a NumPy array; None
+    where the call keeps its tensors."""
     tensor_type = torch.Tensor
     if not any(isinstance(value, tensor_type) for value in (*args, *kwargs.values())):
         return None
@@ -146,6 +154,7 @@ def _numpy_views(torch: Any, args: tuple[Any, ...], kwargs: dict[str, Any], reco
     check_grad = records and torch.is_grad_enabled()
     viewable = _viewable_dtypes(torch)
     tensors: dict[int, Any] = {}
+    recorded = False
 
     def view(value: Any) -> Any:
         if not isinstance(value, tensor_type):
@@ -154,10 +163,10 @@ def _numpy_views(torch: Any, args: tuple[Any, ...], kwargs: dict[str, Any], reco
             return value
         if not value.is_cpu or value.dtype not in viewable:
             raise _KeepTensors
+        nonlocal recorded
         viewed = value
         if value.requires_grad:
-            if check_grad:
-                raise _KeepTensors
+            recorded = recorded or check_grad
             viewed = value.detach()  # a microsecond or two: only where numpy() needs it
         try:
             array = viewed.numpy()
@@ -171,7 +180,25 @@ def _numpy_views(torch: Any, args: tuple[Any, ...], kwargs: dict[str, Any], reco
         keywords = {key: view(value) for key, value in kwargs.items()}
     except _KeepTensors:
         return None
-    return arrays, keywords, tensors
+    return arrays, keywords, tensors, recorded
+
+
+def _recorded(torch: Any, loss: Any, taken: list[tuple[Any, Any]],
+              tensors: dict[int, Any]) -> Any:
+    """The NumPy ``loss`` of a recording call as a tensor with its autograd node, from the
+    (Differentiable, call) the call handed over; None where it handed none over, or its
+    arrays are not the caller's views (the tensor call runs instead)."""
+    if not taken or not isinstance(loss, (np.ndarray, np.generic)):
+        return None
+    spec, call = taken[0]
+    inputs = [tensors.get(id(array)) for array in spec.arrays.values()]
+    if any(tensor is None for tensor in inputs):
+        return None
+    from ._torch_autograd import NumpyViewsLoss
+
+    loss = np.asarray(loss)
+    return NumpyViewsLoss.apply(spec, call, loss if loss.flags.writeable else loss.copy(),
+                                *inputs)
 
 
 @functools.cache

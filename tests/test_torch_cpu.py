@@ -380,18 +380,111 @@ def test_backward_functions_take_the_lane_with_tensors_that_require_grad(
     torch.testing.assert_close(out, expected.grad, rtol=1e-12, atol=0)
 
 
-def test_forward_with_autograd_keeps_the_tensors_and_records(validations: list[str]) -> None:
+def test_forward_with_autograd_records_one_node_over_numpys_views(
+        spy: Spy, validations: list[str]) -> None:
+    """A forward that autograd records runs as a NumPy call too (NumPy's checks, its fast
+    paths), and its backward is the loss's NumPy backward on the same views."""
     x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
     t = torch.randn(6, 4, dtype=torch.float64)
     loss = al.mse_loss(x, t)
-    assert loss.grad_fn is not None
-    assert any("torch" in name for name in validations)  # validated on the tensors
+    assert type(loss.grad_fn).__name__ == "NumpyViewsLossBackward"
+    assert not any("torch" in name for name in validations)
     loss.backward()
-    torch.testing.assert_close(x.grad, 2 * (x - t).detach() / x.numel())
+    torch.testing.assert_close(x.grad, 2 * (x - t).detach() / x.numel(), rtol=1e-12, atol=0)
+    assert [method for method, *_ in spy.calls] == ["forward", "backward"]
+    assert all(np.shares_memory(call.input, x.detach().numpy()) for _, call, *_ in spy.calls)
     with torch.no_grad():
-        validations.clear()
         assert al.mse_loss(x, t).grad_fn is None
-        assert not any("torch" in name for name in validations)
+
+
+def _recorded_cases() -> list[Any]:
+    rng = np.random.default_rng(11)
+    logits = rng.normal(size=(12, 5))
+    labels = rng.integers(0, 5, 12)
+    labels[3] = -100
+    weight = rng.uniform(0.5, 2, 5)
+    mean, target = rng.normal(size=(12, 5)), rng.normal(size=(12, 5))
+    var = rng.uniform(0.5, 2, (12, 1))
+    # (loss, its arrays, how many of them lead to autograd, options, PyTorch's loss)
+    cases = [
+        ("nll_loss", (logits, labels, weight), 1, {}, F.nll_loss),
+        ("cross_entropy", (logits, labels, weight), 1, {"label_smoothing": 0.1},
+         F.cross_entropy),
+        ("gaussian_nll_loss", (mean, target, var), 3, {"full": True}, F.gaussian_nll_loss),
+    ]
+    for variant in ec.VARIANTS:
+        values = ec.rounded(ec.make_arrays(variant, (6, 5), (6, 5)), "float64", variant)
+        arrays = (values["input"], values["target"])
+        keywords = ec.arrayloss_keywords(variant, values)
+
+        def oracle(x: Any, t: Any, reduction: str, variant: ec.Variant = variant,
+                   values: Any = values, **options: Any) -> Any:
+            extra = {name: torch.from_numpy(values[name]) for name in variant.weights}
+            return ec.torch_loss(variant, {"input": x, "target": t, **extra}, reduction)
+
+        cases.append((variant.loss, arrays, 2, keywords, oracle))
+    return [pytest.param(*case, id=f"{case[0]}-{k}") for k, case in enumerate(cases)]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize(("name", "arrays", "leading", "keywords", "oracle"),
+                         _recorded_cases())
+def test_every_loss_records_on_the_lane_as_pytorch_differentiates(
+        name: str, arrays: tuple[Any, ...], leading: int, keywords: dict[str, Any],
+        oracle: Any, reduction: str) -> None:
+    """The lane's autograd node gives PyTorch's gradient of ``input`` for every loss, and
+    every gradient of the tensor path (the bridge over the generic code)."""
+    function = getattr(al, name)
+    keywords = {key: torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+                for key, value in keywords.items()}
+
+    def leaves() -> list[Any]:
+        tensors = [torch.from_numpy(array.copy()) for array in arrays]
+        for tensor in tensors[:leading]:
+            if tensor.is_floating_point():
+                tensor.requires_grad_()
+        return tensors
+
+    ours, tensor_path, theirs = leaves(), leaves(), leaves()
+    loss = function(*ours, reduction=reduction, **keywords)
+    assert type(loss.grad_fn).__name__ == "NumpyViewsLossBackward"
+    upstream = torch.from_numpy(np.random.default_rng(5).normal(size=tuple(loss.shape)))
+    loss.backward(upstream)
+    with al.fused_kernels(False):  # the tensor path: validated on tensors, the generic code
+        expected = function(*tensor_path, reduction=reduction, **keywords)
+    assert type(expected.grad_fn).__name__ == "ArraylossLossBackward"
+    expected.backward(upstream)
+    torch.testing.assert_close(loss, expected.detach(), rtol=1e-12, atol=1e-14)
+    for got, want in zip(ours, tensor_path, strict=True):
+        assert (got.grad is None) == (want.grad is None), name
+        if got.grad is not None:
+            torch.testing.assert_close(got.grad, want.grad, rtol=1e-12, atol=1e-14,
+                                       equal_nan=True)  # full poisson_nll_loss at t = 0
+    pytorchs = keywords if oracle in (F.nll_loss, F.cross_entropy, F.gaussian_nll_loss) else {}
+    if leading == 2 and not theirs[1].is_floating_point():  # PyTorch's backward needs a
+        theirs[1] = theirs[1].to(theirs[0].dtype)           # target of input's dtype
+    oracle(*theirs, reduction=reduction, **pytorchs).backward(upstream)
+    for got, want in zip(ours, theirs, strict=True):
+        if want.grad is not None:
+            torch.testing.assert_close(got.grad, want.grad, rtol=1e-10, atol=1e-12,
+                                       equal_nan=True)
+
+
+def test_the_lanes_node_refuses_what_the_bridge_refuses() -> None:
+    """A second derivative, and an input changed in place before backward, raise as they do
+    through the tensor path; a class weight that requires grad gets none."""
+    x = torch.randn(8, 3, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    weight = torch.rand(3, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.grad(al.nll_loss(x, labels), x, create_graph=True)
+    loss = al.cross_entropy(x, labels)
+    with torch.no_grad():
+        x.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    al.nll_loss(x, labels, weight).backward()
+    assert weight.grad is None and x.grad is not None
 
 
 def test_errors_are_the_tensor_calls_own() -> None:
