@@ -40,8 +40,12 @@ if TYPE_CHECKING:
 
 Array = Any
 
-#: From this many elements the blocks run in worker threads.
-THREADED_ELEMENTS = 1 << 16
+#: From this many elements the blocks run in worker threads.  Below it a second thread
+#: costs more than it gains: each block's dozen NumPy calls hand the GIL over a dozen times
+#: (see _cross_entropy_numpy.BLOCKS_PER_WORKER).  Measured on a 2-core EPYC, float32, forward
+#: and loss+grad, rows and full variances, serial over threaded: 1e5 elements 0.65-0.80x the
+#: time, 2e5 0.84-1.36x, 3e5 1.1-1.3x, 1e6 1.5-1.7x.
+THREADED_ELEMENTS = 1 << 18
 
 _FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
