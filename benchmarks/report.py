@@ -283,6 +283,8 @@ def _cpu_targets(rows: list[dict[str, Any]], targets: list[dict[str, Any]], chec
         check(f"CPU cross-entropy loss+grad {shape}: {speedup_at_least(1.0)}",
               _find(rows, ours, loss="cross_entropy", op="loss_and_grad", variant="plain",
                     shape=shape, **mean), "speedup_vs_baseline", 1.0)
+    for loss in TORCH_CPU_TARGET_LOSSES:
+        targets.append(torch_cpu_target(rows, loss))
     for loss in ("gaussian_nll", "nll", "cross_entropy"):
         over, measured = _memory_over(rows, ours, loss)
         if not measured:
@@ -293,6 +295,59 @@ def _cpu_targets(rows: list[dict[str, Any]], targets: list[dict[str, Any]], chec
                       + (f" (over: {detail})" if over else ""),
             "metric": "cases_over", "threshold": 0, "value": float(len(over)),
             "cases": measured, "status": "met" if not over else "missed"})
+
+
+#: Issue 31's target for torch CPU tensors: PyTorch's own function's speed from this many
+#: elements, on every case of the loss that the function computes as it is (the Gaussian
+#: log_var and beta variants are composites PyTorch users write, not its function).
+TORCH_CPU_FROM = 100_000
+TORCH_CPU_TARGET_LOSSES = {"gaussian_nll": ("F.gaussian_nll_loss", ("full", "rows", "scalar")),
+                           "nll": ("F.nll_loss", ("plain", "weighted-ignored")),
+                           "cross_entropy": ("F.cross_entropy", ("plain", "in-place"))}
+
+
+def _torch_cpu_elements(case: dict[str, Any]) -> int:
+    """The elements a case's call works on: an NLL forward reads one per target (its
+    input's other classes are never read), every other call its whole input."""
+    shape = case["shape"]
+    if case["loss"] == "nll" and case["op"] == "forward":
+        return shape[0] * math.prod(shape[2:])
+    return math.prod(shape)
+
+
+def torch_cpu_target(rows: list[dict[str, Any]], loss: str) -> dict[str, Any]:
+    """arrayloss on CPU tensors (``arrayloss torch-cpu``: the loss, then ``backward()``)
+    against PyTorch's function on the same tensors, every float32 'mean' case of ``loss``
+    from ``TORCH_CPU_FROM`` elements: 'missed' where a case is slower in 80% of its rounds,
+    'inconclusive' where the 20-80% range of a case's ratios crosses 1, else 'met'."""
+    function, variants = TORCH_CPU_TARGET_LOSSES[loss]
+    slower, unsure, measured = [], [], 0
+    for providers in _rows_by_case(rows).values():
+        mine = providers.get("arrayloss torch-cpu")
+        if mine is None or BASELINE["cpu"] not in providers:
+            continue
+        case = mine["case"]
+        if (case["loss"] != loss or case["variant"] not in variants
+                or case["dtype"] != "float32" or case["reduction"] != "mean"
+                or _torch_cpu_elements(case) < TORCH_CPU_FROM):
+            continue
+        measured += 1
+        ratio, spread = mine.get("speedup_vs_baseline"), mine.get("speedup_spread")
+        status = verdict(ratio, spread, 1.0)
+        label = (f"{case['op']} {case['variant']} {'x'.join(map(str, case['shape']))} "
+                 f"{_fmt(ratio, 2)}x")
+        if status == "missed":
+            slower.append(label)
+        elif status != "met":
+            unsure.append(label)
+    status = "not measured" if not measured else (
+        "missed" if slower else "inconclusive" if unsure else "met")
+    listed = "; ".join(slower[:4]) + (" ..." if len(slower) > 4 else "")
+    return {"target": f"CPU tensors, {loss}: {speedup_at_least(1.0, function)} on every "
+                      f"float32 case from {TORCH_CPU_FROM:,} elements"
+                      + (f" (slower: {listed})" if slower else ""),
+            "metric": "cases_slower", "threshold": 0, "value": float(len(slower)),
+            "cases": measured, "unsure": len(unsure), "status": status}
 
 
 def _overhead_us(row: dict[str, Any] | None, floor: dict[str, Any] | None
@@ -401,6 +456,9 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]],
         measured = f"{_fmt(target['value'], 2)}{unit}"
         if target["metric"] == "cases_over":
             measured = f"{int(target['value'])} of {target['cases']} cases over"
+        if target["metric"] == "cases_slower":
+            measured = (f"{int(target['value'])} of {target['cases']} cases slower, "
+                        f"{target['unsure']} within the noise")
         if spread:
             measured += f" ({_fmt(spread[0], 2)}-{_fmt(spread[1], 2)})"
         if target.get("noise"):

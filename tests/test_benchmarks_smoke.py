@@ -119,6 +119,47 @@ def test_cpu_targets_judge_every_nll_forward_shape_of_the_issue() -> None:
     assert not any("(1000, 10)" in name for name in verdicts)
 
 
+def test_torch_cpu_targets_judge_every_case_from_1e5_elements() -> None:
+    """Issue 31: arrayloss on CPU tensors no slower than PyTorch's own function on every case
+    of PyTorch's from 1e5 elements (an NLL forward counts its targets): missed where a case
+    is slower in 80% of its rounds, inconclusive where its range crosses 1."""
+    from benchmarks.report import add_derived, evaluate_targets
+
+    def rows(ratios: dict[tuple[str, str, tuple[int, ...]], list[float]]
+             ) -> list[dict[str, Any]]:
+        out = []
+        for (op, variant, shape), theirs in ratios.items():
+            case = {"loss": "nll", "op": op, "reduction": "mean", "variant": variant,
+                    "dtype": "float32", "shape": list(shape), "elements": math.prod(shape)}
+            for provider, rounds in (("arrayloss torch-cpu", [1.0] * len(theirs)),
+                                     ("torch cpu", theirs)):
+                out.append({"case_key": f"{op}{variant}{shape}", "case": case,
+                            "provider": provider, "median_s": 1.0, "round_s": rounds,
+                            "model_bytes": 1})
+        add_derived(out, "cpu")
+        return out
+
+    def target(ratios: dict[tuple[str, str, tuple[int, ...]], list[float]]) -> dict[str, Any]:
+        [found] = [t for t in evaluate_targets(rows(ratios), "cpu")
+                   if t["target"].startswith("CPU tensors, nll")]
+        return found
+
+    faster = [1.2, 1.3, 1.25, 1.4, 1.2]
+    met = target({("forward", "plain", (100000, 100)): faster,
+                  ("loss_and_grad", "plain", (1000, 100)): faster,
+                  # 1,024 targets of 1e6 elements, and an option PyTorch has no function of:
+                  ("forward", "plain", (1024, 1000)): [0.2] * 5,
+                  ("forward", "log_var", (100000, 100)): [0.2] * 5})
+    assert met["status"] == "met" and met["cases"] == 2 and met["value"] == 0
+    slower = target({("forward", "plain", (100000, 100)): faster,
+                     ("backward", "weighted-ignored", (65536, 10)): [0.5, 0.6, 0.55, 0.5, 0.6]})
+    assert slower["status"] == "missed" and slower["value"] == 1
+    assert "backward weighted-ignored 65536x10 0.55x" in slower["target"]
+    unsure = target({("backward", "plain", (65536, 10)): [0.8, 1.3, 0.9, 1.2, 1.1]})
+    assert unsure["status"] == "inconclusive" and unsure["unsure"] == 1
+    assert target({})["status"] == "not measured"
+
+
 def test_gaussian_variant_targets_read_the_interleaved_plain_rounds() -> None:
     """Issue 14's "within 1.1x of plain GNLL" on the CPU: the per-round ratios of the variant's
     time to plain GNLL's timed in the same rounds, not the medians of two cases timed apart."""
