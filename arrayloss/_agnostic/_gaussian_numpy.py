@@ -161,14 +161,27 @@ def _block(call: GaussianNLLCall, part: Block | None, scalar_term: float | None,
 
     # (Scratch inline rather than by _buffer: a small call feels every Python call.)
     diff = _subtract(x, t, out=scratch(shape, dtype, 0) if reuse else None)
-    # q = d**2 / v (d**2 exp(-s) for log-variances): the loss's first term, and d var's.
-    q = _multiply(diff, diff, out=scratch(shape, dtype, 1) if reuse else None)
-    if precision is not None:
-        q *= precision
+    squares = None  # a row's sum of d**2, where its variance is the row's (see below)
+    if (losses is None and precision is None and weight is None and ndim == 2
+            and shape[1] > 1 and not isinstance(term, float) and term.shape == (shape[0], 1)
+            and not isinstance(upstream, NDARRAY) and (part is None or part.axis == 0)):
+        # One variance per row and a reduced loss: the loss and d var need d**2 only summed
+        # over each row, sum_d d**2 / v = (sum_d d**2) / v, so one pass over the row (einsum
+        # reads d once and writes nothing) replaces the N x D quotient q and its passes.
+        squares = np.einsum("ij,ij->i", diff, diff)
+        q = None
     else:
-        q /= term
+        # q = d**2 / v (d**2 exp(-s) for log-variances): the loss's first term, and d var's.
+        q = _multiply(diff, diff, out=scratch(shape, dtype, 1) if reuse else None)
+        if precision is not None:
+            q *= precision
+        else:
+            q /= term
     total = 0.0
-    if want_loss:
+    if squares is not None:
+        if want_loss:
+            total = _row_variance_total(call, squares, term, shape)
+    elif want_loss:
         # A forward pass needs neither d nor max(var, eps) past here: the log and the losses
         # reuse their buffers (three temporaries fewer on a small call).
         forward_only = not wrt
@@ -218,6 +231,15 @@ def _block(call: GaussianNLLCall, part: Block | None, scalar_term: float | None,
             np.negative(slot, out=grad_target[index])
     if grad_var is None:
         return total, None
+    if squares is not None:
+        # d var_n = sum_d (0.5 G) / v_n - (0.5 G) (d^2 / v_n) / v_n
+        #         = D (0.5 G) / v_n - (0.5 G) (S_n / v_n) / v_n, in double precision.
+        variance = term[:, 0].astype(np.float64)
+        share = shape[1] * half_over_var[:, 0].astype(np.float64) - half_g * (
+            squares.astype(np.float64) / variance) / variance
+        grad_var[index] = share[:, None]
+        return total, None
+    assert q is not None
     # d var = (0.5 G) / v - (0.5 G) ((d^2 / v) / v);  d s = 0.5 G (1 - d^2 exp(-s)).
     if precision is not None:
         q *= -1.0
@@ -243,6 +265,21 @@ def _block(call: GaussianNLLCall, part: Block | None, scalar_term: float | None,
         grad_var[index] = summed
         return total, None
     return total, summed
+
+
+def _row_variance_total(call: GaussianNLLCall, squares: Array, term: Array,
+                        shape: tuple[int, ...]) -> float:
+    """A block's loss sum with one variance ``term`` per row, from the rows' sums of d**2:
+    ``0.5 (sum_n S_n / v_n + D sum_n log v_n)`` (plus ``0.5 log 2 pi`` an element for
+    ``full``), the rows' terms added in double precision."""
+    variance = term[:, 0]
+    quotients = np.divide(squares, variance)
+    logs = np.log(variance)  # log(0) = -inf, as the generic code (warnings are off here)
+    total = 0.5 * (float(_add.reduce(quotients, dtype=np.float64))
+                   + shape[1] * float(_add.reduce(logs, dtype=np.float64)))
+    if call.full:
+        total += shape[0] * shape[1] * HALF_LOG_2PI
+    return total
 
 
 def _scalar_term(call: GaussianNLLCall) -> float:
