@@ -23,6 +23,7 @@ import numpy as np
 
 from .._validation import NDARRAY
 from ._blocked import (
+    LARGEST_BLOCK,
     SMALLEST_BLOCK,
     Block,
     filled,
@@ -326,7 +327,9 @@ def run(call: GaussianNLLCall, wrt: frozenset[str], want_loss: bool = True,
     quiet = silence_floating_point()  # this thread's blocks; workers silence their own
     try:
         scalar_term = _scalar_term(call) if isinstance(call.var, float) else None
-        if numel <= SMALLEST_BLOCK:  # one block: everything, here
+        # One block, here: a small call, or one that runs in this thread and fits a block
+        # (a second block would only cost its Python: 8 us of 76 at 1000 x 100, measured).
+        if numel <= SMALLEST_BLOCK or (numel < THREADED_ELEMENTS and numel <= LARGEST_BLOCK):
             results = [_block(call, None, scalar_term, upstream, wrt, want_loss, losses, grads,
                               reuse)]
         else:
