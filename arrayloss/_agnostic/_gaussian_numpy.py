@@ -163,6 +163,7 @@ def _block(call: GaussianNLLCall, part: Block | None, scalar_term: float | None,
     # (Scratch inline rather than by _buffer: a small call feels every Python call.)
     diff = _subtract(x, t, out=scratch(shape, dtype, 0) if reuse else None)
     squares = None  # a row's sum of d**2, where its variance is the row's (see below)
+    q: Any
     if (losses is None and precision is None and weight is None and ndim == 2
             and shape[1] > 1 and not isinstance(term, float) and term.shape == (shape[0], 1)
             and not isinstance(upstream, NDARRAY) and (part is None or part.axis == 0)):

@@ -379,11 +379,12 @@ def forward(call: NLLCall, dtype: Any, how: str) -> Array | None:
         return np.asarray(loss).astype(call.dtype)
 
 
-def loss_and_grad(call: NLLCall, dtype: Any, how: str, grad_output: float = 1.0
-                  ) -> tuple[Array, Array] | None:
+def loss_and_grad(call: NLLCall, dtype: Any, how: str, grad_output: float = 1.0,
+                  want_loss: bool = True) -> tuple[Array | None, Array] | None:
     """The reduced loss and its gradient with respect to ``input`` for the upstream gradient
     ``grad_output``, along the :func:`route` ``how``; None where the general path must run
-    after all."""
+    after all.  Without ``want_loss`` the loss may come back None: unweighted targets that
+    are all classes then skip the gather of the input (a backward needs only the count)."""
     if how == "rows":
         quiet = silence_floating_point()  # as in forward
         try:
@@ -392,7 +393,7 @@ def loss_and_grad(call: NLLCall, dtype: Any, how: str, grad_output: float = 1.0
             restore_floating_point(quiet)
     masked = how == "masked"
     if not masked and call.weight is None:
-        return _unweighted_loss_and_grad(call, dtype, grad_output)
+        return _unweighted_loss_and_grad(call, dtype, grad_output, want_loss)
     sums = _sums(call, dtype, masked)
     if sums is None:
         return None
@@ -422,7 +423,7 @@ def loss_and_grad(call: NLLCall, dtype: Any, how: str, grad_output: float = 1.0
     return loss.astype(call.dtype), grad.reshape(call.input.shape)
 
 
-def _one_block(call: NLLCall) -> tuple[Array, Array] | None:
+def _one_block(call: NLLCall, gather: bool = True) -> tuple[Array, Array | None] | None:
     """:func:`_picked_blocks`'s one block of an ``(N, C)`` input whose targets make one (at
     most ``BLOCK_TARGETS``), without its generator and its list: in a call that gathers
     from a large input, the Python around the gather runs on cold caches, where every
@@ -435,15 +436,19 @@ def _one_block(call: NLLCall) -> tuple[Array, Array] | None:
     positions = scratch((count,), _INT64, slot=0)
     offsets = _offsets(count, 1, call.n_classes)[:, 0]
     _add(offsets, target, out=positions, dtype=_INT64, casting="unsafe")
+    if not gather:
+        return positions, None
     flat = call.input.reshape(-1)
     return positions, flat.take(positions, mode="clip",
                                 out=scratch((count,), flat.dtype, slot=1))
 
 
-def _picked_blocks(call: NLLCall) -> Iterator[tuple[Array, Array]]:
-    """Each block's flat positions and the input's values there, where every target is a
-    class: the lean loop of the unweighted paths (a small call's Python is a measurable
-    share of its time, and a cold one after a large gather elsewhere more so)."""
+def _picked_blocks(call: NLLCall, gather: bool = True
+                   ) -> Iterator[tuple[Array, Array | None]]:
+    """Each block's flat positions and the input's values there (None without ``gather``),
+    where every target is a class: the lean loop of the unweighted paths (a small call's
+    Python is a measurable share of its time, and a cold one after a large gather
+    elsewhere more so)."""
     count = call.loss_shape[0]
     spatial = call.target.size // count
     flat = call.input.reshape(-1)
@@ -452,8 +457,9 @@ def _picked_blocks(call: NLLCall) -> Iterator[tuple[Array, Array]]:
     step = offsets.shape[0]
     for start in range(0, count, step):
         positions = _shifted_positions(target[start:start + step], offsets, start * row_stride)
-        yield positions, flat.take(positions, mode="clip",
-                                   out=scratch(positions.shape, flat.dtype, slot=1))
+        yield positions, (flat.take(positions, mode="clip",
+                                    out=scratch(positions.shape, flat.dtype, slot=1))
+                          if gather else None)
 
 
 def _negated_total(shares: list[float], dtype: Any) -> Array:
@@ -467,12 +473,14 @@ def _unweighted_forward(call: NLLCall, dtype: Any) -> Array:
     total weight is the number of targets."""
     quiet = silence_floating_point()
     try:
+        # (Gathered: the picked values are arrays.  -sum(x) is _negated_total's, bit for bit.)
         one = _one_block(call)
         if one is not None:
-            total = -_add_reduce(one[1], None, dtype)  # as _negated_total, bit for bit
+            total = -_add_reduce(one[1], None, dtype)  # type: ignore[arg-type]
         else:
-            total = _negated_total([float(_add_reduce(picked, None, dtype))
-                                    for _, picked in _picked_blocks(call)], dtype)
+            shares = [float(_add_reduce(picked, None, dtype))  # type: ignore[arg-type]
+                      for _, picked in _picked_blocks(call)]
+            total = _negated_total(shares, dtype)
         if call.reduction == "mean":
             total = total / dtype.type(call.target.size)
         return np.asarray(total, dtype=call.dtype)
@@ -480,11 +488,12 @@ def _unweighted_forward(call: NLLCall, dtype: Any) -> Array:
         restore_floating_point(quiet)
 
 
-def _unweighted_loss_and_grad(call: NLLCall, dtype: Any, grad_output: float
-                              ) -> tuple[Array, Array]:
+def _unweighted_loss_and_grad(call: NLLCall, dtype: Any, grad_output: float,
+                              want_loss: bool = True) -> tuple[Array | None, Array]:
     """:func:`loss_and_grad` where every target is a class and none is weighted: the total
     weight is the number of targets, known up front, so each block gathers its values and
-    scatters its gradient in one pass over its positions."""
+    scatters its gradient in one pass over its positions (only scatters, without
+    ``want_loss``: the loss comes back None)."""
     grad = np.zeros(call.input.size, dtype=call.input.dtype)
     quiet = silence_floating_point()
     try:
@@ -493,16 +502,21 @@ def _unweighted_loss_and_grad(call: NLLCall, dtype: Any, grad_output: float
         # A flat index assignment, not np.put: put's loop costs 20 ns a target (an integer
         # modulo and a memmove each), the assignment 3 (100,000 targets into 40 MB,
         # measured).  Every position is in range here.
-        one = _one_block(call)
+        one = _one_block(call, gather=want_loss)
         if one is not None:
             positions, picked = one
-            total = -_add_reduce(picked, None, dtype)  # as _negated_total, bit for bit
             _scatter(grad, positions, scale)
+            if picked is None:
+                return None, grad.reshape(call.input.shape)
+            total = -_add_reduce(picked, None, dtype)  # as _negated_total, bit for bit
         else:
             shares = []
-            for positions, picked in _picked_blocks(call):
-                shares.append(float(_add_reduce(picked, None, dtype)))
+            for positions, picked in _picked_blocks(call, gather=want_loss):
+                if picked is not None:
+                    shares.append(float(_add_reduce(picked, None, dtype)))
                 _scatter(grad, positions, scale)
+            if not want_loss:
+                return None, grad.reshape(call.input.shape)
             total = _negated_total(shares, dtype)
         loss = np.asarray(total / total_weight if call.reduction == "mean" else total)
         return loss.astype(call.dtype), grad.reshape(call.input.shape)

@@ -277,7 +277,8 @@ def backward(call: NLLCall, grad_output: Array | float) -> Array:
     dtype = compute_dtype(call.xp, call.dtype)
     how = _nll_numpy.route(call) if isinstance(grad_output, float) else None
     if how is not None and call.reduction != "none":
-        result = _nll_numpy.loss_and_grad(call, np.dtype(dtype), how, grad_output)
+        result = _nll_numpy.loss_and_grad(call, np.dtype(dtype), how, grad_output,
+                                          want_loss=False)
         if result is not None:
             return result[1]
     blocks = _sample_blocks(call)
