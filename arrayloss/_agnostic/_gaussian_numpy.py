@@ -164,12 +164,13 @@ def _block(call: GaussianNLLCall, part: Block | None, scalar_term: float | None,
     diff = _subtract(x, t, out=scratch(shape, dtype, 0) if reuse else None)
     squares = None  # a row's sum of d**2, where its variance is the row's (see below)
     q: Any
-    if (losses is None and precision is None and weight is None and ndim == 2
-            and shape[1] > 1 and not isinstance(term, float) and term.shape == (shape[0], 1)
-            and not isinstance(upstream, NDARRAY) and (part is None or part.axis == 0)):
-        # One variance per row and a reduced loss: the loss and d var need d**2 only summed
-        # over each row, sum_d d**2 / v = (sum_d d**2) / v, so one pass over the row (einsum
-        # reads d once and writes nothing) replaces the N x D quotient q and its passes.
+    if (losses is None and ndim == 2 and shape[1] > 1 and not isinstance(term, float)
+            and term.shape == (shape[0], 1) and not isinstance(upstream, NDARRAY)
+            and (part is None or part.axis == 0)):
+        # One variance per row (a log-variance, a beta weight: one per row too) and a
+        # reduced loss: the loss and d var need d**2 only summed over each row,
+        # sum_d d**2 / v = (sum_d d**2) / v, so one pass over the row (einsum reads d once
+        # and writes nothing) replaces the N x D quotient q and its passes.
         squares = np.einsum("ij,ij->i", diff, diff)
         q = None
     else:
@@ -182,7 +183,7 @@ def _block(call: GaussianNLLCall, part: Block | None, scalar_term: float | None,
     total = 0.0
     if squares is not None:
         if want_loss:
-            total = _row_variance_total(call, squares, term, shape)
+            total = _row_variance_total(call, squares, term, precision, weight, shape)
     elif want_loss:
         # A forward pass needs neither d nor max(var, eps) past here: the log and the losses
         # reuse their buffers (three temporaries fewer on a small call).
@@ -234,12 +235,8 @@ def _block(call: GaussianNLLCall, part: Block | None, scalar_term: float | None,
     if grad_var is None:
         return total, None
     if squares is not None:
-        # d var_n = sum_d (0.5 G) / v_n - (0.5 G) (d^2 / v_n) / v_n
-        #         = D (0.5 G) / v_n - (0.5 G) (S_n / v_n) / v_n, in double precision.
-        variance = term[:, 0].astype(np.float64)
-        share = shape[1] * half_over_var[:, 0].astype(np.float64) - half_g * (
-            squares.astype(np.float64) / variance) / variance
-        grad_var[index] = share[:, None]
+        grad_var[index] = _row_variance_gradient(squares, term, precision, half_g,
+                                                 half_over_var, shape[1])
         return total, None
     assert q is not None
     # d var = (0.5 G) / v - (0.5 G) ((d^2 / v) / v);  d s = 0.5 G (1 - d^2 exp(-s)).
@@ -270,18 +267,44 @@ def _block(call: GaussianNLLCall, part: Block | None, scalar_term: float | None,
 
 
 def _row_variance_total(call: GaussianNLLCall, squares: Array, term: Array,
+                        precision: Array | None, weight: Array | None,
                         shape: tuple[int, ...]) -> float:
-    """A block's loss sum with one variance ``term`` per row, from the rows' sums of d**2:
-    ``0.5 (sum_n S_n / v_n + D sum_n log v_n)`` (plus ``0.5 log 2 pi`` an element for
-    ``full``), the rows' terms added in double precision."""
-    variance = term[:, 0]
-    quotients = np.divide(squares, variance)
-    logs = np.log(variance)  # log(0) = -inf, as the generic code (warnings are off here)
-    total = 0.5 * (float(_add.reduce(quotients, dtype=np.float64))
-                   + shape[1] * float(_add.reduce(logs, dtype=np.float64)))
+    """A block's loss sum with one variance per row, from the rows' sums ``S`` of d**2:
+    ``sum_n w_n 0.5 (S_n / v_n + D log v_n)`` (``S_n exp(-s_n) + D s_n`` for log-variances;
+    ``w`` the beta weights, else 1), plus ``0.5 log 2 pi`` an element, weighed, for
+    ``full``; the rows' terms added in double precision."""
+    columns = shape[1]
+    if precision is None:
+        # log(0) = -inf, as in the generic code (floating-point warnings are off here).
+        per_row = squares / term[:, 0] + columns * np.log(term[:, 0]).astype(np.float64)
+    else:
+        per_row = squares * precision[:, 0] + columns * term[:, 0].astype(np.float64)
+    if weight is not None:
+        per_row = per_row * weight[:, 0]
+    total = 0.5 * float(_add.reduce(per_row, dtype=np.float64))
     if call.full:
-        total += shape[0] * shape[1] * HALF_LOG_2PI
+        rows = shape[0] if weight is None else float(_add.reduce(weight, None, np.float64))
+        total += rows * columns * HALF_LOG_2PI
     return total
+
+
+def _row_variance_gradient(squares: Array, term: Array, precision: Array | None,
+                           half_g: Array | float, half_over_var: Array | None,
+                           columns: int) -> Array:
+    """d var (``(b, 1)``) with one variance per row, from the rows' sums ``S`` of d**2, in
+    double precision: ``sum_d h / v - h (d**2 / v) / v = D h / v - h (S / v) / v`` (``h``
+    is 0.5 G, one per row with beta weights), and for log-variances
+    ``sum_d h (1 - d**2 exp(-s)) = h (D - S exp(-s))``."""
+    sums = squares.astype(np.float64)
+    h: Any = half_g[:, 0].astype(np.float64) if isinstance(half_g, NDARRAY) else half_g
+    if precision is not None:
+        share = h * (columns - sums * precision[:, 0])
+    else:
+        assert half_over_var is not None
+        variance = term[:, 0].astype(np.float64)
+        share = columns * half_over_var[:, 0].astype(np.float64) - h * (
+            sums / variance) / variance
+    return share[:, None]
 
 
 def _scalar_term(call: GaussianNLLCall) -> float:
