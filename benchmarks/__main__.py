@@ -20,8 +20,8 @@ import numpy as np
 
 from . import report
 from .cases import OPERATIONS, REDUCTIONS, Case, build_cases, make_inputs, model_bytes
-from .providers import COPY, PROVIDERS, Provider, convert, make_call, supports
-from .timing import numpy_peak, time_cpu_interleaved, time_gpu, torch_cpu_peak
+from .providers import COPY, PROVIDERS, VIA_TORCH_CPU, Provider, convert, make_call, supports
+from .timing import lane_peak, numpy_peak, time_cpu_interleaved, time_gpu, torch_cpu_peak
 
 ROOT = Path(__file__).resolve().parent
 
@@ -196,7 +196,8 @@ def _measure_cpu_case(case: Any, providers: list[Provider], inputs: list[dict[st
         except Exception as error:
             rows.append(_error_row(case, provider, error))
             continue
-        peaks[provider.name] = numpy_peak if provider.library == "numpy" else torch_cpu_peak
+        peaks[provider.name] = (numpy_peak if provider.library == "numpy" else lane_peak
+                                if provider is VIA_TORCH_CPU else torch_cpu_peak)
     if not calls:
         return rows
     # Each provider gets the budget, as when they were timed one after another.

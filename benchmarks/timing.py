@@ -118,6 +118,13 @@ def torch_cpu_peak(call: Call) -> int:
     return int(peak)
 
 
+def lane_peak(call: Call) -> int:
+    """Peak extra CPU memory of arrayloss on torch CPU tensors, an upper bound: NumPy's
+    allocations (tracemalloc: the NumPy backend's, which the profiler does not see) plus
+    PyTorch's (the profiler: its autograd graph), each measured in a call of its own."""
+    return numpy_peak(call) + torch_cpu_peak(call)
+
+
 def _batch_size(call: Call, minimum_s: float = 1e-3) -> tuple[int, float]:
     """Calls per timed batch, so that a batch lasts at least ``minimum_s`` (timeit's
     autorange, which the perf_counter resolution and the loop's own cost need), and the
