@@ -109,6 +109,25 @@ def test_gaussian_fast_path_matches_the_generic_code(
             _assert_same(fast_grad, generic_grad, bitwise=fast_grad.shape == shape)
 
 
+@pytest.mark.parametrize("options", [{}, {"log_var": True}, {"beta": 0.5}], ids=str)
+def test_gaussian_rows_past_the_range_of_their_sum_of_squares(options: dict[str, Any]
+                                                               ) -> None:
+    """One variance per row: a row's sum of d**2 (1e40 in float32) overflows where every
+    d**2 / v is small, so the row takes the elementwise quotients: finite, as the float64
+    formula."""
+    x = np.full((4, 100), 1e19, dtype=np.float32)
+    t = np.zeros_like(x)
+    var = np.full((4, 1), 69.0 if options.get("log_var") else 1e30, dtype=np.float32)
+    loss, (_, _, grad_var) = al.gaussian_nll_loss_and_grad(x, t, var, wrt=("var",), **options)
+    v = np.exp(69.0) if options.get("log_var") else 1e30
+    weight = v ** options.get("beta", 0.0)
+    want = 0.5 * (np.log(v) + 1e38 / v) * weight  # the float64 formula, every element alike
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    assert np.isfinite(grad_var).all()
+    np.testing.assert_allclose(float(al.gaussian_nll_loss(x, t, var, **options)), want,
+                               rtol=1e-5)
+
+
 def test_gaussian_fast_path_takes_what_it_should() -> None:
     """The fast path runs for same-dtype NumPy arrays that need no summed input gradient, and
     leaves the rest (casts, a broadcast input or target) to the generic code."""

@@ -163,7 +163,6 @@ def _block(call: GaussianNLLCall, part: Block | None, scalar_term: float | None,
     # (Scratch inline rather than by _buffer: a small call feels every Python call.)
     diff = _subtract(x, t, out=scratch(shape, dtype, 0) if reuse else None)
     squares = None  # a row's sum of d**2, where its variance is the row's (see below)
-    q: Any
     if (losses is None and ndim == 2 and shape[1] > 1 and not isinstance(term, float)
             and term.shape == (shape[0], 1) and not isinstance(upstream, NDARRAY)
             and (part is None or part.axis == 0)):
@@ -172,8 +171,12 @@ def _block(call: GaussianNLLCall, part: Block | None, scalar_term: float | None,
         # sum_d d**2 / v = (sum_d d**2) / v, so one pass over the row (einsum reads d once
         # and writes nothing) replaces the N x D quotient q and its passes.
         squares = np.einsum("ij,ij->i", diff, diff)
-        q = None
-    else:
+        if not np.isfinite(squares).all():
+            # A row's sum of d**2 past the dtype's range where each d**2 / v may not be (or
+            # an inf or NaN in the row): the elementwise quotients below, as the generic code.
+            squares = None
+    q: Any = None
+    if squares is None:
         # q = d**2 / v (d**2 exp(-s) for log-variances): the loss's first term, and d var's.
         q = _multiply(diff, diff, out=scratch(shape, dtype, 1) if reuse else None)
         if precision is not None:
