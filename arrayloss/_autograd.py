@@ -55,16 +55,16 @@ class Differentiable:
 
 
 #: While the torch CPU lane runs a recording call on NumPy views: the list that the call's
-#: (Differentiable, validated call) is handed over in.
-_handed_over: ContextVar[list[tuple[Differentiable, Call]] | None] = ContextVar(
+#: (Differentiable, validated call, loss) is handed over in.
+_handed_over: ContextVar[list[tuple[Differentiable, Call, Array]] | None] = ContextVar(
     "arrayloss_handed_over", default=None)
 
 
 @contextlib.contextmanager
-def handing_over() -> Iterator[list[tuple[Differentiable, Call]]]:
+def handing_over() -> Iterator[list[tuple[Differentiable, Call, Array]]]:
     """A NumPy call run inside records nothing: the first loss it computes appends its
-    (Differentiable, validated call) to the list yielded, for the caller to record."""
-    taken: list[tuple[Differentiable, Call]] = []
+    (Differentiable, validated call, loss) to the list yielded, for the caller to record."""
+    taken: list[tuple[Differentiable, Call, Array]] = []
     token = _handed_over.set(taken)
     try:
         yield taken
@@ -92,10 +92,11 @@ def recording(xp: ModuleType, arrays: tuple[Array, ...]) -> bool:
 def loss(spec: Differentiable, call: Call) -> Array:
     """The loss of ``call``, differentiable by ``call.xp``'s autograd (see the module doc)."""
     if call.xp is _numpy_namespace():  # handed over (TorchDynamo traces no ContextVar)
+        value = spec.forward(call)
         taken = _handed_over.get()
         if taken is not None:
-            taken.append((spec, call))
-        return spec.forward(call)
+            taken.append((spec, call, value))
+        return value
     if is_torch_namespace(call.xp):
         from ._torch_autograd import ArraylossLoss
 

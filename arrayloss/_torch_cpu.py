@@ -183,22 +183,29 @@ def _numpy_views(torch: Any, args: tuple[Any, ...], kwargs: dict[str, Any], reco
     return arrays, keywords, tensors, recorded
 
 
-def _recorded(torch: Any, loss: Any, taken: list[tuple[Any, Any]],
+def _recorded(torch: Any, result: Any, taken: list[tuple[Any, Any, Any]],
               tensors: dict[int, Any]) -> Any:
-    """The NumPy ``loss`` of a recording call as a tensor with its autograd node, from the
-    (Differentiable, call) the call handed over; None where it handed none over, or its
-    arrays are not the caller's views (the tensor call runs instead)."""
-    if not taken or not isinstance(loss, (np.ndarray, np.generic)):
+    """A recording call's NumPy ``result`` with its loss made a tensor with its autograd
+    node, from the (Differentiable, call, loss) the call handed over (what else it returns,
+    as ``return_lse``'s log-sum-exp, comes back as tensors without one); None where it
+    handed none over, or its arrays are not the caller's views (the tensor call runs
+    instead)."""
+    if not taken:
         return None
-    spec, call = taken[0]
+    spec, call, loss = taken[0]
     inputs = [tensors.get(id(array)) for array in spec.arrays.values()]
-    if any(tensor is None for tensor in inputs):
+    parts = result if isinstance(result, tuple) else (result,)
+    if any(tensor is None for tensor in inputs) or not any(part is loss for part in parts) or (
+            not isinstance(loss, (np.ndarray, np.generic))):
         return None
     from ._torch_autograd import NumpyViewsLoss
 
-    loss = np.asarray(loss)
-    return NumpyViewsLoss.apply(spec, call, loss if loss.flags.writeable else loss.copy(),
+    value = np.asarray(loss)
+    node = NumpyViewsLoss.apply(spec, call, value if value.flags.writeable else value.copy(),
                                 *inputs)
+    if not isinstance(result, tuple):
+        return node
+    return tuple(node if part is loss else _as_tensors(torch, part, tensors) for part in parts)
 
 
 @functools.cache

@@ -470,6 +470,24 @@ def test_every_loss_records_on_the_lane_as_pytorch_differentiates(
                                        equal_nan=True)
 
 
+def test_what_a_recorded_call_returns_beside_its_loss_comes_back_as_tensors() -> None:
+    """``return_lse=True``: the loss records the lane's node, the log-sum-exp beside it is a
+    tensor without one, and the gradients are the tensor path's."""
+    rng = np.random.default_rng(8)
+    h = torch.from_numpy(rng.normal(size=(16, 8))).requires_grad_()
+    w = torch.from_numpy(rng.normal(size=(12, 8))).requires_grad_()
+    tokens = torch.from_numpy(rng.integers(0, 12, 16))
+    loss, lse = al.linear_cross_entropy(h, w, tokens, return_lse=True)
+    assert type(loss.grad_fn).__name__ == "NumpyViewsLossBackward"
+    assert isinstance(lse, torch.Tensor) and not lse.requires_grad and lse.shape == (16,)
+    torch.testing.assert_close(lse, torch.logsumexp(h.detach() @ w.detach().T, dim=1),
+                               rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(loss, (h, w))
+    expected = torch.autograd.grad(F.cross_entropy(h @ w.T, tokens), (h, w))
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
 def test_the_lanes_node_refuses_what_the_bridge_refuses() -> None:
     """A second derivative, and an input changed in place before backward, raise as they do
     through the tensor path; a class weight that requires grad gets none."""
