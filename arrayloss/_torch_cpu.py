@@ -38,8 +38,11 @@ __all__ = ["Router", "bridge", "numpy_first", "on_cpu"]
 
 def on_cpu(tensor: Any) -> bool:
     """Whether ``tensor`` is a CPU tensor outside ``torch.compile``'s tracing (which would
-    trace NumPy's code as torch ops, not run it: the generic code is what it can trace)."""
-    return tensor.device.type == "cpu" and not sys.modules["torch"].compiler.is_compiling()
+    trace NumPy's code as torch ops, not run it: the generic code is what it can trace) and
+    outside forward-mode AD (see :func:`_forward_ad_active`)."""
+    torch = sys.modules["torch"]
+    return (tensor.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not _forward_ad_active(torch))
 
 
 def _no_stream(device_index: int, stream_pointer: int) -> contextlib.AbstractContextManager[Any]:
@@ -149,7 +152,8 @@ def _numpy_views(torch: Any, args: tuple[Any, ...], kwargs: dict[str, Any], reco
     if not any(isinstance(value, tensor_type) for value in (*args, *kwargs.values())):
         return None
     # Dynamo traces no ContextVar: the compiling check comes first.
-    if torch.compiler.is_compiling() or _transforms_active(torch) or not use_fused.get():
+    if (torch.compiler.is_compiling() or _transforms_active(torch) or not use_fused.get()
+            or _forward_ad_active(torch)):
         return None  # and fused_kernels(False): the generic code on the tensors
     check_grad = records and torch.is_grad_enabled()
     viewable = _viewable_dtypes(torch)
@@ -215,6 +219,14 @@ def _viewable_dtypes(torch: Any) -> frozenset[Any]:
 
 class _KeepTensors(Exception):
     """The call cannot take the NumPy lane."""
+
+
+def _forward_ad_active(torch: Any) -> bool:
+    """Whether a forward-mode AD level is open (``torch.autograd.forward_ad.dual_level``): a
+    NumPy view of a dual tensor is its primal alone, and the tangent would be lost without a
+    word, where torch's operations carry it."""
+    forward_ad = getattr(torch.autograd, "forward_ad", None)
+    return forward_ad is not None and getattr(forward_ad, "_current_level", -1) >= 0
 
 
 def _transforms_active(torch: Any) -> bool:

@@ -10,6 +10,7 @@ the values.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -486,6 +487,23 @@ def test_what_a_recorded_call_returns_beside_its_loss_comes_back_as_tensors() ->
     expected = torch.autograd.grad(F.cross_entropy(h @ w.T, tokens), (h, w))
     for got, want in zip(grads, expected, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_forward_mode_tangents_are_carried() -> None:
+    """Inside a forward-AD level the tensors keep the generic code, whose torch operations
+    carry the tangent (a NumPy view would see the primal alone): the directional derivative
+    of the mean squared error, mean(2 (x - t) u)."""
+    import torch.autograd.forward_ad as forward_ad
+
+    rng = np.random.default_rng(9)
+    x, t, direction = (rng.normal(size=(5, 3)) for _ in range(3))
+    with forward_ad.dual_level():
+        with warnings.catch_warnings():  # PyTorch's first make_dual scripts its decompositions
+            warnings.simplefilter("ignore", DeprecationWarning)  # with torch.jit.script
+            dual = forward_ad.make_dual(torch.from_numpy(x), torch.from_numpy(direction))
+        tangent = forward_ad.unpack_dual(al.mse_loss(dual, torch.from_numpy(t))).tangent
+    assert tangent is not None
+    np.testing.assert_allclose(tangent.numpy(), np.mean(2 * (x - t) * direction), rtol=1e-12)
 
 
 def test_the_lanes_node_refuses_what_the_bridge_refuses() -> None:
