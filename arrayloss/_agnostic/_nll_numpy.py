@@ -120,8 +120,19 @@ def _rows_forward(call: NLLCall, dtype: Any) -> Array | None:
     return np.asarray(total, dtype=call.dtype)
 
 
-def _rows_loss_and_grad(call: NLLCall, dtype: Any, grad_output: float
-                        ) -> tuple[Array, Array] | None:
+def _rows_loss_and_grad(call: NLLCall, dtype: Any, grad_output: float,
+                        want_loss: bool = True) -> tuple[Array | None, Array] | None:
+    if not want_loss and call.weight is None:
+        # A backward of unweighted rows: the count is the total weight, and the scatter's
+        # own fancy index checks the upper bound as the gather's would.
+        rows = call.target.shape[0]
+        scale = -grad_output if call.reduction == "sum" else -(grad_output / dtype.type(rows))
+        grad = np.zeros(call.input.shape, dtype=call.input.dtype)
+        try:
+            grad[_arange(rows), call.target] = scale
+        except IndexError:
+            return None
+        return None, grad
     picked_rows = _picked_rows(call, dtype)
     if picked_rows is None:
         return None
@@ -388,7 +399,7 @@ def loss_and_grad(call: NLLCall, dtype: Any, how: str, grad_output: float = 1.0,
     if how == "rows":
         quiet = silence_floating_point()  # as in forward
         try:
-            return _rows_loss_and_grad(call, dtype, grad_output)
+            return _rows_loss_and_grad(call, dtype, grad_output, want_loss)
         finally:
             restore_floating_point(quiet)
     masked = how == "masked"
