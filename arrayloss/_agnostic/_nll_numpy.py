@@ -335,22 +335,35 @@ def _block_losses(call: NLLCall, block: _Block, dtype: Any, negate: bool = True)
     return losses
 
 
-def _sums(call: NLLCall, dtype: Any, masked: bool) -> tuple[Array, Array] | None:
+def _sums(call: NLLCall, dtype: Any, masked: bool, gather: bool = True
+          ) -> tuple[Array, Array] | None:
     """(sum of the losses, sum of the target weights), per block in block order, in the
-    compute dtype; None where the general path must run (see :func:`_block_targets`)."""
+    compute dtype (the losses' 0 without ``gather``: a backward needs the weights alone);
+    None where the general path must run (see :func:`_block_targets`)."""
     def work(rows: slice) -> tuple[float, float] | None:
         with quiet_floating_point():
             block = _block(call, rows, dtype, masked)
-            if block is None:
-                return None
-            losses = _block_losses(call, block, dtype, negate=False)
-            total = float(np.add.reduce(losses, axis=None, dtype=dtype))
-            # Without weights, the picked values: -sum(x) is sum(-x), bit for bit.
-            return (-total if call.weight is None else total), block.active_weight()
+            return None if block is None else _block_sums(call, block, dtype, gather)
 
     sums = _run(call, work)
     if any(share is None for share in sums):
         return None
+    return _totals(sums, dtype)  # (no None among them)
+
+
+def _block_sums(call: NLLCall, block: _Block, dtype: Any, gather: bool) -> tuple[float, float]:
+    """A block's (sum of its losses, or 0 without ``gather``; sum of its target weights)."""
+    total = 0.0
+    if gather:
+        losses = _block_losses(call, block, dtype, negate=False)
+        total = float(np.add.reduce(losses, axis=None, dtype=dtype))
+        # Without weights, the picked values: -sum(x) is sum(-x), bit for bit.
+        total = -total if call.weight is None else total
+    return total, block.active_weight()
+
+
+def _totals(sums: list[tuple[float, float]], dtype: Any) -> tuple[Array, Array]:
+    """The blocks' sums added in block order, in the compute dtype."""
     with quiet_floating_point():
         return (np.asarray(ordered_sum(share[0] for share in sums), dtype=dtype),
                 np.asarray(ordered_sum(share[1] for share in sums), dtype=dtype))
@@ -405,7 +418,17 @@ def loss_and_grad(call: NLLCall, dtype: Any, how: str, grad_output: float = 1.0,
     masked = how == "masked"
     if not masked and call.weight is None:
         return _unweighted_loss_and_grad(call, dtype, grad_output, want_loss)
-    sums = _sums(call, dtype, masked)
+    plan = _plan(call.loss_shape[0], math.prod(call.loss_shape[1:]))
+    kept = None  # one block: built once, for the sums and the scatter alike
+    if len(plan) == 1:
+        with quiet_floating_point():
+            kept = _block(call, plan[0], dtype, masked)
+            if kept is None:
+                return None
+            sums: tuple[Array, Array] | None = _totals(
+                [_block_sums(call, kept, dtype, want_loss)], dtype)
+    else:
+        sums = _sums(call, dtype, masked, gather=want_loss)
     if sums is None:
         return None
     total, total_weight = sums
@@ -417,7 +440,7 @@ def loss_and_grad(call: NLLCall, dtype: Any, how: str, grad_output: float = 1.0,
 
     def scatter(rows: slice) -> None:
         with quiet_floating_point():
-            block = _block(call, rows, dtype, masked)
+            block = kept if kept is not None else _block(call, rows, dtype, masked)
             assert block is not None  # the sums saw every target
             coef: Any = scale
             if block.weight is not None:
@@ -430,8 +453,11 @@ def loss_and_grad(call: NLLCall, dtype: Any, how: str, grad_output: float = 1.0,
                 np.copyto(coef, 0, where=block.inactive)  # +0, as the generic `where`
             _scatter(grad, block.positions, coef)  # see _unweighted_loss_and_grad
 
-    _run(call, scatter)
-    return loss.astype(call.dtype), grad.reshape(call.input.shape)
+    if kept is not None:
+        scatter(plan[0])
+    else:
+        _run(call, scatter)
+    return (loss.astype(call.dtype) if want_loss else None), grad.reshape(call.input.shape)
 
 
 def _one_block(call: NLLCall, gather: bool = True) -> tuple[Array, Array | None] | None:
