@@ -40,7 +40,7 @@ def _jax_cache_per_worker() -> None:
     worker's subprocess read the JAX worker's entry).  A worker waits for its own
     subprocesses, so no two processes that run at once share a folder.  A size limit turns on
     JAX's file lock instead, around every read and write: the JAX tests took 25% longer, and
-    a cold suite 9.6 minutes against 7.3.  Set in ``pytest_configure``, where xdist has named
+    a cold suite 9.6 minutes against 6.9.  Set in ``pytest_configure``, where xdist has named
     the worker and before any test module imports JAX.
     """
     os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
