@@ -81,7 +81,7 @@ class NumpyViewsLoss(torch.autograd.Function):
     def forward(ctx: Any, spec: Differentiable, call: Call, loss: Any, *tensors: Any) -> Any:
         ctx.spec, ctx.call = spec, call
         ctx.save_for_backward(*tensors)  # in-place changes before backward are caught
-        return torch.from_numpy(loss)
+        return _tensor_over(loss)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Any) -> tuple[Any, ...]:
@@ -111,7 +111,8 @@ def _numpy_view(tensor: Any) -> Any:
 
 
 def _tensor_over(array: Any) -> Any:
-    """A NumPy gradient as a tensor over its memory (None stays None)."""
+    """A NumPy result (a loss, a gradient; a NumPy number too) as a tensor over its memory,
+    or over a copy of a read-only one (None stays None)."""
     if array is None:
         return None
     array = np.asarray(array)

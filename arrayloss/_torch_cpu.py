@@ -204,9 +204,7 @@ def _recorded(torch: Any, result: Any, taken: list[tuple[Any, Any, Any]],
         return None
     from ._torch_autograd import NumpyViewsLoss
 
-    value = np.asarray(loss)
-    node = NumpyViewsLoss.apply(spec, call, value if value.flags.writeable else value.copy(),
-                                *inputs)
+    node = NumpyViewsLoss.apply(spec, call, loss, *inputs)
     if not isinstance(result, tuple):
         return node
     return tuple(node if part is loss else _as_tensors(torch, part, tensors) for part in parts)
