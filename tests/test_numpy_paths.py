@@ -255,6 +255,51 @@ def test_nll_with_ignored_targets_matches_the_generic_code(shape: tuple[int, ...
         _assert_nll_as_generic(x, target, weight, ignore_index=ignore_index)
 
 
+@pytest.mark.parametrize("special", ["finite", "nan at a safe index", "infinite weight",
+                                     "zero weight", "every target ignored"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("shape", [(70000, 5), (3, 4, 50, 40)], ids=str)
+def test_nll_masked_sums_are_those_of_the_written_over_losses(
+        shape: tuple[int, ...], weighted: bool, special: str) -> None:
+    """The masked blocks' sums multiply the terms of ignored targets by 0 instead of writing
+    0 over them: bit for bit the sum of the written-over losses (one block: NumPy's own
+    pairwise sum of the same values in the same order), the NaN of a non-finite value at an
+    ignored target's safe index and the sign of a zero included."""
+    rng = np.random.default_rng(shape[0])
+    n_classes = shape[1]
+    x = rng.standard_normal(shape).astype(np.float32)
+    target = rng.integers(0, n_classes, (shape[0], *shape[2:]))
+    target.reshape(-1)[::4] = -100
+    weight = rng.uniform(0.5, 2.0, n_classes).astype(np.float32) if weighted else None
+    if special == "nan at a safe index":
+        x[:, 0] = np.nan
+        target[target == 0] = 1  # class 0 is read by ignored targets alone
+    elif special == "infinite weight" and weight is not None:
+        weight[0] = np.inf
+        target[target == 0] = 1
+    elif special == "zero weight" and weight is not None:
+        weight[2] = 0.0
+    elif special == "every target ignored":
+        target[...] = -100
+    call = _nll_call(x, target, weight, -100, validate=False)
+    assert _nll_numpy.route(call) == "masked"
+    active = target != -100
+    picked = np.take_along_axis(x, np.where(active, target, 0)[:, None], axis=1)[:, 0]
+    terms = picked if weight is None else -(picked * weight[np.where(active, target, 0)])
+    losses = np.where(active, terms, np.float32(0))
+    total = np.add.reduce(losses, None, np.float32)
+    expected_sum = -total if weight is None else total
+    count = np.where(active, np.float32(1) if weight is None
+                     else weight[np.where(active, target, 0)], np.float32(0))
+    total_weight = np.add.reduce(count, None, np.float32)
+    with np.errstate(all="ignore"):
+        expected_mean = np.float32(expected_sum) / np.float32(total_weight)
+    got_sum = al.nll_loss(x, target, weight, reduction="sum", validate=False)
+    got_mean = al.nll_loss(x, target, weight, validate=False)
+    assert np.asarray(got_sum).tobytes() == np.asarray(expected_sum, np.float32).tobytes()
+    assert np.asarray(got_mean).tobytes() == np.asarray(expected_mean, np.float32).tobytes()
+
+
 @pytest.mark.parametrize("target_dtype", [">i8", "<i4", "int8"])
 def test_nll_targets_of_any_byte_order_and_width(target_dtype: str) -> None:
     """The bounds of many targets come from one pass over them read as unsigned integers

@@ -10,9 +10,12 @@ there.  The buffers are reused from call to call, so a call allocates nothing bu
 outputs: the gradient, calloc'd (its untouched pages cost nothing until read) and written once
 per target.
 
-Elementwise results (``reduction='none'`` losses, gradients) are bitwise the generic
-code's; sums are added per block in double precision.  Everything else (ignored or
-out-of-range targets, strided inputs, other libraries) takes the generic path.
+Ignored targets (and, with ``validate=False``, out-of-range ones) take the masked blocks:
+their targets become class 0 by one multiplication with the active mask, and a sum's terms
+are multiplied by 0 there, with a second look only where a sum comes out non-finite or 0
+(:func:`_block_sums`).  Elementwise results (``reduction='none'`` losses, gradients) are
+bitwise the generic code's; sums are added per block in double precision.  Everything else
+(strided inputs, other libraries) takes the generic path.
 """
 
 from __future__ import annotations
@@ -192,36 +195,41 @@ def _run(call: NLLCall, work: Any) -> list[Any]:
 
 
 def _block_targets(call: NLLCall, rows: slice, masked: bool
-                   ) -> tuple[Array, Array | None] | None:
-    """The block's targets as ``(b, S)`` class indices, and the mask of its inactive ones
-    (None where every one is a class): ignored, and with ``validate=False`` out of range.
+                   ) -> tuple[Array, Array | None, Array | None] | None:
+    """The block's targets as ``(b, S)`` class indices, the mask of its inactive ones and
+    that of its active ones (both None where every one is a class): ignored, and with
+    ``validate=False`` out of range.
 
-    ``masked`` (the route ``"masked"``): the targets are copied into an int64 scratch buffer
-    with the inactive ones set to class 0, a safe index whose loss and gradient are then
-    zeroed.  None where a target is neither a class nor ignored and ``validate`` is set:
-    the general path names it in its error.
+    ``masked`` (the route ``"masked"``): the targets are multiplied by the active mask into
+    an int64 scratch buffer, so the inactive ones become class 0, a safe index (in the
+    sample's own row, which no other sample writes) whose loss and gradient are then zeroed:
+    one arithmetic pass, where a masked copy costs four times as much.  None where a target
+    is neither a class nor ignored and ``validate`` is set: the general path names it in its
+    error.
     """
     spatial = math.prod(call.loss_shape[1:])
     target = call.target[rows].reshape(-1, spatial)
     if not masked:
-        return target, None
-    safe = scratch(target.shape, np.int64, slot=4)
-    np.copyto(safe, target, casting="unsafe")  # a uint64 past int64 turns negative: invalid
+        return target, None, None
     inactive = scratch(target.shape, np.bool_, slot=5)
     limits = np.iinfo(target.dtype)
     if limits.min <= call.ignore_index <= limits.max:  # uint8 targets are never -100
         np.equal(target, call.ignore_index, out=inactive)
     else:
         inactive.fill(False)
-    np.copyto(safe, 0, where=inactive)
+    active = np.logical_not(inactive, out=scratch(target.shape, np.bool_, slot=6))
+    safe = scratch(target.shape, np.int64, slot=4)
+    # In int64: a uint64 past int64's range turns negative, and so is found invalid below.
+    _multiply(target, active, out=safe, dtype=_INT64, casting="unsafe")
     if safe.size and (np.minimum.reduce(safe, None) < 0
                       or np.maximum.reduce(safe, None) >= call.n_classes):
         if call.validate:
             return None
         # Out of range and not validated: inactive, as ignored targets (the generic rule).
         inactive |= (safe < 0) | (safe >= call.n_classes)
+        np.logical_not(inactive, out=active)
         np.copyto(safe, 0, where=inactive)
-    return safe, inactive
+    return safe, inactive, active
 
 
 def _positions(call: NLLCall, rows: slice, target: Array) -> Array:
@@ -275,13 +283,20 @@ def _offsets(count: int, spatial: int, row_stride: int) -> Array:
 
 @dataclass(slots=True)
 class _Block:
-    """One block's targets: class indices ``(b, S)``, their flat positions, the inactive
-    mask (None where every target is a class), and their weights ``w[t]`` (compute dtype,
-    0 where inactive; None without class weights)."""
+    """One block's targets: class indices ``(b, S)``, their flat positions, the masks of the
+    inactive and the active ones (None where every target is a class), and their weights
+    ``w[t]`` (compute dtype; None without class weights).
+
+    An inactive target's weight is ``w[0]`` times 0: 0 where ``w[0]`` is finite (as a sum
+    over the block needs it), NaN where it is not.  Whatever is elementwise (a loss of
+    ``'none'``, a gradient) is written over with 0 there, never multiplied, and a sum that is
+    not finite is taken again with the weights written over (:func:`_block_sums`).
+    """
 
     target: Array
     positions: Array
     inactive: Array | None
+    active: Array | None
     weight: Array | None = None
 
     def active_weight(self) -> float:
@@ -297,15 +312,15 @@ def _block(call: NLLCall, rows: slice, dtype: Any, masked: bool) -> _Block | Non
     targets = _block_targets(call, rows, masked)
     if targets is None:
         return None
-    target, inactive = targets
-    block = _Block(target, _positions(call, rows, target), inactive)
+    target, inactive, active = targets
+    block = _Block(target, _positions(call, rows, target), inactive, active)
     if call.weight is not None:
         weight = np.take(call.weight, target, mode="clip",
                          out=scratch(target.shape, call.weight.dtype, slot=3))
         if weight.dtype != dtype:
             weight = weight.astype(dtype)
-        if inactive is not None:
-            np.copyto(weight, 0, where=inactive)
+        if active is not None:
+            _multiply(weight, active, out=weight)  # a quarter of a masked copy's time
         block.weight = weight
     return block
 
@@ -315,8 +330,7 @@ def _block_losses(call: NLLCall, block: _Block, dtype: Any, negate: bool = True)
     weights and ``negate=False``, the picked values themselves: the caller negates their
     sum)."""
     positions = block.positions
-    picked = np.take(call.input.reshape(-1), positions, mode="clip",
-                     out=scratch(positions.shape, call.input.dtype, slot=1))
+    picked = _picked(call, positions)
     weight = block.weight
     if weight is None:
         if not negate:
@@ -325,14 +339,31 @@ def _block_losses(call: NLLCall, block: _Block, dtype: Any, negate: bool = True)
             losses = np.negative(picked, out=scratch(positions.shape, dtype, slot=2),
                                  dtype=dtype)
     else:
-        losses = np.multiply(picked, weight, out=scratch(positions.shape, dtype, slot=2),
-                             dtype=dtype)
+        losses = _multiply(picked, weight, out=scratch(positions.shape, dtype, slot=2),
+                           dtype=dtype)
         np.negative(losses, out=losses)
     if block.inactive is not None:
         # Written over, not multiplied by a mask: NaN or inf at an ignored target's safe
         # index must not leak into the loss.
         np.copyto(losses, 0, where=block.inactive)
     return losses
+
+
+def _picked(call: NLLCall, positions: Array) -> Array:
+    """``input`` at the flat ``positions``, in a scratch buffer of its dtype."""
+    return np.take(call.input.reshape(-1), positions, mode="clip",
+                   out=scratch(positions.shape, call.input.dtype, slot=1))
+
+
+def _block_products(call: NLLCall, block: _Block, dtype: Any) -> Array:
+    """For a sum over a block with inactive targets, in one pass fewer than the losses
+    (and none of them a masked copy): ``w[t] x[n, t, s]``, or without weights the picked
+    values times the active mask, so a zero at an inactive target where the value at its
+    safe index is finite (NaN where it is not: see :func:`_block_sums`)."""
+    positions = block.positions
+    factor = block.weight if block.weight is not None else block.active
+    return _multiply(_picked(call, positions), factor,
+                     out=scratch(positions.shape, dtype, slot=2), dtype=dtype)
 
 
 def _sums(call: NLLCall, dtype: Any, masked: bool, gather: bool = True
@@ -352,14 +383,43 @@ def _sums(call: NLLCall, dtype: Any, masked: bool, gather: bool = True
 
 
 def _block_sums(call: NLLCall, block: _Block, dtype: Any, gather: bool) -> tuple[float, float]:
-    """A block's (sum of its losses, or 0 without ``gather``; sum of its target weights)."""
-    total = 0.0
-    if gather:
-        losses = _block_losses(call, block, dtype, negate=False)
-        total = float(np.add.reduce(losses, axis=None, dtype=dtype))
-        # Without weights, the picked values: -sum(x) is sum(-x), bit for bit.
-        total = -total if call.weight is None else total
-    return total, block.active_weight()
+    """A block's (sum of its losses, or 0 without ``gather``; sum of its target weights).
+
+    With inactive targets, each sum is first taken with their terms multiplied by 0
+    (:func:`_block_products`, and the weights of :class:`_Block`), and taken again with them
+    written over where it is not finite or is 0: NaN from a non-finite value at a safe
+    index, and the sign of a zero, are then the exact ones.  Any other sum is the exact one,
+    bit for bit: a finite term times 0 is a zero, which changes no sum that is not one.
+    """
+    masked_weights = block.inactive is not None and block.weight is not None
+    weight_total = block.active_weight()
+    if masked_weights and not _settled(weight_total):
+        _write_over_inactive(block)
+        weight_total = block.active_weight()
+    if not gather:
+        return 0.0, weight_total
+    if block.inactive is not None:
+        # -sum(w x) is sum(-(w x)), and -sum(x) is sum(-x), bit for bit.
+        total = -float(_add_reduce(_block_products(call, block, dtype), None, dtype))
+        if _settled(total):
+            return total, weight_total
+        if masked_weights:
+            _write_over_inactive(block)
+    losses = _block_losses(call, block, dtype, negate=False)
+    total = float(_add_reduce(losses, None, dtype))
+    # Without weights, the picked values: -sum(x) is sum(-x), bit for bit.
+    return (-total if call.weight is None else total), weight_total
+
+
+def _write_over_inactive(block: _Block) -> None:
+    """The block's weights with 0 written at its inactive targets, NaN there included."""
+    assert block.weight is not None and block.inactive is not None
+    np.copyto(block.weight, 0, where=block.inactive)
+
+
+def _settled(total: float) -> bool:
+    """Whether a sum over values multiplied by 0 at inactive targets is the exact one."""
+    return math.isfinite(total) and total != 0.0
 
 
 def _totals(sums: list[tuple[float, float]], dtype: Any) -> tuple[Array, Array]:
