@@ -13,7 +13,10 @@ they become a validated call, the forward and the backward) and hands it to :fun
 
 The torch CPU lane (:mod:`arrayloss._torch_cpu`) runs a recording call on NumPy views of its
 tensors inside :func:`handing_over`: the call's :class:`Differentiable` is handed over to it
-(it records one light autograd node over the views), instead of a bridge.
+(it records one light autograd node over the views), instead of a bridge.  A reduced loss
+whose Differentiable has a fused ``loss_and_grad`` computes its gradients there too, in the
+same pass over the input, for the backward that training runs next (Liger-Kernel's trade:
+the gradient is held from the forward, where the backward would allocate it anyway).
 
 So the gradients are the documented ones (the ``eps`` clamp invisible to them, as in
 PyTorch), not whatever autograd would make of the generic code's clamp and ``where`` calls.
@@ -37,7 +40,8 @@ from ._validation import _numpy_namespace
 Array = Any
 Call = Any
 
-__all__ = ["Differentiable", "handing_over", "loss", "not_recorded", "recording"]
+__all__ = ["Differentiable", "HandedOver", "handing_over", "loss", "not_recorded",
+           "recording"]
 
 
 @dataclass(frozen=True)
@@ -52,22 +56,51 @@ class Differentiable:
     forward: Callable[[Call], Array]
     #: ``backward(call, grad_output, wanted)``: the gradients of the names in ``wanted``.
     backward: Callable[[Call, Array, frozenset[str]], dict[str, Array | None]]
+    #: ``loss_and_grad(call, wanted)``: the loss and the gradients of the names in ``wanted``
+    #: for an upstream gradient of 1, bit for bit ``backward(call, 1.0, wanted)``'s, where
+    #: the backend computes both in one pass (None where it cannot: the forward runs); only
+    #: NumPy's reduced losses are asked (see :func:`handing_over`).  None: never fused.
+    loss_and_grad: Callable[[Call, frozenset[str]],
+                            tuple[Array, dict[str, Array | None]] | None] | None = None
 
 
-#: While the torch CPU lane runs a recording call on NumPy views: the list that the call's
-#: (Differentiable, validated call, loss) is handed over in.
-_handed_over: ContextVar[list[tuple[Differentiable, Call, Array]] | None] = ContextVar(
-    "arrayloss_handed_over", default=None)
+@dataclass(frozen=True)
+class HandedOver:
+    """What a recording NumPy call run inside :func:`handing_over` hands over: its
+    Differentiable, its validated call, its loss, and the gradients computed with it for an
+    upstream gradient of 1 (None where none were)."""
+
+    spec: Differentiable
+    call: Call
+    loss: Array
+    grads: dict[str, Array | None] | None
+
+
+@dataclass(frozen=True)
+class _HandingOver:
+    wants_grad: frozenset[int]  # the ids of the arrays whose tensors require grad
+    taken: list[HandedOver]
+
+
+#: While the torch CPU lane runs a recording call on NumPy views: where that call's loss is
+#: handed over.
+_handed_over: ContextVar[_HandingOver | None] = ContextVar("arrayloss_handed_over",
+                                                           default=None)
 
 
 @contextlib.contextmanager
-def handing_over() -> Iterator[list[tuple[Differentiable, Call, Array]]]:
-    """A NumPy call run inside records nothing: the first loss it computes appends its
-    (Differentiable, validated call, loss) to the list yielded, for the caller to record."""
-    taken: list[tuple[Differentiable, Call, Array]] = []
-    token = _handed_over.set(taken)
+def handing_over(wants_grad: frozenset[int] = frozenset()) -> Iterator[list[HandedOver]]:
+    """A NumPy call run inside records nothing: the first loss it computes appends a
+    :class:`HandedOver` to the list yielded, for the caller to record.
+
+    ``wants_grad``: the ids of the call's arrays that need a gradient.  A reduced loss with a
+    fused ``loss_and_grad`` computes their gradients with the loss, for the backward to hand
+    out (its upstream gradient is 1 in ``loss.backward()``, the common case).
+    """
+    handing = _HandingOver(wants_grad, [])
+    token = _handed_over.set(handing)
     try:
-        yield taken
+        yield handing.taken
     finally:
         _handed_over.reset(token)
 
@@ -76,8 +109,8 @@ def recording(xp: ModuleType, arrays: tuple[Array, ...]) -> bool:
     """Whether a bridge is needed: torch autograd recording, or JAX tracing (or, for NumPy,
     a Differentiable to hand over: see :func:`handing_over`)."""
     if xp is _numpy_namespace():  # the common case, decided at once
-        taken = _handed_over.get()
-        return taken is not None and not taken
+        handing = _handed_over.get()
+        return handing is not None and not handing.taken
     if is_torch_namespace(xp):
         import torch
 
@@ -92,10 +125,17 @@ def recording(xp: ModuleType, arrays: tuple[Array, ...]) -> bool:
 def loss(spec: Differentiable, call: Call) -> Array:
     """The loss of ``call``, differentiable by ``call.xp``'s autograd (see the module doc)."""
     if call.xp is _numpy_namespace():  # handed over (TorchDynamo traces no ContextVar)
-        value = spec.forward(call)
-        taken = _handed_over.get()
-        if taken is not None:
-            taken.append((spec, call, value))
+        handing = _handed_over.get()
+        if handing is None:
+            return spec.forward(call)
+        fused = None
+        wanted = frozenset(name for name, array in spec.arrays.items()
+                           if id(array) in handing.wants_grad)
+        if (spec.loss_and_grad is not None and wanted
+                and getattr(call, "reduction", "none") != "none"):
+            fused = spec.loss_and_grad(call, wanted)
+        value, grads = fused if fused is not None else (spec.forward(call), None)
+        handing.taken.append(HandedOver(spec, call, value, grads))
         return value
     if is_torch_namespace(call.xp):
         from ._torch_autograd import ArraylossLoss

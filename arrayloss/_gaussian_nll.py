@@ -292,6 +292,14 @@ def _differentiable(call: _calls.GaussianNLLCall, var: Array | float,
             call, upstream, _calls.check_wrt(tuple(wanted), call))
         return dict(zip(ALL_GRADIENTS, grads, strict=True))
 
+    def loss_and_grad(call: _calls.GaussianNLLCall, wanted: frozenset[str]
+                      ) -> tuple[Array, dict[str, Array | None]]:
+        loss, grads = backend(call.xp, "gaussian_nll").loss_and_grad(
+            call, _calls.check_wrt(tuple(wanted), call))
+        computed = dict(zip(ALL_GRADIENTS, grads, strict=True))
+        return loss, {name: computed.get(name) for name in wanted}
+
     return _autograd.Differentiable(
         arrays=named, make_call=make_call,
-        forward=lambda call: backend(call.xp, "gaussian_nll").forward(call), backward=backward)
+        forward=lambda call: backend(call.xp, "gaussian_nll").forward(call), backward=backward,
+        loss_and_grad=loss_and_grad)

@@ -71,15 +71,17 @@ class NumpyViewsLoss(torch.autograd.Function):
     computed on NumPy views of CPU tensors: the forward hands back the loss already computed,
     the backward runs the loss's NumPy backward on the same views.
 
-    ``forward(ctx, spec, call, loss, *tensors)``: ``call`` is the validated NumPy call,
-    ``loss`` its NumPy result, ``tensors`` the caller's tensors of ``spec.arrays``.  The
-    lane runs outside ``torch.func`` transforms and ``torch.compile``, so this is the plain
+    ``forward(ctx, spec, call, loss, grads, *tensors)``: ``call`` is the validated NumPy
+    call, ``loss`` its NumPy result, ``grads`` the gradients computed with it for an upstream
+    gradient of 1 (or None), ``tensors`` the caller's tensors of ``spec.arrays``.  The lane
+    runs outside ``torch.func`` transforms and ``torch.compile``, so this is the plain
     ``ctx`` form: ``setup_context``'s form costs PyTorch an ``inspect.signature`` a call.
     """
 
     @staticmethod
-    def forward(ctx: Any, spec: Differentiable, call: Call, loss: Any, *tensors: Any) -> Any:
-        ctx.spec, ctx.call = spec, call
+    def forward(ctx: Any, spec: Differentiable, call: Call, loss: Any,
+                grads: dict[str, Any] | None, *tensors: Any) -> Any:
+        ctx.spec, ctx.call, ctx.grads = spec, call, grads
         ctx.save_for_backward(*tensors)  # in-place changes before backward are caught
         return _tensor_over(loss)
 
@@ -89,7 +91,7 @@ class NumpyViewsLoss(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True
             raise RuntimeError(DIFFERENTIABLE_ONCE)
         names = list(ctx.spec.arrays)
-        wanted = frozenset(name for name, needed in zip(names, ctx.needs_input_grad[3:],
+        wanted = frozenset(name for name, needed in zip(names, ctx.needs_input_grad[4:],
                                                         strict=True) if needed)
         # A reduced loss's upstream gradient as a number, which the NumPy fast paths take
         # (a 0-d array sends them to the general code: NLL 65536 x 10 backward 560 -> 230
@@ -97,9 +99,16 @@ class NumpyViewsLoss(torch.autograd.Function):
         # of an unbatched input is 0-d too, and takes an array.)
         reduced = getattr(ctx.call, "reduction", "none") != "none"
         upstream = float(grad_output) if reduced else _numpy_view(grad_output)
-        grads = ctx.spec.backward(ctx.call, upstream, wanted) if wanted else {}
-        return (None, None, None, *(_tensor_over(grads.get(name)) if name in wanted
-                                    else None for name in names))
+        # The forward's gradients, for an upstream gradient of 1: handed out once (they
+        # become the leaves' .grad, which an optimizer then changes in place), so a second
+        # backward through a retained graph computes its own.
+        computed, ctx.grads = ctx.grads, None
+        if computed is not None and upstream == 1.0 and wanted <= computed.keys():
+            grads = computed
+        else:
+            grads = ctx.spec.backward(ctx.call, upstream, wanted) if wanted else {}
+        return (None, None, None, None, *(_tensor_over(grads.get(name)) if name in wanted
+                                          else None for name in names))
 
 
 def _numpy_view(tensor: Any) -> Any:

@@ -127,11 +127,11 @@ def numpy_first(*, records: bool) -> Callable[[Callable[..., Any]], Callable[...
             lane = _numpy_views(torch, args, kwargs, records)
             if lane is None:
                 return function(*args, **kwargs)
-            arrays, keywords, tensors, recorded = lane
+            arrays, keywords, tensors, wants_grad = lane
             try:
-                if not recorded:
+                if not wants_grad:
                     return _as_tensors(torch, function(*arrays, **keywords), tensors)
-                with _autograd.handing_over() as taken:
+                with _autograd.handing_over(wants_grad) as taken:
                     result = function(*arrays, **keywords)
             except Exception:
                 return function(*args, **kwargs)  # raised as the tensor call raises it
@@ -144,10 +144,10 @@ def numpy_first(*, records: bool) -> Callable[[Callable[..., Any]], Callable[...
 
 
 def _numpy_views(torch: Any, args: tuple[Any, ...], kwargs: dict[str, Any], records: bool
-                 ) -> tuple[list[Any], dict[str, Any], dict[int, Any], bool] | None:
-    """(the positional arguments, the keyword arguments, the tensor of each view's id,
-    whether autograd records the call) with every tensor viewed as a NumPy array; None
-    where the call keeps its tensors."""
+                 ) -> tuple[list[Any], dict[str, Any], dict[int, Any], frozenset[int]] | None:
+    """(the positional arguments, the keyword arguments, the tensor of each view's id, the
+    ids of the views whose tensors autograd records: empty where it records nothing) with
+    every tensor viewed as a NumPy array; None where the call keeps its tensors."""
     tensor_type = torch.Tensor
     if not any(isinstance(value, tensor_type) for value in (*args, *kwargs.values())):
         return None
@@ -158,7 +158,7 @@ def _numpy_views(torch: Any, args: tuple[Any, ...], kwargs: dict[str, Any], reco
     check_grad = records and torch.is_grad_enabled()
     viewable = _viewable_dtypes(torch)
     tensors: dict[int, Any] = {}
-    recorded = False
+    recorded: set[int] = set()
 
     def view(value: Any) -> Any:
         if not isinstance(value, tensor_type):
@@ -167,16 +167,15 @@ def _numpy_views(torch: Any, args: tuple[Any, ...], kwargs: dict[str, Any], reco
             return value
         if not value.is_cpu or value.dtype not in viewable:
             raise _KeepTensors
-        nonlocal recorded
-        viewed = value
-        if value.requires_grad:
-            recorded = recorded or check_grad
-            viewed = value.detach()  # a microsecond or two: only where numpy() needs it
+        requires_grad = value.requires_grad
         try:
-            array = viewed.numpy()
+            # detach(): a microsecond or two, only where numpy() needs it
+            array = (value.detach() if requires_grad else value).numpy()
         except (RuntimeError, TypeError) as error:  # a conjugate or negative view, ...
             raise _KeepTensors from error
         tensors[id(array)] = value
+        if requires_grad and check_grad:
+            recorded.add(id(array))
         return array
 
     try:
@@ -184,19 +183,18 @@ def _numpy_views(torch: Any, args: tuple[Any, ...], kwargs: dict[str, Any], reco
         keywords = {key: view(value) for key, value in kwargs.items()}
     except _KeepTensors:
         return None
-    return arrays, keywords, tensors, recorded
+    return arrays, keywords, tensors, frozenset(recorded)
 
 
-def _recorded(torch: Any, result: Any, taken: list[tuple[Any, Any, Any]],
+def _recorded(torch: Any, result: Any, taken: list[_autograd.HandedOver],
               tensors: dict[int, Any]) -> Any:
     """A recording call's NumPy ``result`` with its loss made a tensor with its autograd
-    node, from the (Differentiable, call, loss) the call handed over (what else it returns,
-    as ``return_lse``'s log-sum-exp, comes back as tensors without one); None where it
-    handed none over, or its arrays are not the caller's views (the tensor call runs
-    instead)."""
+    node, from what the call handed over (what else it returns, as ``return_lse``'s
+    log-sum-exp, comes back as tensors without one); None where it handed nothing over, or
+    its arrays are not the caller's views (the tensor call runs instead)."""
     if not taken:
         return None
-    spec, call, loss = taken[0]
+    spec, call, loss = taken[0].spec, taken[0].call, taken[0].loss
     inputs = [tensors.get(id(array)) for array in spec.arrays.values()]
     parts = result if isinstance(result, tuple) else (result,)
     if any(tensor is None for tensor in inputs) or not any(part is loss for part in parts) or (
@@ -204,7 +202,7 @@ def _recorded(torch: Any, result: Any, taken: list[tuple[Any, Any, Any]],
         return None
     from ._torch_autograd import NumpyViewsLoss
 
-    node = NumpyViewsLoss.apply(spec, call, loss, *inputs)
+    node = NumpyViewsLoss.apply(spec, call, loss, taken[0].grads, *inputs)
     if not isinstance(result, tuple):
         return node
     return tuple(node if part is loss else _as_tensors(torch, part, tensors) for part in parts)

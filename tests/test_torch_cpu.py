@@ -179,8 +179,48 @@ def test_autograd_runs_numpys_forward_and_backward(spy: Spy) -> None:
     want = al.cross_entropy_backward(1.0, a["x"], a["labels"], label_smoothing=0.1)
     np.testing.assert_array_equal(logits.grad.numpy(), want)
     methods = [method for method, *_ in spy.calls]
-    # The two losses' forwards and backwards, then the NumPy reference's backward.
-    assert methods == ["forward", "backward", "forward", "backward", "backward"]
+    # Each recorded forward computes its loss and gradients in one call, which the backward
+    # (upstream gradient 1) hands out; then the NumPy reference's backward.
+    assert methods == ["loss_and_grad", "loss_and_grad", "backward"]
+
+
+@pytest.mark.parametrize("loss", ["gaussian_nll", "cross_entropy", "l1_loss"])
+def test_gradients_of_the_forward_are_handed_out_once(loss: str, spy: Spy) -> None:
+    """The recorded forward's gradients serve a backward whose upstream gradient is 1;
+    any other upstream gradient, and a second backward through a retained graph (after an
+    optimizer changed the first one's .grad in place), run the backward, with the backward's
+    values."""
+    a = _arrays("float64", seed=4)
+    x = torch.from_numpy(a["x"].copy()).requires_grad_()
+
+    def value() -> Any:
+        if loss == "gaussian_nll":
+            return al.gaussian_nll_loss(x, torch.from_numpy(a["t"]), 1.5)
+        if loss == "cross_entropy":
+            return al.cross_entropy(x, torch.from_numpy(a["labels"]))
+        return al.l1_loss(x, torch.from_numpy(a["t"]))
+
+    def reference(upstream: float) -> np.ndarray:
+        if loss == "gaussian_nll":
+            return al.gaussian_nll_loss_backward(upstream, a["x"], a["t"], 1.5)[0]
+        if loss == "cross_entropy":
+            return al.cross_entropy_backward(upstream, a["x"], a["labels"])
+        return al.l1_loss_backward(upstream, a["x"], a["t"])[0]
+
+    once, quarter = reference(1.0), reference(0.25)
+    spy.calls.clear()
+    retained = value()
+    retained.backward(retain_graph=True)
+    np.testing.assert_array_equal(x.grad.numpy(), once)
+    x.grad.zero_()  # as optimizer.zero_grad(set_to_none=False) does
+    retained.backward()
+    np.testing.assert_array_equal(x.grad.numpy(), once)
+    x.grad = None
+    (value() * 0.25).backward()
+    np.testing.assert_array_equal(x.grad.numpy(), quarter)
+    # The retained graph's second pass, and the upstream gradient of 0.25, ran the backward.
+    assert [method for method, *_ in spy.calls] == ["loss_and_grad", "backward",
+                                                    "loss_and_grad", "backward"]
 
 
 def test_strided_tensors_are_viewed_not_copied(spy: Spy) -> None:
@@ -384,7 +424,8 @@ def test_backward_functions_take_the_lane_with_tensors_that_require_grad(
 def test_forward_with_autograd_records_one_node_over_numpys_views(
         spy: Spy, validations: list[str]) -> None:
     """A forward that autograd records runs as a NumPy call too (NumPy's checks, its fast
-    paths), and its backward is the loss's NumPy backward on the same views."""
+    paths): the loss's NumPy loss-and-gradient on the same views, whose gradient the
+    backward hands out."""
     x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
     t = torch.randn(6, 4, dtype=torch.float64)
     loss = al.mse_loss(x, t)
@@ -392,7 +433,7 @@ def test_forward_with_autograd_records_one_node_over_numpys_views(
     assert not any("torch" in name for name in validations)
     loss.backward()
     torch.testing.assert_close(x.grad, 2 * (x - t).detach() / x.numel(), rtol=1e-12, atol=0)
-    assert [method for method, *_ in spy.calls] == ["forward", "backward"]
+    assert [method for method, *_ in spy.calls] == ["loss_and_grad"]
     assert all(np.shares_memory(call.input, x.detach().numpy()) for _, call, *_ in spy.calls)
     with torch.no_grad():
         assert al.mse_loss(x, t).grad_fn is None

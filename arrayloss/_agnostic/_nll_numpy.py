@@ -362,6 +362,7 @@ def _block_products(call: NLLCall, block: _Block, dtype: Any) -> Array:
     safe index is finite (NaN where it is not: see :func:`_block_sums`)."""
     positions = block.positions
     factor = block.weight if block.weight is not None else block.active
+    assert factor is not None  # (a block with inactive targets has its active mask)
     return _multiply(_picked(call, positions), factor,
                      out=scratch(positions.shape, dtype, slot=2), dtype=dtype)
 

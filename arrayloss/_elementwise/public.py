@@ -99,6 +99,15 @@ def define(spec: ElementwiseLoss) -> Defined:
         grads = backend(call.xp, name).backward(call, upstream, check_wrt(spec, asked, call))
         return dict(zip(spec.gradient_names, grads, strict=True))
 
+    def run_loss_and_grad(call: ElementwiseCall, wanted: frozenset[str]
+                          ) -> tuple[Array, dict[str, Array | None]] | None:
+        asked = tuple(name for name in wanted if name in spec.gradient_names)
+        if not asked:  # a weight alone requires grad: it has none
+            return None
+        result, grads = backend(call.xp, name).loss_and_grad(call, check_wrt(spec, asked, call))
+        computed = dict(zip(spec.gradient_names, grads, strict=True))
+        return result, {array: computed.get(array) for array in wanted}
+
     def loss(values: dict[str, Any]) -> Array:
         arrays, options = _split(spec, values)
         call = make_call(spec, arrays, reduction=values["reduction"],
@@ -113,7 +122,7 @@ def define(spec: ElementwiseLoss) -> Defined:
 
             differentiable = _autograd.Differentiable(
                 arrays=dict(call.arrays), make_call=remake, forward=run_forward,
-                backward=run_backward)
+                backward=run_backward, loss_and_grad=run_loss_and_grad)
             return _autograd.loss(differentiable, call)
         return run_forward(call)
 
