@@ -258,19 +258,22 @@ def test_nll_with_ignored_targets_matches_the_generic_code(shape: tuple[int, ...
 @pytest.mark.parametrize("special", ["finite", "nan at a safe index", "infinite weight",
                                      "zero weight", "every target ignored"])
 @pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("shape", [(70000, 5), (3, 4, 50, 40)], ids=str)
 def test_nll_masked_sums_are_those_of_the_written_over_losses(
-        shape: tuple[int, ...], weighted: bool, special: str) -> None:
+        shape: tuple[int, ...], dtype: str, weighted: bool, special: str) -> None:
     """The masked blocks' sums multiply the terms of ignored targets by 0 instead of writing
     0 over them: bit for bit the sum of the written-over losses (one block: NumPy's own
-    pairwise sum of the same values in the same order), the NaN of a non-finite value at an
+    pairwise sum of the same values in the same order, summed in the compute dtype from the
+    input's as NumPy sums a cast, in buffered chunks), the NaN of a non-finite value at an
     ignored target's safe index and the sign of a zero included."""
     rng = np.random.default_rng(shape[0])
     n_classes = shape[1]
-    x = rng.standard_normal(shape).astype(np.float32)
+    compute = np.dtype(np.float32)
+    x = rng.standard_normal(shape).astype(dtype)
     target = rng.integers(0, n_classes, (shape[0], *shape[2:]))
     target.reshape(-1)[::4] = -100
-    weight = rng.uniform(0.5, 2.0, n_classes).astype(np.float32) if weighted else None
+    weight = rng.uniform(0.5, 2.0, n_classes).astype(dtype) if weighted else None
     if special == "nan at a safe index":
         x[:, 0] = np.nan
         target[target == 0] = 1  # class 0 is read by ignored targets alone
@@ -284,20 +287,25 @@ def test_nll_masked_sums_are_those_of_the_written_over_losses(
     call = _nll_call(x, target, weight, -100, validate=False)
     assert _nll_numpy.route(call) == "masked"
     active = target != -100
-    picked = np.take_along_axis(x, np.where(active, target, 0)[:, None], axis=1)[:, 0]
-    terms = picked if weight is None else -(picked * weight[np.where(active, target, 0)])
-    losses = np.where(active, terms, np.float32(0))
-    total = np.add.reduce(losses, None, np.float32)
-    expected_sum = -total if weight is None else total
-    count = np.where(active, np.float32(1) if weight is None
-                     else weight[np.where(active, target, 0)], np.float32(0))
-    total_weight = np.add.reduce(count, None, np.float32)
+    safe = np.where(active, target, 0)
+    picked = np.take_along_axis(x, safe[:, None], axis=1)[:, 0]
     with np.errstate(all="ignore"):
-        expected_mean = np.float32(expected_sum) / np.float32(total_weight)
+        # Unweighted: the picked values in the input's dtype; weighted: -(x w) in the
+        # compute dtype (w[t] looked up in the input's dtype, then cast).
+        losses = picked.copy() if weight is None else -(
+            picked.astype(compute) * weight[safe].astype(compute))
+        losses[~active] = 0
+        total = np.add.reduce(losses, None, compute)
+        expected_sum = -total if weight is None else total
+        count = (active.astype(compute) if weight is None
+                 else np.where(active, weight[safe].astype(compute), compute.type(0)))
+        total_weight = np.add.reduce(count, None, compute)
+        expected_mean = compute.type(expected_sum) / compute.type(total_weight)
     got_sum = al.nll_loss(x, target, weight, reduction="sum", validate=False)
     got_mean = al.nll_loss(x, target, weight, validate=False)
-    assert np.asarray(got_sum).tobytes() == np.asarray(expected_sum, np.float32).tobytes()
-    assert np.asarray(got_mean).tobytes() == np.asarray(expected_mean, np.float32).tobytes()
+    out = np.dtype(dtype)
+    assert np.asarray(got_sum).tobytes() == np.asarray(expected_sum).astype(out).tobytes()
+    assert np.asarray(got_mean).tobytes() == np.asarray(expected_mean).astype(out).tobytes()
 
 
 @pytest.mark.parametrize("target_dtype", [">i8", "<i4", "int8"])
