@@ -68,8 +68,9 @@ class ArraylossLoss(torch.autograd.Function):
 
 class NumpyViewsLoss(torch.autograd.Function):
     """The autograd node of a loss that the torch CPU lane (:mod:`arrayloss._torch_cpu`)
-    computed on NumPy views of CPU tensors: the forward hands back the loss already computed,
-    the backward runs the loss's NumPy backward on the same views.
+    computed on NumPy views of CPU tensors: the forward hands back the loss already computed
+    (and keeps the gradients computed with it, if any), the backward hands those out or runs
+    the loss's NumPy backward on the same views.
 
     ``forward(ctx, spec, call, loss, grads, *tensors)``: ``call`` is the validated NumPy
     call, ``loss`` its NumPy result, ``grads`` the gradients computed with it for an upstream
@@ -101,14 +102,32 @@ class NumpyViewsLoss(torch.autograd.Function):
         upstream = float(grad_output) if reduced else _numpy_view(grad_output)
         # The forward's gradients, for an upstream gradient of 1: handed out once (they
         # become the leaves' .grad, which an optimizer then changes in place), so a second
-        # backward through a retained graph computes its own.
-        computed, ctx.grads = ctx.grads, None
-        if computed is not None and upstream == 1.0 and wanted <= computed.keys():
-            grads = computed
-        else:
+        # backward through a retained graph computes its own; popped in one call, so two
+        # backward passes in two threads never both take them.
+        computed = vars(ctx).pop("grads", None)
+        grads = None
+        if computed is not None and wanted <= computed.keys():
+            grads = computed if upstream == 1.0 else _scaled(computed, upstream)
+        if grads is None:
             grads = ctx.spec.backward(ctx.call, upstream, wanted) if wanted else {}
         return (None, None, None, None, *(_tensor_over(grads.get(name)) if name in wanted
                                           else None for name in names))
+
+
+def _scaled(grads: dict[str, Any], upstream: float) -> dict[str, Any] | None:
+    """The forward's gradients (for an upstream gradient of 1) times ``upstream``, in place:
+    one pass over them where the backward would compute them again (gradient accumulation's
+    ``(loss / k).backward()``, a GradScaler's scaled loss), equal to the backward's within
+    one rounding (exactly, for a power of two such as a GradScaler's, barring subnormals).
+    None where a gradient is 16-bit: its rounding from the compute dtype is done, and a
+    second one would be visible (the backward then runs)."""
+    arrays = [grad for grad in grads.values() if grad is not None]
+    if len({id(grad) for grad in arrays}) < len(arrays) or any(
+            grad.dtype.itemsize < 4 or not grad.flags.writeable for grad in arrays):
+        return None  # (one array twice, or one that is not the loss's own to scale)
+    for grad in arrays:
+        np.multiply(grad, upstream, out=grad)
+    return grads
 
 
 def _numpy_view(tensor: Any) -> Any:

@@ -110,8 +110,9 @@ def numpy_first(*, records: bool) -> Callable[[Callable[..., Any]], Callable[...
     ``out`` comes back as the caller's own tensor.  A function that ``records`` autograd (a
     forward) with a tensor that requires grad, grad mode on, hands its Differentiable over
     (:func:`arrayloss._autograd.handing_over`): its loss is recorded as one autograd node
-    whose backward is the loss's NumPy backward on the same views
-    (:class:`arrayloss._torch_autograd.NumpyViewsLoss`), not a bridge's round trip each way.
+    (:class:`arrayloss._torch_autograd.NumpyViewsLoss`) whose backward hands out the
+    gradients computed with a reduced loss, or runs the loss's NumPy backward on the same
+    views: not a bridge's round trip each way.
 
     Errors are always the tensor call's own: where the NumPy call raises (or warns, with
     warnings as errors), ``function`` runs again on the tensors, which raises it as its

@@ -184,13 +184,15 @@ def test_autograd_runs_numpys_forward_and_backward(spy: Spy) -> None:
     assert methods == ["loss_and_grad", "loss_and_grad", "backward"]
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float16"])
 @pytest.mark.parametrize("loss", ["gaussian_nll", "cross_entropy", "l1_loss"])
-def test_gradients_of_the_forward_are_handed_out_once(loss: str, spy: Spy) -> None:
-    """The recorded forward's gradients serve a backward whose upstream gradient is 1;
-    any other upstream gradient, and a second backward through a retained graph (after an
-    optimizer changed the first one's .grad in place), run the backward, with the backward's
-    values."""
-    a = _arrays("float64", seed=4)
+def test_gradients_of_the_forward_are_handed_out_once(loss: str, dtype: str, spy: Spy) -> None:
+    """The recorded forward's gradients serve the backward: as they are for an upstream
+    gradient of 1, scaled in place for another (bit for bit the backward's for a power of
+    two, within a rounding otherwise), the backward itself for 16-bit gradients scaled and
+    for a second backward through a retained graph (after an optimizer changed the first
+    one's .grad in place)."""
+    a = _arrays(dtype, seed=4)
     x = torch.from_numpy(a["x"].copy()).requires_grad_()
 
     def value() -> Any:
@@ -207,7 +209,9 @@ def test_gradients_of_the_forward_are_handed_out_once(loss: str, spy: Spy) -> No
             return al.cross_entropy_backward(upstream, a["x"], a["labels"])
         return al.l1_loss_backward(upstream, a["x"], a["t"])[0]
 
+    # (The upstream gradient that autograd hands the node: in the loss's dtype.)
     once, quarter = reference(1.0), reference(0.25)
+    other = reference(float(np.dtype(dtype).type(0.3)))
     spy.calls.clear()
     retained = value()
     retained.backward(retain_graph=True)
@@ -215,12 +219,17 @@ def test_gradients_of_the_forward_are_handed_out_once(loss: str, spy: Spy) -> No
     x.grad.zero_()  # as optimizer.zero_grad(set_to_none=False) does
     retained.backward()
     np.testing.assert_array_equal(x.grad.numpy(), once)
-    x.grad = None
-    (value() * 0.25).backward()
-    np.testing.assert_array_equal(x.grad.numpy(), quarter)
-    # The retained graph's second pass, and the upstream gradient of 0.25, ran the backward.
-    assert [method for method, *_ in spy.calls] == ["loss_and_grad", "backward",
-                                                    "loss_and_grad", "backward"]
+    expected = ["loss_and_grad", "backward"]  # the retained graph's second pass: a backward
+    for upstream, want in ((0.25, quarter), (0.3, other)):
+        x.grad = None
+        (value() * upstream).backward()
+        expected += ["loss_and_grad"] + (["backward"] if dtype == "float16" else [])
+        if upstream == 0.25 or dtype == "float16":
+            np.testing.assert_array_equal(x.grad.numpy(), want)
+        else:
+            np.testing.assert_allclose(x.grad.numpy(), want, rtol=4e-16, atol=0)
+    assert [method for method, *_ in spy.calls] == expected
+
 
 
 def test_strided_tensors_are_viewed_not_copied(spy: Spy) -> None:
