@@ -94,6 +94,10 @@ class NumpyViewsLoss(torch.autograd.Function):
         names = list(ctx.spec.arrays)
         wanted = frozenset(name for name, needed in zip(names, ctx.needs_input_grad[4:],
                                                         strict=True) if needed)
+        if _batched(grad_output):
+            # A batch of upstream gradients (is_grads_batched=True, jacobian(vectorize=True)),
+            # which vmap hands over wrapped: NumPy cannot view it, torch's operations batch.
+            return (None, None, None, None, *_generic_gradients(ctx, grad_output, wanted))
         # A reduced loss's upstream gradient as a number, which the NumPy fast paths take
         # (a 0-d array sends them to the general code: NLL 65536 x 10 backward 560 -> 230
         # us); it is exact, and of the loss's dtype, as autograd hands it over.  ('none'
@@ -112,6 +116,28 @@ class NumpyViewsLoss(torch.autograd.Function):
             grads = ctx.spec.backward(ctx.call, upstream, wanted) if wanted else {}
         return (None, None, None, None, *(_tensor_over(grads.get(name)) if name in wanted
                                           else None for name in names))
+
+
+def _batched(tensor: Any) -> bool:
+    """Whether ``tensor`` is a batch under vmap: autograd's own (``is_grads_batched``, the
+    legacy batching), or torch.func's."""
+    legacy = getattr(_FUNCTORCH, "is_legacy_batchedtensor", None)
+    return bool((legacy is not None and legacy(tensor)) or _FUNCTORCH.is_batchedtensor(tensor))
+
+
+def _generic_gradients(ctx: Any, grad_output: Any, wanted: frozenset[str]) -> list[Any]:
+    """The gradients of the names in ``wanted`` (None for the others), by the loss's generic
+    code on the caller's tensors (the saved ones), as ``fused_kernels(False)`` runs it."""
+    from ._settings import use_fused
+
+    names = list(ctx.spec.arrays)
+    token = use_fused.set(False)
+    try:
+        call = ctx.spec.make_call(dict(zip(names, ctx.saved_tensors, strict=True)))
+        grads = ctx.spec.backward(call, grad_output, wanted) if wanted else {}
+    finally:
+        use_fused.reset(token)
+    return [grads.get(name) if name in wanted else None for name in names]
 
 
 def _scaled(grads: dict[str, Any], upstream: float) -> dict[str, Any] | None:

@@ -430,6 +430,47 @@ def test_backward_functions_take_the_lane_with_tensors_that_require_grad(
     torch.testing.assert_close(out, expected.grad, rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("loss", ["cross_entropy", "nll_loss", "gaussian_nll_loss", "mse_loss",
+                                  "soft cross_entropy"])
+def test_batched_gradients_through_the_node(loss: str, reduction: str) -> None:
+    """A batch of upstream gradients (``is_grads_batched=True``, ``jacobian(vectorize=True)``:
+    autograd's vmap over the backward, whose batched tensors NumPy cannot view) runs the
+    loss's generic backward on the tensors: PyTorch's Jacobians."""
+    rng = np.random.default_rng(21)
+    logits = torch.from_numpy(rng.normal(size=(6, 4))).requires_grad_()
+    labels = torch.from_numpy(rng.integers(0, 4, 6))
+    labels[2] = -100
+    weight = torch.from_numpy(rng.uniform(0.5, 2, 4))
+    other = torch.from_numpy(rng.normal(size=(6, 4)))
+    var = torch.from_numpy(rng.uniform(0.5, 2, (6, 1))).requires_grad_()
+    probs = torch.softmax(torch.from_numpy(rng.normal(size=(6, 4))), 1).requires_grad_()
+    cases = {
+        "cross_entropy": ((logits,), lambda f, a: f(a, labels, weight, reduction=reduction,
+                                                     label_smoothing=0.1)),
+        "nll_loss": ((logits,), lambda f, a: f(a, labels, weight, reduction=reduction)),
+        "gaussian_nll_loss": ((logits, var), lambda f, a, v: f(a, other, v,
+                                                               reduction=reduction)),
+        "mse_loss": ((logits,), lambda f, a: f(a, other, reduction=reduction)),
+        "soft cross_entropy": ((logits, probs), lambda f, a, q: f(a, q, reduction=reduction)),
+    }
+    inputs, apply = cases[loss]
+    name = loss.split()[-1]
+    ours, theirs = getattr(al, name), getattr(F, name)
+    got = torch.autograd.functional.jacobian(lambda *a: apply(ours, *a), inputs, vectorize=True)
+    want = torch.autograd.functional.jacobian(lambda *a: apply(theirs, *a), inputs,
+                                              vectorize=True)
+    for mine, reference in zip(got, want, strict=True):
+        torch.testing.assert_close(mine, reference, rtol=1e-12, atol=1e-14)
+    value = apply(ours, *inputs)
+    upstream = torch.from_numpy(rng.normal(size=(3, *value.shape)))
+    batched = torch.autograd.grad(value, inputs, upstream, is_grads_batched=True)
+    reference_value = apply(theirs, *inputs)
+    expected = torch.autograd.grad(reference_value, inputs, upstream, is_grads_batched=True)
+    for mine, reference in zip(batched, expected, strict=True):
+        torch.testing.assert_close(mine, reference, rtol=1e-12, atol=1e-14)
+
+
 def test_forward_with_autograd_records_one_node_over_numpys_views(
         spy: Spy, validations: list[str]) -> None:
     """A forward that autograd records runs as a NumPy call too (NumPy's checks, its fast

@@ -145,7 +145,10 @@ def _block(call: CrossEntropyCall, prep: _Prepared, rows: slice, cols: slice,
     sum_exp = xp.sum(exp, axis=1, keepdims=True)
     log_sum = xp.log(sum_exp)
     upstream = prep.upstream
-    if not isinstance(upstream, float) and upstream.ndim == 2:
+    whole = rows == slice(0, prep.n) and cols == slice(0, prep.s)
+    if not isinstance(upstream, float) and upstream.ndim == 2 and not whole:
+        # (Not sliced where the block is everything: a view of a batch of upstream
+        # gradients under torch's vmap, is_grads_batched=True, has no batching rule.)
         upstream = upstream[rows, cols]
     weight3 = prep.class_weight3
 
