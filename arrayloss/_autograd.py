@@ -16,7 +16,8 @@ tensors inside :func:`handing_over`: the call's :class:`Differentiable` is hande
 (it records one light autograd node over the views), instead of a bridge.  A reduced loss
 whose Differentiable has a fused ``loss_and_grad`` computes its gradients there too, in the
 same pass over the input, for the backward that training runs next (Liger-Kernel's trade:
-the gradient is held from the forward, where the backward would allocate it anyway).
+the gradient is held from the forward to the backward, and computed even where no backward
+follows).
 
 So the gradients are the documented ones (the ``eps`` clamp invisible to them, as in
 PyTorch), not whatever autograd would make of the generic code's clamp and ``where`` calls.
@@ -41,7 +42,7 @@ Array = Any
 Call = Any
 
 __all__ = ["Differentiable", "HandedOver", "handing_over", "loss", "not_recorded",
-           "recording"]
+           "recording", "wanted_gradients"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,14 @@ class Differentiable:
     #: NumPy's reduced losses are asked (see :func:`handing_over`).  None: never fused.
     loss_and_grad: Callable[[Call, frozenset[str]],
                             tuple[Array, dict[str, Array | None]] | None] | None = None
+
+
+def wanted_gradients(names: tuple[str, ...], grads: Any, wanted: frozenset[str]
+                     ) -> dict[str, Array | None]:
+    """A backend's gradients (``grads``, in the order of ``names``) as a ``loss_and_grad``
+    returns them: one entry for every name in ``wanted``, None where the loss has none."""
+    computed = dict(zip(names, grads, strict=True))
+    return {name: computed.get(name) for name in wanted}
 
 
 @dataclass(frozen=True)
@@ -129,11 +138,10 @@ def loss(spec: Differentiable, call: Call) -> Array:
         if handing is None:
             return spec.forward(call)
         fused = None
-        wanted = frozenset(name for name, array in spec.arrays.items()
-                           if id(array) in handing.wants_grad)
-        if (spec.loss_and_grad is not None and wanted
-                and getattr(call, "reduction", "none") != "none"):
-            fused = spec.loss_and_grad(call, wanted)
+        if spec.loss_and_grad is not None and getattr(call, "reduction", "none") != "none":
+            wanted = frozenset(name for name, array in spec.arrays.items()
+                               if id(array) in handing.wants_grad)
+            fused = spec.loss_and_grad(call, wanted) if wanted else None
         value, grads = fused if fused is not None else (spec.forward(call), None)
         handing.taken.append(HandedOver(spec, call, value, grads))
         return value

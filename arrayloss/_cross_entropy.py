@@ -315,7 +315,7 @@ def _differentiable(call: _class_calls.CrossEntropyCall,
         if "input" not in wanted or ("target" in wanted and call.probabilities):
             return None
         loss, grad = backend(call.xp, "cross_entropy").loss_and_grad(call)
-        return loss, {name: grad if name == "input" else None for name in wanted}
+        return loss, _autograd.wanted_gradients(("input",), (grad,), wanted)
 
     return _autograd.Differentiable(
         arrays=named, make_call=make_call,

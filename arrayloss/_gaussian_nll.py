@@ -296,8 +296,7 @@ def _differentiable(call: _calls.GaussianNLLCall, var: Array | float,
                       ) -> tuple[Array, dict[str, Array | None]]:
         loss, grads = backend(call.xp, "gaussian_nll").loss_and_grad(
             call, _calls.check_wrt(tuple(wanted), call))
-        computed = dict(zip(ALL_GRADIENTS, grads, strict=True))
-        return loss, {name: computed.get(name) for name in wanted}
+        return loss, _autograd.wanted_gradients(ALL_GRADIENTS, grads, wanted)
 
     return _autograd.Differentiable(
         arrays=named, make_call=make_call,

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from . import _validation
 from ._agnostic._helpers import torch_compiling
 
 if TYPE_CHECKING:
@@ -120,9 +121,9 @@ class NumpyViewsLoss(torch.autograd.Function):
 
 def _batched(tensor: Any) -> bool:
     """Whether ``tensor`` is a batch under vmap: autograd's own (``is_grads_batched``, the
-    legacy batching), or torch.func's."""
+    legacy batching), or torch.func's (:func:`arrayloss._validation._batched`)."""
     legacy = getattr(_FUNCTORCH, "is_legacy_batchedtensor", None)
-    return bool((legacy is not None and legacy(tensor)) or _FUNCTORCH.is_batchedtensor(tensor))
+    return bool((legacy is not None and legacy(tensor)) or _validation._batched(tensor))
 
 
 def _generic_gradients(ctx: Any, grad_output: Any, wanted: frozenset[str]) -> list[Any]:

@@ -105,8 +105,7 @@ def define(spec: ElementwiseLoss) -> Defined:
         if not asked:  # a weight alone requires grad: it has none
             return None
         result, grads = backend(call.xp, name).loss_and_grad(call, check_wrt(spec, asked, call))
-        computed = dict(zip(spec.gradient_names, grads, strict=True))
-        return result, {array: computed.get(array) for array in wanted}
+        return result, _autograd.wanted_gradients(spec.gradient_names, grads, wanted)
 
     def loss(values: dict[str, Any]) -> Array:
         arrays, options = _split(spec, values)
