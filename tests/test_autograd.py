@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 from _cases import Case, all_cases, cast_inputs, grad_output, one_per_stratum, torch_oracle
+from _helpers import load_lazy_modules
 from test_parity import TOLERANCE, _stored_case
 
 import arrayloss as al
@@ -121,6 +122,7 @@ def test_cross_entropy_under_torch_compile() -> None:
 
     eager = float(step().detach())
     want = model.weight.grad.clone()
+    load_lazy_modules()
     compiled = torch.compile(step, backend="eager")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Dynamo's notes about lru_cache and graph breaks
@@ -183,6 +185,7 @@ def test_torch_compile_training_step() -> None:
         loss.backward()
         return loss
 
+    load_lazy_modules()
     compiled = torch.compile(step, backend="eager")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Dynamo's notes about lru_cache and graph breaks

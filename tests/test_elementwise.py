@@ -14,7 +14,7 @@ from typing import Any
 import _elementwise_cases as ec
 import numpy as np
 import pytest
-from _helpers import from_numpy, to_numpy
+from _helpers import from_numpy, load_lazy_modules, to_numpy
 
 import arrayloss as al
 
@@ -360,6 +360,7 @@ def test_torch_func_and_compile(variant: ec.Variant) -> None:
     rows = torch.func.vmap(torch.func.grad(ours))(tensors["input"], tensors["target"])
     ec.assert_close(rows.numpy(), want["grad_input"], "float64", f"{variant.id} vmap")
     torch._dynamo.reset()
+    load_lazy_modules()
     compiled = torch.compile(ours, fullgraph=True, backend="eager")
     ec.assert_close(compiled(tensors["input"], tensors["target"]).numpy(), want["loss"],
                     "float64", f"{variant.id} compiled")

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _helpers import load_lazy_modules
 
 import arrayloss as al
 
@@ -460,6 +461,7 @@ class TestItem7TorchCompileFullGraph:
     def test_forward_and_training_step(self, name: str) -> None:
         ours, reference = _TORCH_LOSSES[name]
         torch._dynamo.reset()
+        load_lazy_modules()
         x = torch.tensor(_X)
         compiled = torch.compile(lambda x: ours(x, validate=False), fullgraph=True,
                                  backend="eager")
