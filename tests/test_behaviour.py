@@ -191,6 +191,37 @@ def test_unbatched_nll_uses_the_cpu_rule(xp: Any) -> None:
     assert math.isnan(float(to_numpy(ignored)))
 
 
+# (rows, targets, weight, reduction, PyTorch 2.13's answer): PyTorch accumulates from +0, so a
+# total of zero is +0 whatever the zeros' signs, and 'mean' then divides it (a negative total
+# weight gives -0).  Rows of 5,000 take the NumPy blocks, rows of 3 the small-batch index.
+_ZERO_TOTALS = [
+    (rows, targets, weight, reduction, -0.0 if weight == -1.0 and reduction == "mean"
+     and targets != "ignored" else 0.0)
+    for rows in (3, 5000)
+    for targets in ("zeros", "ignored", "one kept")
+    for weight in (None, 1.0, -1.0)
+    for reduction in ("sum", "mean")
+    if not (targets == "ignored" and reduction == "mean")  # NaN: 0 / 0
+]
+
+
+@pytest.mark.parametrize(("rows", "targets", "weight", "reduction", "want"), _ZERO_TOTALS)
+@pytest.mark.parametrize("value", [0.0, -0.0])
+def test_nll_zero_total_is_positive_zero(xp: Any, rows: int, targets: str, weight: Any,
+                                         reduction: str, want: float, value: float) -> None:
+    """NumPy's sum of the picked values, negated, gave -0 where PyTorch gives +0."""
+    x = np.full((rows, 3), value)
+    t = np.zeros(rows, dtype=np.int64)
+    if targets != "zeros":
+        t[1 if targets == "one kept" else 0:] = -100
+    w = None if weight is None else from_numpy(xp, np.full(3, weight))
+    args = (from_numpy(xp, x), from_numpy(xp, t), w)
+    for loss in (al.nll_loss(*args, reduction=reduction),
+                 al.nll_loss_and_grad(*args, reduction=reduction)[0]):
+        got = float(to_numpy(loss))
+        assert got == 0.0 and math.copysign(1.0, got) == math.copysign(1.0, want), (got, want)
+
+
 def test_uint8_target_255_matches_ignore_index_255_not_minus_1(xp: Any) -> None:
     x = from_numpy(xp, np.log(np.full((3, 4), 0.25)))
     t = from_numpy(xp, np.array([0, 255, 1], dtype=np.uint8))

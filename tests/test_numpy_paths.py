@@ -266,7 +266,8 @@ def test_nll_masked_sums_are_those_of_the_written_over_losses(
     0 over them: bit for bit the sum of the written-over losses (one block: NumPy's own
     pairwise sum of the same values in the same order, summed in the compute dtype from the
     input's as NumPy sums a cast, in buffered chunks), the NaN of a non-finite value at an
-    ignored target's safe index and the sign of a zero included."""
+    ignored target's safe index and the sign of a zero (+0 for a total of zero, as
+    PyTorch's) included."""
     rng = np.random.default_rng(shape[0])
     n_classes = shape[1]
     compute = np.dtype(np.float32)
@@ -296,7 +297,8 @@ def test_nll_masked_sums_are_those_of_the_written_over_losses(
             picked.astype(compute) * weight[safe].astype(compute))
         losses[~active] = 0
         total = np.add.reduce(losses, None, compute)
-        expected_sum = -total if weight is None else total
+        # + 0.0: PyTorch's sum is accumulated from +0, so a total of zero is +0.
+        expected_sum = (-total if weight is None else total) + 0.0
         count = (active.astype(compute) if weight is None
                  else np.where(active, weight[safe].astype(compute), compute.type(0)))
         total_weight = np.add.reduce(count, None, compute)

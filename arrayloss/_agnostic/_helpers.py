@@ -40,6 +40,17 @@ def as_compute(xp: ModuleType, x: Array, dtype: Any) -> Array:
     return x if x.dtype == dtype else xp.astype(x, dtype)
 
 
+def from_zero(total: Any) -> Any:
+    """A sum of losses as PyTorch's, accumulated from +0: a total of zero is +0, never -0.
+
+    NumPy's sum starts from its first term (all terms -0 give -0), and a sum of the picked
+    values negated (``-sum(x)``, one pass fewer than ``sum(-x)``) turns a +0 into -0; adding
+    +0 changes nothing else (NaN and inf included).  For NLL's and cross-entropy's totals,
+    before ``'mean'`` divides them (a negative total weight then gives -0, as PyTorch's).
+    """
+    return total + 0.0
+
+
 def as_0d(xp: ModuleType, x: Array) -> Array:
     """A reduction's result as a 0-d array: NumPy reductions return NumPy scalars instead."""
     return np.asarray(x) if is_numpy_namespace(xp) else x

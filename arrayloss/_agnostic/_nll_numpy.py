@@ -30,7 +30,12 @@ import numpy as np
 
 from ._blocked import arange as _arange
 from ._blocked import ordered_sum, run_blocks, scratch, worker_count
-from ._helpers import quiet_floating_point, restore_floating_point, silence_floating_point
+from ._helpers import (
+    from_zero,
+    quiet_floating_point,
+    restore_floating_point,
+    silence_floating_point,
+)
 from ._targets import every_target_a_class
 
 if TYPE_CHECKING:
@@ -115,7 +120,8 @@ def _rows_forward(call: NLLCall, dtype: Any) -> Array | None:
     if call.reduction == "none":
         assert losses is not None
         return losses.astype(call.dtype, copy=False)
-    total = -np.add.reduce(picked, None) if losses is None else np.add.reduce(losses, None)
+    total = from_zero(-np.add.reduce(picked, None) if losses is None
+                      else np.add.reduce(losses, None))
     if call.reduction == "mean":
         # A Python int divides in the sum's own dtype (NumPy's weak scalars), exactly as
         # the count in that dtype: at most SMALL_ROWS rows.
@@ -141,9 +147,9 @@ def _rows_loss_and_grad(call: NLLCall, dtype: Any, grad_output: float,
         return None
     picked, weight = picked_rows
     if weight is None:
-        total, total_weight = -picked.sum(), dtype.type(picked.shape[0])
+        total, total_weight = from_zero(-picked.sum()), dtype.type(picked.shape[0])
     else:
-        total, total_weight = (-(picked * weight)).sum(), weight.sum()
+        total, total_weight = from_zero((-(picked * weight)).sum()), weight.sum()
     # PyTorch's operation order: w[t] * (-(G / total_weight)), or w[t] * (-G) for 'sum'.
     scale = -grad_output if call.reduction == "sum" else -(grad_output / total_weight)
     loss = total / total_weight if call.reduction == "mean" else total
@@ -430,7 +436,7 @@ def _settled(total: float) -> bool:
 def _totals(sums: list[tuple[float, float]], dtype: Any) -> tuple[Array, Array]:
     """The blocks' sums added in block order, in the compute dtype."""
     with quiet_floating_point():
-        return (np.asarray(ordered_sum(share[0] for share in sums), dtype=dtype),
+        return (np.asarray(from_zero(ordered_sum(share[0] for share in sums)), dtype=dtype),
                 np.asarray(ordered_sum(share[1] for share in sums), dtype=dtype))
 
 
@@ -568,7 +574,8 @@ def _picked_blocks(call: NLLCall, gather: bool = True
 def _negated_total(shares: list[float], dtype: Any) -> Array:
     """``-sum(shares)`` in ``dtype`` (the blocks' sums of picked values, in block order):
     ``-sum(x)`` is ``sum(-x)``, bit for bit."""
-    return np.asarray(-(shares[0] if len(shares) == 1 else ordered_sum(shares)), dtype=dtype)
+    return np.asarray(from_zero(-(shares[0] if len(shares) == 1 else ordered_sum(shares))),
+                      dtype=dtype)
 
 
 def _unweighted_forward(call: NLLCall, dtype: Any) -> Array:
@@ -579,7 +586,7 @@ def _unweighted_forward(call: NLLCall, dtype: Any) -> Array:
         # (Gathered: the picked values are arrays.  -sum(x) is _negated_total's, bit for bit.)
         one = _one_block(call)
         if one is not None:
-            total = -_add_reduce(one[1], None, dtype)  # type: ignore[arg-type]
+            total = from_zero(-_add_reduce(one[1], None, dtype))  # type: ignore[arg-type]
         else:
             shares = [float(_add_reduce(picked, None, dtype))  # type: ignore[arg-type]
                       for _, picked in _picked_blocks(call)]
@@ -611,7 +618,7 @@ def _unweighted_loss_and_grad(call: NLLCall, dtype: Any, grad_output: float,
             _scatter(grad, positions, scale)
             if picked is None:
                 return None, grad.reshape(call.input.shape)
-            total = -_add_reduce(picked, None, dtype)  # as _negated_total, bit for bit
+            total = from_zero(-_add_reduce(picked, None, dtype))  # as _negated_total
         else:
             shares = []
             for positions, picked in _picked_blocks(call, gather=want_loss):

@@ -23,7 +23,7 @@ from array_api_compat import device, is_numpy_namespace
 from .._class_calls import NLLCall
 from . import _nll_numpy
 from ._blocked import BLOCK_ELEMENTS, MIN_ELEMENTS, ordered_sum, run_blocks
-from ._helpers import as_0d, as_compute, compute_dtype, quiet_floating_point
+from ._helpers import as_0d, as_compute, compute_dtype, from_zero, quiet_floating_point
 from ._targets import class_targets
 
 Array = Any
@@ -105,7 +105,7 @@ def _reduce(call: NLLCall, gathered: _Gathered) -> tuple[Array, Array | None]:
     xp = call.xp
     if call.reduction == "none":
         return xp.astype(xp.reshape(gathered.loss, call.loss_shape), call.dtype), None
-    total = as_0d(xp, xp.sum(gathered.loss))
+    total = as_0d(xp, from_zero(xp.sum(gathered.loss)))
     if call.reduction == "sum":
         return as_0d(xp, xp.astype(total, call.dtype)), None
     total_weight = as_0d(xp, xp.sum(gathered.weight))
@@ -211,7 +211,7 @@ def _blocked_totals(call: NLLCall, blocks: list[slice], dtype: Any) -> tuple[Arr
 
     sums = run_blocks(block_sums, blocks)
     with quiet_floating_point():
-        return (np.asarray(ordered_sum(loss for loss, _ in sums), dtype=dtype),
+        return (np.asarray(from_zero(ordered_sum(loss for loss, _ in sums)), dtype=dtype),
                 np.asarray(ordered_sum(weight for _, weight in sums), dtype=dtype))
 
 
