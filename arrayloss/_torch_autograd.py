@@ -7,13 +7,14 @@ statement: a first call inside ``torch.compile(fullgraph=True)`` would break the
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from . import _validation
-from ._agnostic._helpers import torch_compiling
+from ._agnostic._helpers import quiet_floating_point, torch_compiling
 
 if TYPE_CHECKING:
     from ._autograd import Differentiable
@@ -146,14 +147,23 @@ def _scaled(grads: dict[str, Any], upstream: float) -> dict[str, Any] | None:
     one pass over them where the backward would compute them again (gradient accumulation's
     ``(loss / k).backward()``, a GradScaler's scaled loss), equal to the backward's within
     one rounding (exactly, for a power of two such as a GradScaler's, barring subnormals).
-    None where a gradient is 16-bit: its rounding from the compute dtype is done, and a
-    second one would be visible (the backward then runs)."""
+
+    None (the backward then runs) where that would not hold: a 16-bit gradient (its rounding
+    from the compute dtype is done, and a second one would be visible), an upstream gradient
+    that is not finite (the backward's masks keep an ignored target's gradient 0, where
+    ``0 * inf`` is NaN), and scaled gradients that are not finite: the backward's order of
+    operations (``G / total_weight`` first) overflows elsewhere, or not at all, and its inf
+    and NaN are PyTorch's.  That check is one read of the scaled gradients (a sum: not
+    finite where a term is not)."""
     arrays = [grad for grad in grads.values() if grad is not None]
-    if len({id(grad) for grad in arrays}) < len(arrays) or any(
+    if not math.isfinite(upstream) or len({id(grad) for grad in arrays}) < len(arrays) or any(
             grad.dtype.itemsize < 4 or not grad.flags.writeable for grad in arrays):
         return None  # (one array twice, or one that is not the loss's own to scale)
-    for grad in arrays:
-        np.multiply(grad, upstream, out=grad)
+    with quiet_floating_point():  # the caller's np.seterr: inf here is a reason, not an error
+        for grad in arrays:
+            np.multiply(grad, upstream, out=grad)
+        if not all(math.isfinite(float(np.add.reduce(grad, axis=None))) for grad in arrays):
+            return None
     return grads
 
 

@@ -10,6 +10,7 @@ the values.
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -229,6 +230,37 @@ def test_gradients_of_the_forward_are_handed_out_once(loss: str, dtype: str, spy
         else:
             np.testing.assert_allclose(x.grad.numpy(), want, rtol=4e-16, atol=0)
     assert [method for method, *_ in spy.calls] == expected
+
+
+# (logits dtype, targets, class weights, reduction, upstream gradient): where scaling the
+# forward's gradients would differ from PyTorch's backward: an inf or NaN upstream (0 * inf
+# at ignored rows), a scale that overflows, a gradient for 1 that overflowed where PyTorch's
+# G / total_weight does not (weights of 1e-39).
+_UNSCALABLE_UPSTREAMS = [
+    ("float64", [0, -100], None, "mean", math.inf),
+    ("float64", [0, -100], None, "mean", math.nan),
+    ("float64", [0, 2], [1.0, 2.0, 1.0], "sum", -math.inf),
+    ("float32", [0, 2], [1e-39, 1.0, 1e-39], "mean", 1e-3),
+    ("float32", [0, 2], [10.0, 1.0, 1.0], "sum", 1e38),
+]
+
+
+@pytest.mark.parametrize(("dtype", "targets", "weight", "reduction", "upstream"),
+                         _UNSCALABLE_UPSTREAMS)
+def test_unscalable_upstream_gradients_run_the_backward(
+        dtype: str, targets: list[int], weight: list[float] | None, reduction: str,
+        upstream: float) -> None:
+    """PyTorch's gradients, inf and NaN where PyTorch has them, under np.seterr(all='raise')
+    too (the scaling overflows on purpose)."""
+    x = torch.tensor([[1.0, 2.0, 0.5], [0.3, -1.0, 2.0]], dtype=getattr(torch, dtype))
+    t = torch.tensor(targets)
+    w = None if weight is None else torch.tensor(weight, dtype=x.dtype)
+    g = torch.tensor(upstream, dtype=x.dtype)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with np.errstate(all="raise"):
+        al.cross_entropy(ours, t, w, reduction=reduction).backward(g)
+    F.cross_entropy(theirs, t, w, reduction=reduction).backward(g)
+    torch.testing.assert_close(ours.grad, theirs.grad, equal_nan=True, rtol=1e-5, atol=0)
 
 
 
