@@ -93,20 +93,31 @@ def test_reductions_return_0d_arrays(xp: Any, reduction: str) -> None:
     assert not isinstance(loss, float) and loss.shape == ()
 
 
-@pytest.mark.parametrize(("input_dtype", "var_dtype", "expected"),
-                         [("float32", "float32", "float32"), ("float32", "float64", "float64"),
-                          ("float64", "float32", "float64")])
-def test_gaussian_result_dtype_and_gradient_dtypes(xp: Any, input_dtype: str, var_dtype: str,
-                                                   expected: str) -> None:
+@pytest.mark.parametrize(("input_dtype", "target_dtype", "var_dtype", "expected"),
+                         [("float32", "float32", "float32", "float32"),
+                          ("float32", "float32", "float64", "float64"),
+                          ("float64", "float64", "float32", "float64"),
+                          ("float32", "float64", "float32", "float64"),
+                          ("float64", "float32", "float32", "float64")])
+@pytest.mark.parametrize("var_shape", [(3, 1), (3, 2), None], ids=str)
+def test_gaussian_result_dtype_and_gradient_dtypes(xp: Any, input_dtype: str,
+                                                   target_dtype: str, var_dtype: str,
+                                                   expected: str, var_shape: Any) -> None:
+    """The result promotes as PyTorch's; each gradient has its argument's dtype (the NumPy
+    fast path, which a var of the input's shape or a number takes, gave the result's)."""
     rng = np.random.default_rng(3)
     x = from_numpy(xp, rng.normal(size=(3, 2)), input_dtype)
-    t = from_numpy(xp, rng.normal(size=(3, 2)), input_dtype)
-    v = from_numpy(xp, rng.uniform(1, 2, (3, 1)), var_dtype)
+    t = from_numpy(xp, rng.normal(size=(3, 2)), target_dtype)
+    v: Any = 2.0 if var_shape is None else from_numpy(xp, rng.uniform(1, 2, var_shape),
+                                                      var_dtype)
+    if var_shape is None:  # A Python scalar var is weak: it never promotes.
+        expected = "float64" if "float64" in (input_dtype, target_dtype) else "float32"
     assert al.gaussian_nll_loss(x, t, v).dtype == getattr(xp, expected)
-    grad_x, grad_t, grad_v = al.gaussian_nll_loss_backward(1.0, x, t, v)
-    assert grad_x.dtype == x.dtype and grad_t.dtype == t.dtype and grad_v.dtype == v.dtype
-    # A Python scalar var is weak: it never promotes.
-    assert al.gaussian_nll_loss(x, t, 2.0).dtype == x.dtype
+    for grads in (al.gaussian_nll_loss_backward(1.0, x, t, v),
+                  al.gaussian_nll_loss_and_grad(x, t, v)[1]):
+        grad_x, grad_t, grad_v = grads
+        assert grad_x.dtype == x.dtype and grad_t.dtype == t.dtype
+        assert grad_v is None if var_shape is None else grad_v.dtype == v.dtype
 
 
 def test_integer_target_and_var_arrays(xp: Any) -> None:

@@ -384,7 +384,17 @@ def run(call: GaussianNLLCall, wrt: frozenset[str], want_loss: bool = True,
     if grad_var is not None:
         assert call.var_shape is not None
         grad_var = np.reshape(grad_var, call.var_shape)
-    return loss, (grads[0], grads[1], grad_var)
+    # Each gradient in its argument's dtype (the blocks compute, and use the gradients as
+    # buffers, in the result's): a float32 input beside a float64 target or var.
+    return loss, (_in_dtype(grads[0], call.input), _in_dtype(grads[1], call.target),
+                  _in_dtype(grad_var, call.var))
+
+
+def _in_dtype(grad: Array | None, argument: Any) -> Array | None:
+    if grad is None or grad.dtype == argument.dtype:
+        return grad
+    with quiet_floating_point():  # a float16 gradient beyond 65504 is inf, as in PyTorch
+        return grad.astype(argument.dtype)
 
 
 def _reduced(call: GaussianNLLCall, results: list[tuple[float, Any]], numel: int) -> Array:
