@@ -8,6 +8,7 @@ function of the same name is the oracle (:func:`torch_loss`).
 
 from __future__ import annotations
 
+import math
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -114,6 +115,24 @@ def make_arrays(variant: Variant, input_shape: tuple[int, ...],
     if "pos_weight" in variant.weights:
         arrays["pos_weight"] = rng.uniform(0.5, 3, loss_shape[-1:] if loss_shape else ())
     return arrays
+
+
+#: Differences at the kinks and beyond the reals, for the regression losses: NaN (PyTorch's
+#: sign(NaN) is 0, so l1's gradient and smooth L1's with beta = 0 are 0 there, the others'
+#: NaN), inf - inf, infinities either way, zeros, and values either side of each beta and
+#: delta.
+SPECIAL_INPUT = [math.nan, math.inf, 1.0, -math.inf, 0.0, 2.0, -3.0, math.nan, 0.5, -0.25,
+                 0.3, -0.3]
+SPECIAL_TARGET = [0.0, math.inf, 0.0, 1.0, 0.0, 2.5, 1.0, math.nan, 0.5, 0.0, 0.0, 0.0]
+#: The variants those differences are for.
+SPECIAL_VARIANTS = [v for v in VARIANTS
+                    if v.loss in ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss")]
+
+
+def special_arrays(dtype: str) -> dict[str, np.ndarray]:
+    """:data:`SPECIAL_INPUT` and :data:`SPECIAL_TARGET` in ``dtype`` (both floating)."""
+    return {"input": np.array(SPECIAL_INPUT).astype(numpy_dtype(dtype)),
+            "target": np.array(SPECIAL_TARGET).astype(numpy_dtype(dtype))}
 
 
 def torch_loss(variant: Variant, tensors: dict[str, Any], reduction: str) -> Any:

@@ -19,7 +19,8 @@ from _kernel_cases import Device
 
 import arrayloss as al
 
-__all__ = ["case_elementwise", "case_elementwise_invalid", "elementwise_cases"]
+__all__ = ["case_elementwise", "case_elementwise_invalid", "case_elementwise_special",
+           "elementwise_cases", "special_cases"]
 
 
 def _want(variant: ec.Variant, values: dict[str, np.ndarray], reduction: str,
@@ -72,6 +73,37 @@ def case_elementwise(device: Device, variant_id: str, dtype: str, reduction: str
         ec.assert_close(device.asnumpy(loss), want_one["loss"], dtype, what + " and_grad")
         ec.assert_close(device.asnumpy(grads[0]), want_one["grad_input"], dtype,
                         what + " and_grad grad_input")
+
+
+def case_elementwise_special(device: Device, variant_id: str, dtype: str = "float32") -> None:
+    """The regression losses at NaN and infinite differences and at their kinks (the case
+    table's special values): loss and gradients, NaN and inf where PyTorch has them."""
+    variant = next(v for v in ec.SPECIAL_VARIANTS if v.id == variant_id)
+    values = ec.special_arrays(dtype)
+    arrays = {name: device.put(v) for name, v in values.items()}
+    keywords = ec.arrayloss_keywords(variant, arrays)
+    for reduction in ("none", "sum"):
+        upstream: Any = 0.5
+        if reduction == "none":
+            upstream = np.linspace(-1.5, 1.5, values["input"].size).astype(values["input"].dtype)
+        want = _want(variant, values, reduction, upstream)
+        what = f"special values {variant_id} {dtype} {reduction}"
+        loss = variant.function()(arrays["input"], arrays["target"], reduction=reduction,
+                                  **keywords)
+        ec.assert_close(device.asnumpy(loss), want["loss"], dtype, what + " loss")
+        grads = variant.function("_backward")(
+            device.put(upstream) if reduction == "none" else upstream, arrays["input"],
+            arrays["target"], reduction=reduction, **keywords)
+        ec.assert_close(device.asnumpy(grads[0]), want["grad_input"], dtype,
+                        what + " grad_input")
+        if "grad_target" in want:
+            ec.assert_close(device.asnumpy(grads[1]), want["grad_target"], dtype,
+                            what + " grad_target")
+
+
+def special_cases() -> list[Any]:
+    """One case per regression variant (their kernels compile for the other cases too)."""
+    return [pytest.param(variant.id, id=variant.id) for variant in ec.SPECIAL_VARIANTS]
 
 
 def case_elementwise_invalid(device: Device) -> None:

@@ -88,6 +88,51 @@ def test_backend_matrix(xp: Any, backend_name: str, variant: ec.Variant) -> None
         _check(xp, variant, input_shape, target_shape, reduction, dtype)
 
 
+@pytest.mark.parametrize("variant", ec.SPECIAL_VARIANTS, ids=lambda v: v.id)
+def test_special_values_on_every_backend(xp: Any, backend_name: str,
+                                         variant: ec.Variant) -> None:
+    """NaN, infinite and kink differences (the case table's): PyTorch's gradients, 0 where
+    its sign(NaN) is 0 (l1, smooth L1 with beta = 0), NaN where its branches give NaN; in
+    NumPy's blocks too (the values tiled past a block)."""
+    dtype = "float32" if backend_name == "jax" else "float64"  # (JAX's default dtype)
+    values = ec.special_arrays(dtype)
+    if backend_name == "numpy":
+        values = {name: np.tile(v, 200_000) for name, v in values.items()}
+    arrays = {name: from_numpy(xp, v) for name, v in values.items()}
+    for reduction in ("none", "sum"):
+        upstream: Any = 0.5
+        if reduction == "none":
+            upstream = np.linspace(-1.5, 1.5, values["input"].size).astype(dtype)
+        want = ec.oracle(variant, values, reduction, upstream)
+        what = f"{backend_name} {variant.id} {reduction}"
+        grads = variant.function("_backward")(
+            from_numpy(xp, upstream) if reduction == "none" else upstream, arrays["input"],
+            arrays["target"], reduction=reduction, **variant.options)
+        ec.assert_close(to_numpy(grads[0]), want["grad_input"], dtype, what + " grad_input")
+        ec.assert_close(to_numpy(grads[1]), want["grad_target"], dtype, what + " grad_target")
+        if reduction == "sum":
+            loss, grads = variant.function("_and_grad")(arrays["input"], arrays["target"],
+                                                        reduction=reduction, **variant.options)
+            want_one = ec.oracle(variant, values, reduction, 1.0)
+            ec.assert_close(to_numpy(loss), want_one["loss"], dtype, what + " loss")
+            ec.assert_close(to_numpy(grads[0]), want_one["grad_input"], dtype,
+                            what + " and_grad grad_input")
+
+
+def test_binary_cross_entropy_clamp_is_pytorchs_float_constant(xp: Any) -> None:
+    """PyTorch clamps x (1 - x) at a C++ float 1e-12 (9.99999996e-13) in every dtype: a
+    float64 gradient at x = 0, 1 or 1e-13 divides by that, 4e-9 away from 1e-12."""
+    import torch
+
+    x = np.array([0.0, 1.0, 1e-13, 0.5])
+    t = np.array([0.25, 0.5, 0.3, 0.2])
+    leaf = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.binary_cross_entropy(leaf, torch.tensor(t), reduction="sum").backward()
+    got = al.binary_cross_entropy_backward(1.0, from_numpy(xp, x), from_numpy(xp, t),
+                                           reduction="sum")[0]
+    np.testing.assert_allclose(to_numpy(got), leaf.grad.numpy(), rtol=1e-15, atol=0)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_numpy_blocks_in_threads(variant: ec.Variant) -> None:
     """Large inputs run in blocks (broadcast arguments along and across the blocks)."""

@@ -69,6 +69,11 @@ def test_elementwise_kernels(arguments: Any) -> None:
     kee.case_elementwise(DEVICE, *arguments)
 
 
+@pytest.mark.parametrize("variant_id", kee.special_cases())
+def test_elementwise_special_values(variant_id: str) -> None:
+    kee.case_elementwise_special(DEVICE, variant_id)
+
+
 def test_elementwise_range_checks() -> None:
     kee.case_elementwise_invalid(DEVICE)
 

@@ -53,8 +53,8 @@ AL_EW_UNARY(abs, fabsf, ::fabs)
 AL_EW_UNARY(sqrt, sqrtf, ::sqrt)
 AL_EW_UNARY(tanh, tanhf, ::tanh)
 #undef AL_EW_UNARY
-// sign(0) is 0 and sign(NaN) NaN, as NumPy's.
-template <typename T> AL_HD T sign(T x) { return x > T(0) ? T(1) : x < T(0) ? T(-1) : x; }
+// sign(0) and sign(NaN) are 0, as PyTorch's (NumPy's sign(NaN) is NaN).
+template <typename T> AL_HD T sign(T x) { return x > T(0) ? T(1) : x < T(0) ? T(-1) : T(0); }
 // NaN if either is NaN, as NumPy's maximum and minimum.
 template <typename T> AL_HD T maximum(T x, T y) { return (x != x || x > y) ? x : y; }
 template <typename T> AL_HD T minimum(T x, T y) { return (x != x || x < y) ? x : y; }

@@ -148,7 +148,11 @@ class ScratchOps:
         return self.ufunc(np.abs, x)
 
     def sign(self, x: Operand) -> Any:
-        return self.ufunc(np.sign, x)
+        result = self.ufunc(np.sign, x)
+        if type(result) is Value:  # NumPy's sign(NaN) is NaN, PyTorch's 0
+            nan = self.ufunc(np.isnan, result, boolean=True)
+            np.copyto(result.array, 0.0, where=nan.array)
+        return result
 
     def sqrt(self, x: Operand) -> Any:
         return self.ufunc(np.sqrt, x)

@@ -11,7 +11,8 @@ The same function is then run
   one line of C++ (``const A v3 = v1 * v2;``), which becomes a CUDA kernel's body.
 
 Only operations both can express are offered here, each with NumPy's semantics for NaN and
-infinities, so the two interpretations agree element by element.
+infinities (but ``sign``, PyTorch's: 0 at NaN), so the two interpretations agree element by
+element.
 """
 
 from __future__ import annotations
@@ -52,13 +53,14 @@ class ArrayOps:
         return self.xp.abs(self._array(x))
 
     def sign(self, x: Operand) -> Any:
+        """PyTorch's sign: 1, -1, or 0 at a zero and at NaN (NumPy's sign(NaN) is NaN)."""
         x = self._array(x)
         if self._numpy:
-            return self.xp.sign(x)
-        # sign as two wheres: array-api-compat's torch sign sets NaN through a boolean mask,
-        # which torch.func.vmap cannot batch (the value is NumPy's: 0 at 0, NaN at NaN).
+            return self.xp.where(x != x, 0.0, self.xp.sign(x))
+        # Two wheres: array-api-compat's torch sign sets NaN through a boolean mask, which
+        # torch.func.vmap cannot batch.
         one = self.xp.ones_like(x)
-        return self.xp.where(x > 0, one, self.xp.where(x < 0, -one, x))
+        return self.xp.where(x > 0, one, self.xp.where(x < 0, -one, self.xp.zeros_like(x)))
 
     def sqrt(self, x: Operand) -> Any:
         return self.xp.sqrt(self._array(x))

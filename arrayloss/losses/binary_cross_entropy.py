@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .._elementwise import Argument, ElementwiseLoss, RangeCheck, define
 from ._common import same_shape_target
 
 #: PyTorch's floor for each log, so that a probability of exactly 0 or 1 costs 100, not inf.
 LOG_FLOOR = -100.0
-#: PyTorch's floor for ``x (1 - x)`` in the gradient's denominator.
-EPSILON = 1e-12
+#: PyTorch's floor for ``x (1 - x)`` in the gradient's denominator: a C++ ``float`` 1e-12
+#: (9.99999996e-13) whatever the dtype, so a float64 gradient divides by that value, not 1e-12.
+EPSILON = float(np.float32(1e-12))
 
 
 def forward(ops: Any, input: Any, target: Any, weight: Any = None) -> Any:
