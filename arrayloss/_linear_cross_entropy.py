@@ -8,7 +8,10 @@ computes the head's logits a chunk of tokens at a time and never holds all of th
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Any
+
+from array_api_compat import device
 
 from . import _autograd, _registry, _validation
 from ._agnostic import linear_cross_entropy as _generic
@@ -354,7 +357,8 @@ def _differentiable(call: LinearCrossEntropyCall, arrays: dict[str, Array]
         upstream = _validation.check_grad_output(grad_output, call.input, call.xp,
                                                  call.loss_shape, call.reduction)
         grads = saved.get("grads")
-        if grads is None:
+        if grads is None or not _finite_on_host(upstream):
+            # (An inf or NaN upstream: the backward keeps an ignored token's gradient 0.)
             grads = backend(call.xp, _LOSS).backward(call, upstream)
         else:
             grads = tuple(None if g is None else g * upstream for g in grads)
@@ -364,6 +368,19 @@ def _differentiable(call: LinearCrossEntropyCall, arrays: dict[str, Array]
     spec = _autograd.Differentiable(arrays=arrays, make_call=make_call, forward=forward,
                                     backward=backward)
     return spec, saved
+
+
+def _finite_on_host(upstream: Array | float) -> bool:
+    """Whether an upstream gradient is finite, as far as the host can tell without waiting
+    for a device: a number or a CPU array is looked at, a device array taken as finite."""
+    if isinstance(upstream, float):
+        return math.isfinite(upstream)
+    try:
+        if str(device(upstream)) != "cpu":
+            return True
+        return math.isfinite(float(upstream))
+    except (TypeError, ValueError, RuntimeError):  # a batch of them (vmap), a tracer
+        return True
 
 
 def _is_jax(call: LinearCrossEntropyCall) -> bool:

@@ -173,6 +173,52 @@ def test_every_target_ignored_gives_nan_mean_and_zero_gradients() -> None:
         np.testing.assert_array_equal(grad, 0)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "array_api_strict", "torch generic",
+                                     "torch autograd"])
+@pytest.mark.parametrize("upstream", [float("inf"), float("nan")])
+def test_a_non_finite_upstream_never_reaches_an_ignored_token(backend: str,
+                                                               upstream: float) -> None:
+    """PyTorch's gradient of an ignored token is 0 whatever the upstream gradient: an inf or
+    NaN one there ('none') spoiled the weight's whole gradient, and a reduced loss's the
+    token's own (0 * inf is NaN)."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    data = _data(4)
+    t = data["t"].copy()
+    t[1] = -100
+    per_token = np.ones(N)
+    per_token[1] = upstream
+    for reduction, grad_output in (("none", per_token), ("mean", upstream)):
+        want_h = torch.tensor(data["h"], requires_grad=True)
+        want_w = torch.tensor(data["W"], requires_grad=True)
+        F.linear_cross_entropy(want_h, want_w, torch.tensor(t), reduction=reduction).backward(
+            torch.tensor(grad_output))
+        arrays = [data["h"], data["W"], t]
+        if backend == "array_api_strict":
+            xs = pytest.importorskip("array_api_strict")
+            arrays, grad_output = [xs.asarray(a) for a in arrays], (
+                xs.asarray(grad_output) if reduction == "none" else grad_output)
+        if backend.startswith("torch"):
+            h = torch.tensor(data["h"], requires_grad=backend == "torch autograd")
+            w = torch.tensor(data["W"], requires_grad=backend == "torch autograd")
+            arrays, grad_output = [h, w, torch.tensor(t)], torch.tensor(grad_output)
+        if backend == "torch autograd":
+            al.linear_cross_entropy(*arrays, reduction=reduction).backward(grad_output)
+            got_h, got_w = arrays[0].grad.numpy(), arrays[1].grad.numpy()
+        else:
+            with al.fused_kernels(backend != "torch generic"):
+                got_h, got_w, _ = al.linear_cross_entropy_backward(grad_output, *arrays,
+                                                                   reduction=reduction)
+            got_h, got_w = np.asarray(got_h), np.asarray(got_w)
+        kept = t != -100
+        np.testing.assert_array_equal(got_h[~kept], 0.0)
+        if reduction == "none":  # every other token's gradient is finite, as PyTorch's
+            np.testing.assert_allclose(got_h, want_h.grad.numpy(), rtol=1e-12, atol=1e-15)
+            np.testing.assert_allclose(got_w, want_w.grad.numpy(), rtol=1e-12, atol=1e-15)
+        else:  # the kept ones' are not finite (which inf or NaN: the order of operations)
+            assert not np.isfinite(got_h[kept]).any()
+
+
 # --------------------------------------------------------------------------- formulas
 
 

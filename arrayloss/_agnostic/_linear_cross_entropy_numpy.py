@@ -108,6 +108,9 @@ def run(call: LinearCrossEntropyCall, want_loss: bool, upstream: Array | float |
     if want_grad:
         if per_token:
             token_upstream = np.asarray(upstream, dtype=dtype).reshape(n)
+            if prep.kept is not None:  # never reaches an ignored token (0 * inf is NaN)
+                token_upstream = np.where(prep.kept != 0, token_upstream, 0.0).astype(
+                    dtype, copy=False)
         else:
             factor = float(scalar_upstream(call, prep, float(upstream)))  # type: ignore[arg-type]
         grad_input = np.empty((n, d), dtype=call.dtype)
@@ -200,6 +203,10 @@ def run(call: LinearCrossEntropyCall, want_loss: bool, upstream: Array | float |
             grad_weight *= factor
             if grad_bias is not None:
                 grad_bias *= factor
+        if prep.kept is not None and not math.isfinite(factor):
+            # An ignored token's gradient stays 0 under an inf or NaN upstream (0 * inf is
+            # NaN), as PyTorch's.
+            grad_input[prep.kept == 0] = 0
         grads = (grad_input.reshape(call.input_shape),
                  grad_weight.astype(call.dtype, copy=False),
                  None if grad_bias is None else grad_bias.astype(call.dtype, copy=False))

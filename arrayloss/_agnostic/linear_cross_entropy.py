@@ -25,6 +25,7 @@ libraries, the CuPy kernels for CuPy.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -171,6 +172,9 @@ def run_chunks(call: LinearCrossEntropyCall, want_loss: bool, upstream: Array | 
     token_upstream = None
     if want_grad and per_token:
         token_upstream = as_compute(xp, xp.reshape(upstream, (call.n_tokens,)), dtype)
+        if prep.kept is not None:  # never reaches an ignored token (0 * inf is NaN)
+            token_upstream = xp.where(prep.kept != 0, token_upstream,
+                                      xp.zeros_like(token_upstream))
     for rows in chunks(call.n_tokens, call.chunk_size):
         h, z, tanh = _logits(call, prep, rows)
         lse = softmax = None
@@ -245,6 +249,11 @@ def _finish_grads(call: LinearCrossEntropyCall, prep: Prepared, grad_parts: list
         grad_input, grad_weight = grad_input * factor, grad_weight * factor
         if grad_bias is not None:
             grad_bias = grad_bias * factor
+        if prep.kept is not None and not (isinstance(factor, float) and math.isfinite(factor)):
+            # An ignored token's gradient stays 0 under an inf or NaN upstream (0 * inf is
+            # NaN), as PyTorch's; a device factor is not looked at (no host sync).
+            grad_input = xp.where(xp.expand_dims(prep.kept, axis=1) != 0, grad_input,
+                                  xp.zeros_like(grad_input))
     grad_input = xp.reshape(xp.astype(grad_input, call.dtype), call.input_shape)
     grad_weight = xp.astype(grad_weight, call.dtype)
     if grad_bias is not None:
