@@ -30,7 +30,7 @@ __all__ = ["LinearCrossEntropy"]
 
 
 def _options(call: LinearCrossEntropyCall) -> dict[str, Any]:
-    return {"ignore_index": call.ignore_index, "label_smoothing": call.label_smoothing,
+    return {"ignore_index": call.ignore_option, "label_smoothing": call.label_smoothing,
             "z_loss": call.z_loss, "softcap": call.softcap, "chunk_size": call.chunk_size,
             "validate": call.validate}
 

@@ -66,6 +66,7 @@ class LinearCrossEntropyCall:
     #: ``(N,)`` class indices, or ``(N, V)`` class probabilities.
     target: Array
     weight: Array | None  # (V,) class weights
+    #: The index targets' ignored value: -100 where the caller gave None (PyTorch's default).
     ignore_index: int
     reduction: str
     label_smoothing: float
@@ -82,6 +83,12 @@ class LinearCrossEntropyCall:
     target_shape: tuple[int, ...]
     chunk_size: int
     dtype: Any
+
+    @property
+    def ignore_option(self) -> int | None:
+        """``ignore_index`` as the caller may pass it again to make this call (None for
+        class probabilities, which refuse any other)."""
+        return None if self.probabilities else self.ignore_index
 
 
 def _bits(xp: ModuleType, dtype: Any) -> int:
@@ -136,7 +143,8 @@ def linear_cross_entropy_call(
 ) -> LinearCrossEntropyCall:
     """Check every argument of a linear cross-entropy function; return the validated call."""
     reduction = check_reduction(reduction)
-    ignore_index = check_ignore_index(ignore_index)
+    ignore_given = ignore_index is not None
+    ignore_index = check_ignore_index(-100 if ignore_index is None else ignore_index)
     label_smoothing = check_label_smoothing(label_smoothing)
     validate = check_flag("validate", validate)
     return_lse = check_flag("return_lse", return_lse)
@@ -183,10 +191,12 @@ def linear_cross_entropy_call(
         if target.dtype != input.dtype:
             raise TypeError(f"class probabilities must have the input's dtype {input.dtype}, "
                             f"got {target.dtype}")
-        if ignore_index >= 0:
+        if ignore_given:
+            # PyTorch's F.linear_cross_entropy refuses any ignore_index here, -100 included
+            # (its default is None, which cross_entropy's -100 cannot tell apart).
             raise ValueError(
-                f"ignore_index={ignore_index} is not supported with class-probability "
-                "(floating) targets; leave it at its default")
+                f"ignore_index={ignore_index} cannot be given with class-probability "
+                "(floating) targets: leave it at its default, None")
         target2 = xp.reshape(target, (n_tokens, n_classes))
     elif _is_integer(xp, target.dtype):
         if target_shape != loss_shape and not (loss_shape == () and target_shape == (1,)):

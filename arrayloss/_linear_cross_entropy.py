@@ -50,7 +50,7 @@ def linear_cross_entropy(
     linear_bias: Array | None = None,
     weight: Array | None = None,
     reduction: str = "mean",
-    ignore_index: int = -100,
+    ignore_index: int | None = None,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
@@ -85,8 +85,10 @@ def linear_cross_entropy(
     reduction : {'mean', 'sum', 'none'}, default 'mean'
         As in :func:`cross_entropy`; ``'none'`` gives the per-token losses, of shape
         ``input.shape[:-1]``.
-    ignore_index : int, default -100
-        Index targets equal to it are skipped (loss 0, no gradient, no z-loss).
+    ignore_index : int, optional
+        Index targets equal to it are skipped (loss 0, no gradient, no z-loss); None (the
+        default, as PyTorch's) is -100 for index targets.  Class probabilities take no
+        ``ignore_index`` (a ``ValueError``, as PyTorch refuses it).
     label_smoothing : float, default 0.0
         As in :func:`cross_entropy`.
     z_loss : float, default 0.0
@@ -179,7 +181,7 @@ def linear_cross_entropy_backward(
     linear_bias: Array | None = None,
     weight: Array | None = None,
     reduction: str = "mean",
-    ignore_index: int = -100,
+    ignore_index: int | None = None,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
@@ -252,7 +254,7 @@ def linear_cross_entropy_and_grad(
     linear_bias: Array | None = None,
     weight: Array | None = None,
     reduction: str = "mean",
-    ignore_index: int = -100,
+    ignore_index: int | None = None,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
@@ -316,7 +318,7 @@ def _arrays(call: LinearCrossEntropyCall, input: Array, linear_weight: Array, ta
 
 
 def _options(call: LinearCrossEntropyCall) -> dict[str, Any]:
-    return {"reduction": call.reduction, "ignore_index": call.ignore_index,
+    return {"reduction": call.reduction, "ignore_index": call.ignore_option,
             "label_smoothing": call.label_smoothing, "z_loss": call.z_loss,
             "softcap": call.softcap, "return_lse": call.return_lse,
             "chunk_size": call.chunk_size, "validate": call.validate}

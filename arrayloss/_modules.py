@@ -288,8 +288,9 @@ class LinearCrossEntropyLoss:
     ----------
     weight : array, optional
         Class weights of shape ``(V,)``, held by reference (not copied).
-    ignore_index : int, default -100
-        Index targets equal to it are skipped.
+    ignore_index : int, optional
+        Index targets equal to it are skipped; None (the default, as PyTorch's) is -100 for
+        index targets, and the only value class probabilities take.
     reduction : {'mean', 'sum', 'none'}, default 'mean'
         How the per-token losses are combined.
     label_smoothing : float, default 0.0
@@ -316,7 +317,7 @@ class LinearCrossEntropyLoss:
     """
 
     weight: Array | None
-    ignore_index: int
+    ignore_index: int | None
     reduction: str
     validate: bool
 
@@ -324,7 +325,7 @@ class LinearCrossEntropyLoss:
         self,
         weight: Array | None = None,
         *,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
         label_smoothing: float = 0.0,
         z_loss: float = 0.0,
@@ -335,7 +336,10 @@ class LinearCrossEntropyLoss:
     ) -> None:
         from ._linear_calls import _check_options
 
-        _set_class_options(self, weight, ignore_index, reduction, validate)
+        _set_class_options(self, weight, -100 if ignore_index is None else ignore_index,
+                           reduction, validate)
+        if ignore_index is None:  # kept as given: a call with probabilities refuses -100
+            self.ignore_index = None
         self.label_smoothing = _validation.check_label_smoothing(label_smoothing)
         self.z_loss, self.softcap, self.chunk_size = _check_options(z_loss, softcap,
                                                                     chunk_size)

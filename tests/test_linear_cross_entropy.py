@@ -487,6 +487,31 @@ def test_in_place_chunk_path_matches_the_copying_one() -> None:
         np.testing.assert_allclose(first, third, rtol=1e-12, atol=1e-14)
 
 
+def test_ignore_index_none_is_pytorchs_default() -> None:
+    """PyTorch's F.linear_cross_entropy defaults ignore_index to None: -100 for index targets,
+    and with class probabilities any value given (-100 included) is refused."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    data = _data(15)
+    h, W = torch.tensor(data["h"]), torch.tensor(data["W"])
+    for target in (data["t"], data["q"]):
+        want = F.linear_cross_entropy(h, W, torch.tensor(target), ignore_index=None)
+        for got in (al.linear_cross_entropy(data["h"], data["W"], target),
+                    al.linear_cross_entropy(data["h"], data["W"], target, ignore_index=None),
+                    al.LinearCrossEntropyLoss()(data["h"], data["W"], target)):
+            np.testing.assert_allclose(got, want.numpy(), rtol=1e-12)
+    for ignore_index in (-100, 3):
+        with pytest.raises(RuntimeError, match="ignore_index cannot be specified"):
+            F.linear_cross_entropy(h, W, torch.tensor(data["q"]), ignore_index=ignore_index)
+        with pytest.raises(ValueError, match=f"ignore_index={ignore_index} cannot be given "
+                                             "with class-probability"):
+            al.linear_cross_entropy(data["h"], data["W"], data["q"], ignore_index=ignore_index)
+        with pytest.raises(ValueError, match="cannot be given with class-probability"):
+            al.LinearCrossEntropyLoss(ignore_index=ignore_index)(data["h"], data["W"],
+                                                                 data["q"])
+    assert al.LinearCrossEntropyLoss().ignore_index is None
+
+
 # --------------------------------------------------------------------------- the object
 
 
