@@ -7,6 +7,7 @@ computes the head's logits a chunk of tokens at a time and never holds all of th
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 from typing import Any
@@ -348,7 +349,7 @@ def _differentiable(call: LinearCrossEntropyCall, arrays: dict[str, Array]
         module = backend(call.xp, _LOSS)
         if torch_like and call.reduction != "none":
             loss, lse, grads = module.loss_and_grad(call)
-            saved["grads"] = grads
+            saved["grads"], saved["call"] = grads, call
         else:
             loss, lse = module.forward(call)
         saved["lse"] = lse
@@ -358,8 +359,13 @@ def _differentiable(call: LinearCrossEntropyCall, arrays: dict[str, Array]
                  wanted: frozenset[str]) -> dict[str, Array | None]:
         upstream = _validation.check_grad_output(grad_output, call.input, call.xp,
                                                  call.loss_shape, call.reduction)
+        if _validation.batch_of_upstreams(grad_output):
+            # One chunk: autograd's batching has no rule for joining the chunks' gradients.
+            call = dataclasses.replace(call, chunk_size=max(call.n_tokens, 1))
         grads = saved.get("grads")
-        if grads is None or not _finite_on_host(upstream):
+        # The forward's gradients are its call's: a call made again (on the tensors, for a
+        # batch of upstream gradients) computes its own.
+        if grads is None or call is not saved.get("call") or not _finite_on_host(upstream):
             # (An inf or NaN upstream: the backward keeps an ignored token's gradient 0.)
             grads = backend(call.xp, _LOSS).backward(call, upstream)
         else:

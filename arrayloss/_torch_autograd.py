@@ -96,7 +96,7 @@ class NumpyViewsLoss(torch.autograd.Function):
         names = list(ctx.spec.arrays)
         wanted = frozenset(name for name, needed in zip(names, ctx.needs_input_grad[4:],
                                                         strict=True) if needed)
-        if _batched(grad_output):
+        if _validation.batch_of_upstreams(grad_output):
             # A batch of upstream gradients (is_grads_batched=True, jacobian(vectorize=True)),
             # which vmap hands over wrapped: NumPy cannot view it, torch's operations batch.
             return (None, None, None, None, *_generic_gradients(ctx, grad_output, wanted))
@@ -118,13 +118,6 @@ class NumpyViewsLoss(torch.autograd.Function):
             grads = ctx.spec.backward(ctx.call, upstream, wanted) if wanted else {}
         return (None, None, None, None, *(_tensor_over(grads.get(name)) if name in wanted
                                           else None for name in names))
-
-
-def _batched(tensor: Any) -> bool:
-    """Whether ``tensor`` is a batch under vmap: autograd's own (``is_grads_batched``, the
-    legacy batching), or torch.func's (:func:`arrayloss._validation._batched`)."""
-    legacy = getattr(_FUNCTORCH, "is_legacy_batchedtensor", None)
-    return bool((legacy is not None and legacy(tensor)) or _validation._batched(tensor))
 
 
 def _generic_gradients(ctx: Any, grad_output: Any, wanted: frozenset[str]) -> list[Any]:

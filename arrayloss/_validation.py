@@ -232,6 +232,16 @@ def _batched(tensor: Any) -> bool:
     return bool(functorch is not None and functorch.is_batchedtensor(tensor))
 
 
+def batch_of_upstreams(value: Any) -> bool:
+    """Whether an upstream gradient is a batch of them: autograd's own legacy batching
+    (``is_grads_batched=True``, ``jacobian(vectorize=True)``) or a ``torch.func.vmap``
+    batch; False for anything but a torch tensor."""
+    if not is_torch_array(value):
+        return False
+    legacy = getattr(sys.modules["torch"]._C._functorch, "is_legacy_batchedtensor", None)
+    return bool((legacy is not None and legacy(value)) or _batched(value))
+
+
 def _reject_masked(name: str, value: object) -> None:
     # A mask is not part of the array API: honoured by some NumPy calls and not others, it
     # would make the answer depend on the code path.  Say so instead of guessing.

@@ -464,7 +464,7 @@ def test_backward_functions_take_the_lane_with_tensors_that_require_grad(
 
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 @pytest.mark.parametrize("loss", ["cross_entropy", "nll_loss", "gaussian_nll_loss", "mse_loss",
-                                  "soft cross_entropy"])
+                                  "soft cross_entropy", "linear_cross_entropy"])
 def test_batched_gradients_through_the_node(loss: str, reduction: str) -> None:
     """A batch of upstream gradients (``is_grads_batched=True``, ``jacobian(vectorize=True)``:
     autograd's vmap over the backward, whose batched tensors NumPy cannot view) runs the
@@ -477,6 +477,7 @@ def test_batched_gradients_through_the_node(loss: str, reduction: str) -> None:
     other = torch.from_numpy(rng.normal(size=(6, 4)))
     var = torch.from_numpy(rng.uniform(0.5, 2, (6, 1))).requires_grad_()
     probs = torch.softmax(torch.from_numpy(rng.normal(size=(6, 4))), 1).requires_grad_()
+    head = torch.from_numpy(rng.normal(size=(5, 4))).requires_grad_()
     cases = {
         "cross_entropy": ((logits,), lambda f, a: f(a, labels, weight, reduction=reduction,
                                                      label_smoothing=0.1)),
@@ -485,6 +486,10 @@ def test_batched_gradients_through_the_node(loss: str, reduction: str) -> None:
                                                                reduction=reduction)),
         "mse_loss": ((logits,), lambda f, a: f(a, other, reduction=reduction)),
         "soft cross_entropy": ((logits, probs), lambda f, a, q: f(a, q, reduction=reduction)),
+        # Two chunks of tokens (of 4 and 2): the batch runs them as one.
+        "linear_cross_entropy": ((logits, head), lambda f, a, w: f(
+            a, w, labels, reduction=reduction,
+            **({"chunk_size": 4} if f is al.linear_cross_entropy else {}))),
     }
     inputs, apply = cases[loss]
     name = loss.split()[-1]

@@ -200,7 +200,9 @@ def run_chunks(call: LinearCrossEntropyCall, want_loss: bool, upstream: Array | 
             if token_upstream is not None:
                 dz = dz * xp.expand_dims(token_upstream[rows], axis=1)
             grad_parts.append(xp.matmul(dz, prep.linear_weight))
-            part_w = xp.matmul(xp.matrix_transpose(dz), h)
+            # .mT, not xp.matrix_transpose: array-api-compat's is torch.swapaxes, which
+            # autograd's batched gradients (jacobian(vectorize=True)) cannot batch.
+            part_w = xp.matmul(dz.mT, h)
             grad_weight = part_w if grad_weight is None else grad_weight + part_w
             if prep.linear_bias is not None:
                 part_b = xp.sum(dz, axis=0)
@@ -239,8 +241,10 @@ def _finish_grads(call: LinearCrossEntropyCall, prep: Prepared, grad_parts: list
     xp = call.xp
     dev = device(call.input)
     d = call.input.shape[1]
-    grad_input = (xp.concat(grad_parts) if grad_parts else
-                  xp.zeros((0, d), dtype=prep.dtype, device=dev))
+    # One chunk's gradient as it is: no concat (a copy, and one that autograd's batched
+    # gradients have no rule for).
+    grad_input = (grad_parts[0] if len(grad_parts) == 1 else xp.concat(grad_parts)
+                  if grad_parts else xp.zeros((0, d), dtype=prep.dtype, device=dev))
     if grad_weight is None:  # no tokens
         grad_weight = xp.zeros((call.n_classes, d), dtype=prep.dtype, device=dev)
         if call.linear_bias is not None:
