@@ -139,8 +139,9 @@ def linear_cross_entropy(
     loss is differentiable by autograd; for ``'mean'`` and ``'sum'`` the gradients are
     computed in the forward pass (one pass over the chunks, as PyTorch's chunked head does)
     and scaled by the upstream gradient in the backward.  JAX arrays are differentiable
-    under ``jax.grad`` and ``jax.jit``.  The target (class probabilities too) and the class
-    weights receive no gradient.
+    under ``jax.grad`` and ``jax.jit``.  Class probabilities that require grad get theirs, as
+    in PyTorch (computed in the backward, on the ``N x V`` logits made whole: the gradient
+    is ``N x V`` itself); the class weights receive none.
 
     Examples
     --------
@@ -328,8 +329,8 @@ def _options(call: LinearCrossEntropyCall) -> dict[str, Any]:
 def _differentiable(call: LinearCrossEntropyCall, arrays: dict[str, Array]
                     ) -> tuple[_autograd.Differentiable, dict[str, Any]]:
     """This loss for the autograd bridges.  ``input``, ``linear_weight`` and ``linear_bias``
-    have gradients; the target (indices or probabilities) and the class weights are constants
-    here.
+    have gradients, and so do class probabilities (in the backward alone); index targets and
+    the class weights are constants here.
 
     With torch, the forward of a scalar reduction computes the gradients too (one pass over
     the chunks, as PyTorch's own chunked head does) and keeps them (and the lse) for the
@@ -371,6 +372,8 @@ def _differentiable(call: LinearCrossEntropyCall, arrays: dict[str, Array]
         else:
             grads = tuple(None if g is None else g * upstream for g in grads)
         named = dict(zip(("input", "linear_weight", "linear_bias"), grads, strict=True))
+        if "target" in wanted and call.probabilities:  # rare: the N x V logits, made whole
+            named["target"] = _generic.target_backward(call, upstream)
         return {name: grad for name, grad in named.items() if name in wanted}
 
     spec = _autograd.Differentiable(arrays=arrays, make_call=make_call, forward=forward,

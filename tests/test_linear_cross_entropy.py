@@ -403,6 +403,45 @@ def test_torch_autograd_matches_the_composite(reduction: str) -> None:
     _assert_grads((h.grad / 2, W.grad / 2, b.grad / 2), grads_want)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("options", [{}, {"label_smoothing": 0.2, "softcap": 2.0}], ids=str)
+def test_class_probabilities_get_pytorchs_gradient(reduction: str,
+                                                   options: dict[str, Any]) -> None:
+    """F.linear_cross_entropy differentiates class probabilities (-G (1 - eps) w logp); so
+    do torch autograd and jax.grad through arrayloss (it gave them none)."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    data = _data(16)
+    upstream = data["g"] if reduction == "none" else 0.7
+    q = torch.tensor(data["q"], requires_grad=True)
+    logits = torch.tensor(data["h"]) @ torch.tensor(data["W"]).T + torch.tensor(data["b"])
+    if "softcap" in options:
+        logits = options["softcap"] * torch.tanh(logits / options["softcap"])
+    F.cross_entropy(logits, q, torch.tensor(data["w"]), reduction=reduction,
+                    label_smoothing=options.get("label_smoothing", 0.0)).backward(
+        torch.tensor(upstream, dtype=torch.float64))
+    ours = torch.tensor(data["q"], requires_grad=True)
+    h = torch.tensor(data["h"], requires_grad=True)
+    al.linear_cross_entropy(h, torch.tensor(data["W"]), ours, linear_bias=torch.tensor(data["b"]),
+                            weight=torch.tensor(data["w"]), reduction=reduction, chunk_size=7,
+                            **options).backward(torch.tensor(upstream, dtype=torch.float64))
+    np.testing.assert_allclose(ours.grad.numpy(), q.grad.numpy(), rtol=1e-12, atol=1e-15)
+    assert h.grad is not None
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)  # float64, as the backend matrix runs JAX
+    jnp = jax.numpy
+
+    def scalar(target: Any) -> Any:
+        loss = al.linear_cross_entropy(jnp.asarray(data["h"]), jnp.asarray(data["W"]), target,
+                                       linear_bias=jnp.asarray(data["b"]),
+                                       weight=jnp.asarray(data["w"]), reduction=reduction,
+                                       **options)
+        return jnp.sum(loss * jnp.asarray(upstream))
+
+    got = jax.jit(jax.grad(scalar))(jnp.asarray(data["q"]))
+    np.testing.assert_allclose(np.asarray(got), q.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
 def test_jax_grad_under_jit() -> None:
     jax = pytest.importorskip("jax")
     jax.config.update("jax_enable_x64", True)  # float64, as the backend matrix runs JAX

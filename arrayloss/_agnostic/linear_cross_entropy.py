@@ -296,3 +296,20 @@ def loss_and_grad(call: LinearCrossEntropyCall) -> tuple[Array, Array | None, Gr
     loss, lse, grads = _run(call, True, 1.0)
     assert grads is not None
     return loss, lse, grads
+
+
+def target_backward(call: LinearCrossEntropyCall, grad_output: Array | float) -> Array:
+    """The gradient with respect to class-probability targets, of the target's shape (for the
+    autograd bridges: PyTorch's autograd gives one): the cross-entropy's of the logits, made
+    whole here, as the gradient itself is ``N x V``."""
+    xp = call.xp
+    with quiet_floating_point():
+        prep = prepare(call)
+        every = slice(0, call.n_tokens)
+        _, z, _ = _logits(call, prep, every)
+        upstream = grad_output
+        if call.reduction == "none" and not isinstance(upstream, float):
+            upstream = xp.reshape(upstream, (call.n_tokens,))
+        grad = generic_cross_entropy.target_backward(
+            chunk_call(call, prep, z, every, call.reduction), upstream)
+        return xp.reshape(xp.astype(grad, call.target.dtype, copy=False), call.target_shape)
