@@ -9,6 +9,7 @@ inputs, float16, bfloat16, float32 and float64.
 from __future__ import annotations
 
 import itertools
+import warnings
 from typing import Any
 
 import _elementwise_cases as ec
@@ -117,6 +118,31 @@ def test_special_values_on_every_backend(xp: Any, backend_name: str,
             ec.assert_close(to_numpy(loss), want_one["loss"], dtype, what + " loss")
             ec.assert_close(to_numpy(grads[0]), want_one["grad_input"], dtype,
                             what + " and_grad grad_input")
+
+
+@pytest.mark.parametrize("name", ["mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss"])
+def test_a_target_of_another_shape_warns_as_pytorch_does(name: str) -> None:
+    """PyTorch's regression losses warn where the target's shape differs from the input's (an
+    (N,) target against an (N, 1) input broadcasts to (N, N)); so does arrayloss, at the
+    caller's line, through the functions, the loss object and the torch CPU lane alike."""
+    import torch
+
+    x, t = np.ones((4, 1)), np.arange(4.0)
+    with pytest.warns(UserWarning, match=r"^Using a target size") as theirs:
+        getattr(torch.nn.functional, name)(torch.tensor(x), torch.tensor(t))
+    module = al.__dict__[{"mse_loss": "MSELoss", "l1_loss": "L1Loss",
+                          "smooth_l1_loss": "SmoothL1Loss", "huber_loss": "HuberLoss"}[name]]()
+    calls = [lambda: getattr(al, name)(x, t), lambda: getattr(al, name + "_and_grad")(x, t),
+             lambda: module(x, t), lambda: getattr(al, name)(torch.tensor(x), torch.tensor(t))]
+    for call in calls:
+        with pytest.warns(UserWarning, match=r"^Using a target size \(4,\) that is different "
+                                             r"to the input size \(4, 1\)") as ours:
+            call()
+        assert ours[0].filename == __file__ and len(theirs) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        getattr(al, name)(x, x)  # the same shape: no warning
+        al.kl_div(x, t)  # (PyTorch's kl_div does not warn either)
 
 
 def test_binary_cross_entropy_clamp_is_pytorchs_float_constant(xp: Any) -> None:

@@ -9,6 +9,8 @@ never array contents (the value checks run in the backends, fused into their fir
 from __future__ import annotations
 
 import math
+import sys
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
@@ -135,6 +137,12 @@ def make_call(spec: ElementwiseLoss, arrays: Mapping[str, Array | None], *,
                 raise ValueError(f"{argument.name} with shape {shape} does not broadcast "
                                  f"against input with shape {input_shape}")
             loss_shape = fitted
+    target_shape = _shape(named["target"])
+    if spec.warns_on_broadcast and target_shape != input_shape:
+        # PyTorch's words, so that a filter of its warning filters this one too.
+        _warn(f"Using a target size {target_shape} that is different to the input size "
+              f"{input_shape} in {spec.name}. This will likely lead to incorrect results due "
+              "to broadcasting. Please ensure they have the same size.")
     for argument in spec.arguments[1:]:
         if argument.shape == "into" and argument.name in named:
             shape = _shape(named[argument.name])
@@ -176,3 +184,15 @@ def check_wrt(spec: ElementwiseLoss, wrt: object, call: ElementwiseCall) -> froz
         raise ValueError(f"wrt may contain only {listed}, got {', '.join(map(repr, unknown))}")
     return frozenset(name for name in names
                      if name in call.arrays and _is_floating(call.xp, call.arrays[name].dtype))
+
+
+def _warn(message: str) -> None:
+    """A ``UserWarning`` attributed to the caller's line: the first frame of code outside
+    arrayloss (the public functions, made by ``exec``, the loss objects and the torch CPU
+    lane add frames of their own)."""
+    level, frame = 2, sys._getframe(1)  # 2: the frame that called _warn
+    while frame is not None and (
+            str(frame.f_globals.get("__name__", "")).startswith("arrayloss.")
+            or frame.f_globals.get("_ARRAYLOSS_FRAME")):  # (public.py's generated functions)
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, UserWarning, stacklevel=level)

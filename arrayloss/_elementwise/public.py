@@ -174,7 +174,10 @@ def _with_signature(implementation: Callable[[dict[str, Any]], Any], name: str,
         listed.append(parameter.name + default)
     source = (f"def {name}({', '.join(listed)}):\n"
               f"    return _implementation(locals())\n")
-    namespace: dict[str, Any] = {"_implementation": implementation, **defaults}
+    # _ARRAYLOSS_FRAME: the function's frames are arrayloss's (a warning skips them, to the
+    # caller's line); not __name__, through which TorchDynamo would look its globals up.
+    namespace: dict[str, Any] = {"_implementation": implementation, "_ARRAYLOSS_FRAME": True,
+                                 **defaults}
     exec(source, namespace)  # the source is made here, from the parameters' names
     function = namespace[name]
     function.__doc__, function.__module__, function.__qualname__ = doc, "arrayloss", name

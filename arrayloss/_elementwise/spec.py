@@ -115,6 +115,9 @@ class ElementwiseLoss:
     #: input's shape (``'batchmean'``: the batch size).
     extra_reductions: Mapping[str, Callable[[tuple[int, ...]], int]] = field(
         default_factory=dict)
+    #: Whether a target of another shape than the input's warns, as PyTorch's regression
+    #: losses do (a ``(N,)`` target against an ``(N, 1)`` input broadcasts to ``(N, N)``).
+    warns_on_broadcast: bool = False
     #: A one-line summary, the formula (reStructuredText math) and further notes, for the
     #: docstrings; ``pytorch`` names the function whose semantics it has.
     summary: str = ""

@@ -23,6 +23,7 @@ def gradients(ops: Any, grad: Any, input: Any, target: Any, delta: Any) -> dict[
 SPEC = ElementwiseLoss(
     family='Regression: MSE, L1, smooth L1, Huber',
     name="huber_loss", module="HuberLoss", arguments=(INPUT, TARGET),
+    warns_on_broadcast=True,
     options=(Option("delta", 1.0, minimum=0.0, inclusive=False,
                     doc="Where the loss turns from quadratic to linear; > 0."),),
     forward=forward, gradients=gradients,

@@ -21,6 +21,7 @@ def gradients(ops: Any, grad: Any, input: Any, target: Any) -> dict[str, Any]:
 SPEC = ElementwiseLoss(
     family='Regression: MSE, L1, smooth L1, Huber',
     name="l1_loss", module="L1Loss", arguments=(INPUT, TARGET),
+    warns_on_broadcast=True,
     forward=forward, gradients=gradients,
     summary="Mean absolute error between ``input`` and ``target``.",
     formula=r"\ell = |\mathrm{input} - \mathrm{target}|",

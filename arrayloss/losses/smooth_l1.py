@@ -27,6 +27,7 @@ def gradients(ops: Any, grad: Any, input: Any, target: Any, beta: Any) -> dict[s
 SPEC = ElementwiseLoss(
     family='Regression: MSE, L1, smooth L1, Huber',
     name="smooth_l1_loss", module="SmoothL1Loss", arguments=(INPUT, TARGET),
+    warns_on_broadcast=True,
     options=(Option("beta", 1.0, minimum=0.0, hint="0 gives the L1 loss",
                     doc="Where the loss turns from quadratic to linear; 0 is the L1 loss."),),
     forward=forward, gradients=gradients,
