@@ -145,6 +145,26 @@ def test_a_target_of_another_shape_warns_as_pytorch_does(name: str) -> None:
         al.kl_div(x, t)  # (PyTorch's kl_div does not warn either)
 
 
+def test_kl_div_target_gradient_where_no_upstream_reaches(xp: Any) -> None:
+    """PyTorch's target gradient is xlogy(G, t) + G t / t - G x: 0 where G is 0, a negative
+    target's NaN log included (a masked slot), and NaN at t = 0 (0 / 0) as everywhere."""
+    import torch
+
+    x = np.array([-1.2, -0.7, -0.5, 0.3, 0.1])
+    t = np.array([-1.0, 0.3, 0.0, 0.0, -2.0])
+    upstream = np.array([0.0, 1.0, 0.0, 1.0, 2.0])
+    leaf = torch.tensor(t, requires_grad=True)
+    torch.nn.functional.kl_div(torch.tensor(x), leaf, reduction="none").backward(
+        torch.tensor(upstream))
+    got = al.kl_div_backward(from_numpy(xp, upstream), from_numpy(xp, x), from_numpy(xp, t),
+                             reduction="none")[1]
+    np.testing.assert_allclose(to_numpy(got), leaf.grad.numpy(), rtol=1e-6, equal_nan=True)
+    leaf.grad = None
+    (torch.nn.functional.kl_div(torch.tensor(x), leaf, reduction="sum") * 0).backward()
+    got = al.kl_div_backward(0.0, from_numpy(xp, x), from_numpy(xp, t), reduction="sum")[1]
+    np.testing.assert_allclose(to_numpy(got), leaf.grad.numpy(), rtol=1e-6, equal_nan=True)
+
+
 def test_binary_cross_entropy_clamp_is_pytorchs_float_constant(xp: Any) -> None:
     """PyTorch clamps x (1 - x) at a C++ float 1e-12 (9.99999996e-13) in every dtype: a
     float64 gradient at x = 0, 1 or 1e-13 divides by that, 4e-9 away from 1e-12."""

@@ -29,6 +29,13 @@ def gradients(ops: Any, grad: Any, input: Any, target: Any, log_target: bool
 
     def grad_target() -> Any:  # PyTorch's autograd through xlogy(t, t): log t + t / t
         log_term = ops.where(target == 0.0, 0.0, ops.log(target))
+        # ... where its xlogy(G, t) is 0 for G = 0, log t NaN (t < 0, a masked slot) included.
+        unreached = grad == 0.0
+        if isinstance(unreached, bool):  # one number reaches every element
+            if unreached:
+                log_term = 0.0
+        else:
+            log_term = ops.where(unreached, 0.0, log_term)
         return (log_term + target / target - input) * grad
 
     return {"input": -target * grad, "target": grad_target}
