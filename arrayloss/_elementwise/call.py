@@ -13,7 +13,7 @@ import sys
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from types import ModuleType
+from types import FrameType, ModuleType
 from typing import Any
 
 from .._validation import (
@@ -190,7 +190,8 @@ def _warn(message: str) -> None:
     """A ``UserWarning`` attributed to the caller's line: the first frame of code outside
     arrayloss (the public functions, made by ``exec``, the loss objects and the torch CPU
     lane add frames of their own)."""
-    level, frame = 2, sys._getframe(1)  # 2: the frame that called _warn
+    frame: FrameType | None = sys._getframe(1)
+    level = 2  # the frame that called _warn
     while frame is not None and (
             str(frame.f_globals.get("__name__", "")).startswith("arrayloss.")
             or frame.f_globals.get("_ARRAYLOSS_FRAME")):  # (public.py's generated functions)
