@@ -104,6 +104,12 @@ def _check_real(name: str, value: object) -> float:
     return as_float(name, value)
 
 
+def check_linear_ignore_index(ignore_index: object) -> int:
+    """``ignore_index`` of the head: an int, or None (PyTorch's default), which is -100 for
+    index targets."""
+    return check_ignore_index(-100 if ignore_index is None else ignore_index)
+
+
 def _check_options(z_loss: object, softcap: object, chunk_size: object
                    ) -> tuple[float, float | None, int | None]:
     z = _check_real("z_loss", z_loss)
@@ -144,7 +150,7 @@ def linear_cross_entropy_call(
     """Check every argument of a linear cross-entropy function; return the validated call."""
     reduction = check_reduction(reduction)
     ignore_given = ignore_index is not None
-    ignore_index = check_ignore_index(-100 if ignore_index is None else ignore_index)
+    ignore_index = check_linear_ignore_index(ignore_index)
     label_smoothing = check_label_smoothing(label_smoothing)
     validate = check_flag("validate", validate)
     return_lse = check_flag("return_lse", return_lse)

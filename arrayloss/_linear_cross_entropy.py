@@ -12,10 +12,9 @@ import importlib
 import math
 from typing import Any
 
-from array_api_compat import device
-
 from . import _autograd, _registry, _validation
 from ._agnostic import linear_cross_entropy as _generic
+from ._agnostic._helpers import torch_compiling
 from ._dispatch import backend
 from ._linear_calls import LinearCrossEntropyCall, linear_cross_entropy_call
 from ._torch_cpu import numpy_first
@@ -348,9 +347,11 @@ def _differentiable(call: LinearCrossEntropyCall, arrays: dict[str, Array]
 
     def forward(call: LinearCrossEntropyCall) -> Array:
         module = backend(call.xp, _LOSS)
-        if torch_like and call.reduction != "none":
+        # (Not under TorchDynamo: a tensor handed from the traced forward to the backward
+        # outside their arguments is an error there.)
+        if torch_like and call.reduction != "none" and not torch_compiling():
             loss, lse, grads = module.loss_and_grad(call)
-            saved["grads"], saved["call"] = grads, call
+            saved["grads"] = grads
         else:
             loss, lse = module.forward(call)
         saved["lse"] = lse
@@ -360,17 +361,16 @@ def _differentiable(call: LinearCrossEntropyCall, arrays: dict[str, Array]
                  wanted: frozenset[str]) -> dict[str, Array | None]:
         upstream = _validation.check_grad_output(grad_output, call.input, call.xp,
                                                  call.loss_shape, call.reduction)
-        if _validation.batch_of_upstreams(grad_output):
-            # One chunk: autograd's batching has no rule for joining the chunks' gradients.
+        batched = _validation.batch_of_upstreams(grad_output)
+        if batched:
+            # The loss's own backward on the tensors, in one chunk: autograd's batching has
+            # no rule for joining the chunks' gradients.
             call = dataclasses.replace(call, chunk_size=max(call.n_tokens, 1))
         grads = saved.get("grads")
-        # The forward's gradients are its call's: a call made again (on the tensors, for a
-        # batch of upstream gradients) computes its own.
-        if grads is None or call is not saved.get("call") or not _finite_on_host(upstream):
-            # (An inf or NaN upstream: the backward keeps an ignored token's gradient 0.)
+        if grads is None or batched:
             grads = backend(call.xp, _LOSS).backward(call, upstream)
         else:
-            grads = tuple(None if g is None else g * upstream for g in grads)
+            grads = _scaled(call, grads, upstream)
         named = dict(zip(("input", "linear_weight", "linear_bias"), grads, strict=True))
         if "target" in wanted and call.probabilities:  # rare: the N x V logits, made whole
             named["target"] = _generic.target_backward(call, upstream)
@@ -381,17 +381,17 @@ def _differentiable(call: LinearCrossEntropyCall, arrays: dict[str, Array]
     return spec, saved
 
 
-def _finite_on_host(upstream: Array | float) -> bool:
-    """Whether an upstream gradient is finite, as far as the host can tell without waiting
-    for a device: a number or a CPU array is looked at, a device array taken as finite."""
-    if isinstance(upstream, float):
-        return math.isfinite(upstream)
-    try:
-        if str(device(upstream)) != "cpu":
-            return True
-        return math.isfinite(float(upstream))
-    except (TypeError, ValueError, RuntimeError):  # a batch of them (vmap), a tracer
-        return True
+def _scaled(call: LinearCrossEntropyCall, grads: Gradients, upstream: Array | float
+            ) -> Gradients:
+    """The forward's gradients (for an upstream gradient of 1) times a reduced loss's
+    upstream gradient, an ignored token's row 0 whatever it is (see
+    :func:`~arrayloss._agnostic.linear_cross_entropy.tokens_scaled`)."""
+    grad_input, grad_weight, grad_bias = grads
+    kept = None
+    if not (isinstance(upstream, float) and math.isfinite(upstream)):
+        kept = _generic.prepare(dataclasses.replace(call, validate=False)).kept
+    return (_generic.tokens_scaled(call, kept, grad_input, upstream), grad_weight * upstream,
+            None if grad_bias is None else grad_bias * upstream)
 
 
 def _is_jax(call: LinearCrossEntropyCall) -> bool:

@@ -334,10 +334,10 @@ class LinearCrossEntropyLoss:
         chunk_size: int | None = None,
         validate: bool = True,
     ) -> None:
-        from ._linear_calls import _check_options
+        from ._linear_calls import _check_options, check_linear_ignore_index
 
-        _set_class_options(self, weight, -100 if ignore_index is None else ignore_index,
-                           reduction, validate)
+        _set_class_options(self, weight, check_linear_ignore_index(ignore_index), reduction,
+                           validate)
         if ignore_index is None:  # kept as given: a call with probabilities refuses -100
             self.ignore_index = None
         self.label_smoothing = _validation.check_label_smoothing(label_smoothing)

@@ -24,6 +24,8 @@ from array_api_compat import (
     is_torch_array,
 )
 
+from ._agnostic._helpers import torch_compiling
+
 __all__ = [
     "TargetOutOfRangeError",
     "broadcast_shapes",
@@ -236,7 +238,7 @@ def batch_of_upstreams(value: Any) -> bool:
     """Whether an upstream gradient is a batch of them: autograd's own legacy batching
     (``is_grads_batched=True``, ``jacobian(vectorize=True)``) or a ``torch.func.vmap``
     batch; False for anything but a torch tensor."""
-    if not is_torch_array(value):
+    if not is_torch_array(value) or torch_compiling():  # (Dynamo traces no functorch query)
         return False
     legacy = getattr(sys.modules["torch"]._C._functorch, "is_legacy_batchedtensor", None)
     return bool((legacy is not None and legacy(value)) or _batched(value))

@@ -132,13 +132,19 @@ def test_a_target_of_another_shape_warns_as_pytorch_does(name: str) -> None:
         getattr(torch.nn.functional, name)(torch.tensor(x), torch.tensor(t))
     module = al.__dict__[{"mse_loss": "MSELoss", "l1_loss": "L1Loss",
                           "smooth_l1_loss": "SmoothL1Loss", "huber_loss": "HuberLoss"}[name]]()
+    leaf = torch.tensor(x, requires_grad=True)
     calls = [lambda: getattr(al, name)(x, t), lambda: getattr(al, name + "_and_grad")(x, t),
-             lambda: module(x, t), lambda: getattr(al, name)(torch.tensor(x), torch.tensor(t))]
+             lambda: module(x, t), lambda: getattr(al, name)(torch.tensor(x), torch.tensor(t)),
+             lambda: getattr(al, name)(leaf, torch.tensor(t)).backward()]
+    jax = pytest.importorskip("jax")
+    calls.append(lambda: jax.grad(lambda a: getattr(al, name)(a, jax.numpy.asarray(t)))(
+        jax.numpy.asarray(x)))
     for call in calls:
         with pytest.warns(UserWarning, match=r"^Using a target size \(4,\) that is different "
                                              r"to the input size \(4, 1\)") as ours:
             call()
-        assert ours[0].filename == __file__ and len(theirs) == 1
+        # Once, at the caller's line (the autograd bridges' calls made again do not warn).
+        assert len(ours) == 1 and ours[0].filename == __file__ and len(theirs) == 1
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         getattr(al, name)(x, x)  # the same shape: no warning

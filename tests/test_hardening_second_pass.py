@@ -447,6 +447,18 @@ _TORCH_LOSSES = {
                  lambda x: F.nll_loss(x, torch.tensor(_T))),
     "gaussian_nll_loss": (lambda x, **o: al.gaussian_nll_loss(x, x * 0 + 0.5, x * x + 1, **o),
                           lambda x: F.gaussian_nll_loss(x, x * 0 + 0.5, x * x + 1)),
+    # A target of another shape: the broadcast warning under Dynamo (it traces no frames).
+    "mse_loss_broadcast": (lambda x, **o: al.mse_loss(x[:, :1], x[0] * 0 + 0.5, **o),
+                           lambda x: F.mse_loss(x[:, :1], x[0] * 0 + 0.5)),
+    # The head: its forward's gradients, kept for the backward, stay out of Dynamo's trace.
+    "linear_cross_entropy": (
+        lambda x, **o: al.linear_cross_entropy(x, x[:3] * 0.5, torch.tensor(_T), **o),
+        lambda x: F.linear_cross_entropy(x, x[:3] * 0.5, torch.tensor(_T))),
+    "linear_cross_entropy_none": (
+        lambda x, **o: al.linear_cross_entropy(x, x[:3] * 0.5, torch.tensor(_T),
+                                               reduction="none", **o).sum(),
+        lambda x: F.linear_cross_entropy(x, x[:3] * 0.5, torch.tensor(_T),
+                                         reduction="none").sum()),
 }
 
 

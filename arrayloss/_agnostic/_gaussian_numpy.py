@@ -34,7 +34,12 @@ from ._blocked import (
     scratch,
     spans,
 )
-from ._helpers import quiet_floating_point, restore_floating_point, silence_floating_point
+from ._helpers import (
+    as_compute,
+    quiet_floating_point,
+    restore_floating_point,
+    silence_floating_point,
+)
 
 if TYPE_CHECKING:
     from .._calls import GaussianNLLCall
@@ -391,10 +396,10 @@ def run(call: GaussianNLLCall, wrt: frozenset[str], want_loss: bool = True,
 
 
 def _in_dtype(grad: Array | None, argument: Any) -> Array | None:
-    if grad is None or grad.dtype == argument.dtype:
-        return grad
+    if grad is None:
+        return None
     with quiet_floating_point():  # a float16 gradient beyond 65504 is inf, as in PyTorch
-        return grad.astype(argument.dtype)
+        return as_compute(np, grad, argument.dtype)
 
 
 def _reduced(call: GaussianNLLCall, results: list[tuple[float, Any]], numel: int) -> Array:

@@ -45,8 +45,9 @@ def from_zero(total: Any) -> Any:
 
     NumPy's sum starts from its first term (all terms -0 give -0), and a sum of the picked
     values negated (``-sum(x)``, one pass fewer than ``sum(-x)``) turns a +0 into -0; adding
-    +0 changes nothing else (NaN and inf included).  For NLL's and cross-entropy's totals,
-    before ``'mean'`` divides them (a negative total weight then gives -0, as PyTorch's).
+    +0 changes nothing else (NaN and inf included).  For NLL's totals (PyTorch's nll_loss
+    accumulates from +0; its soft-target cross-entropy, a plain sum, keeps -0), before
+    ``'mean'`` divides them (a negative total weight then gives -0, as PyTorch's).
     """
     return total + 0.0
 

@@ -573,7 +573,8 @@ def _picked_blocks(call: NLLCall, gather: bool = True
 
 def _negated_total(shares: list[float], dtype: Any) -> Array:
     """``-sum(shares)`` in ``dtype`` (the blocks' sums of picked values, in block order):
-    ``-sum(x)`` is ``sum(-x)``, bit for bit."""
+    ``-sum(x)`` is ``sum(-x)``, bit for bit, but for a total of zero, +0 as PyTorch's
+    (:func:`~._helpers.from_zero`)."""
     return np.asarray(from_zero(-(shares[0] if len(shares) == 1 else ordered_sum(shares))),
                       dtype=dtype)
 

@@ -235,6 +235,20 @@ def run_chunks(call: LinearCrossEntropyCall, want_loss: bool, upstream: Array | 
     return result, lse_out, grads
 
 
+def tokens_scaled(call: LinearCrossEntropyCall, kept: Array | None, grad_input: Array,
+                  factor: Array | float) -> Array:
+    """The tokens' gradient (``(N, d)``, or the input's shape) times a reduced loss's factor
+    (``G``, ``G / divisor``), an ignored token's row 0 whatever the factor, as PyTorch's
+    (``0 * inf`` is NaN): the factor is masked per token where it may not be finite (a
+    device array is not looked at: no host sync), in ``grad_input``'s dtype."""
+    if kept is None or (isinstance(factor, float) and math.isfinite(factor)):
+        return grad_input * factor
+    xp = call.xp
+    rows = xp.where(kept != 0, xp.ones_like(kept) * factor, xp.zeros_like(kept))
+    rows = xp.astype(xp.reshape(rows, (*grad_input.shape[:-1], 1)), grad_input.dtype)
+    return grad_input * rows
+
+
 def _finish_grads(call: LinearCrossEntropyCall, prep: Prepared, grad_parts: list[Array],
                   grad_weight: Array | None, grad_bias: Array | None,
                   factor: Array | float | None) -> Gradients:
@@ -250,14 +264,10 @@ def _finish_grads(call: LinearCrossEntropyCall, prep: Prepared, grad_parts: list
         if call.linear_bias is not None:
             grad_bias = xp.zeros((call.n_classes,), dtype=prep.dtype, device=dev)
     if factor is not None:
-        grad_input, grad_weight = grad_input * factor, grad_weight * factor
+        grad_input = tokens_scaled(call, prep.kept, grad_input, factor)
+        grad_weight = grad_weight * factor
         if grad_bias is not None:
             grad_bias = grad_bias * factor
-        if prep.kept is not None and not (isinstance(factor, float) and math.isfinite(factor)):
-            # An ignored token's gradient stays 0 under an inf or NaN upstream (0 * inf is
-            # NaN), as PyTorch's; a device factor is not looked at (no host sync).
-            grad_input = xp.where(xp.expand_dims(prep.kept, axis=1) != 0, grad_input,
-                                  xp.zeros_like(grad_input))
     grad_input = xp.reshape(xp.astype(grad_input, call.dtype), call.input_shape)
     grad_weight = xp.astype(grad_weight, call.dtype)
     if grad_bias is not None:

@@ -39,8 +39,8 @@ __all__ = ["ELEMENTWISE_MATH", "cupy_backend", "elementwise_kernel", "kernel_sou
 
 Array = Any
 
-#: The functions the traced math calls, with NumPy's NaN rules, for float and double, on the
-#: device and (for the CPU harness) on the host.
+#: The functions the traced math calls, with NumPy's NaN rules (but sign's, PyTorch's: 0 at
+#: NaN), for float and double, on the device and (for the CPU harness) on the host.
 ELEMENTWISE_MATH = r"""
 namespace al_ew {
 #define AL_EW_UNARY(NAME, FLOAT, DOUBLE) \

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from types import FrameType, ModuleType
 from typing import Any
 
+from .._agnostic._helpers import torch_compiling
 from .._validation import (
     _is_floating,
     _is_integer,
@@ -96,8 +97,10 @@ def check_options(spec: ElementwiseLoss, reduction: object, validate: object,
 
 def make_call(spec: ElementwiseLoss, arrays: Mapping[str, Array | None], *,
               reduction: object, validate: object,
-              options: Mapping[str, object]) -> ElementwiseCall:
-    """Check every argument of one of ``spec``'s public functions; the validated call."""
+              options: Mapping[str, object], warn: bool = True) -> ElementwiseCall:
+    """Check every argument of one of ``spec``'s public functions; the validated call.
+    ``warn=False`` for a call made again from the same arguments (the autograd bridges'),
+    which the caller's call has warned of already."""
     reduction, validate, checked = check_options(spec, reduction, validate, options)
     named: dict[str, Array] = {}
     for argument in spec.arguments:
@@ -137,12 +140,11 @@ def make_call(spec: ElementwiseLoss, arrays: Mapping[str, Array | None], *,
                 raise ValueError(f"{argument.name} with shape {shape} does not broadcast "
                                  f"against input with shape {input_shape}")
             loss_shape = fitted
-    target_shape = _shape(named["target"])
-    if spec.warns_on_broadcast and target_shape != input_shape:
+    if warn and spec.warns_on_broadcast and _shape(named["target"]) != input_shape:
         # PyTorch's words, so that a filter of its warning filters this one too.
-        _warn(f"Using a target size {target_shape} that is different to the input size "
-              f"{input_shape} in {spec.name}. This will likely lead to incorrect results due "
-              "to broadcasting. Please ensure they have the same size.")
+        _warn(f"Using a target size {_shape(named['target'])} that is different to the input "
+              f"size {input_shape} in {spec.name}. This will likely lead to incorrect results "
+              "due to broadcasting. Please ensure they have the same size.")
     for argument in spec.arguments[1:]:
         if argument.shape == "into" and argument.name in named:
             shape = _shape(named[argument.name])
@@ -190,6 +192,8 @@ def _warn(message: str) -> None:
     """A ``UserWarning`` attributed to the caller's line: the first frame of code outside
     arrayloss (the public functions, made by ``exec``, the loss objects and the torch CPU
     lane add frames of their own)."""
+    if torch_compiling():  # TorchDynamo traces neither frames nor warnings.warn
+        return
     frame: FrameType | None = sys._getframe(1)
     level = 2  # the frame that called _warn
     while frame is not None and (

@@ -149,9 +149,10 @@ class ScratchOps:
 
     def sign(self, x: Operand) -> Any:
         result = self.ufunc(np.sign, x)
-        if type(result) is Value:  # NumPy's sign(NaN) is NaN, PyTorch's 0
-            nan = self.ufunc(np.isnan, result, boolean=True)
-            np.copyto(result.array, 0.0, where=nan.array)
+        if type(result) is not Value:  # a number: NumPy's sign(NaN) is NaN, PyTorch's 0
+            return np.where(np.isnan(result), 0.0, result).astype(self.dtype)
+        nan = self.ufunc(np.isnan, result, boolean=True)
+        np.copyto(result.array, 0.0, where=nan.array)
         return result
 
     def sqrt(self, x: Operand) -> Any:

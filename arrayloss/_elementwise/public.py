@@ -117,7 +117,7 @@ def define(spec: ElementwiseLoss) -> Defined:
 
             def remake(named: dict[str, Array]) -> ElementwiseCall:
                 return make_call(spec, {**absent, **named}, reduction=reduction,
-                                 validate=validate, options=options)
+                                 validate=validate, options=options, warn=False)
 
             differentiable = _autograd.Differentiable(
                 arrays=dict(call.arrays), make_call=remake, forward=run_forward,

@@ -169,7 +169,8 @@ class Expr:
 
 class SourceOps:
     """``ops`` that record C++: one ``const`` local per operation, in order (see the module
-    docstring).  The functions are ``al_ew::*`` of the kernels' preamble (NumPy's NaN rules).
+    docstring).  The functions are ``al_ew::*`` of the kernels' preamble (NumPy's NaN rules,
+    but sign's, PyTorch's).
     """
 
     def __init__(self) -> None:
