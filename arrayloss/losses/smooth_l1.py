@@ -16,12 +16,11 @@ def forward(ops: Any, input: Any, target: Any, beta: Any) -> Any:
 
 def gradients(ops: Any, grad: Any, input: Any, target: Any, beta: Any) -> dict[str, Any]:
     diff = input - target
-    # A NaN difference: PyTorch's d / beta (NaN), but for beta = 0, which is its L1 loss,
-    # whose sign(NaN) is 0.  One formula (one kernel) for every beta, and no NaN made where
-    # there is none (jax_debug_nans); abs(beta) makes the test an array, as ops.where takes.
-    nan = ops.where(ops.abs(beta) > 0.0, diff, 0.0)
-    outside = ops.where(diff != diff, nan, ops.sign(diff))
-    grad_input = ops.where(ops.abs(diff) < beta, diff / beta, outside) * grad
+    # PyTorch's branches: sign(d) from beta on, d / beta inside, where a NaN difference
+    # lands (NaN), but for beta = 0, which is its L1 loss, whose sign(NaN) is 0.  One formula
+    # (one kernel) for every beta; abs(beta) makes the test an array, as ops.where takes.
+    inside = ops.where(ops.abs(beta) > 0.0, diff / beta, 0.0)
+    grad_input = ops.where(ops.abs(diff) >= beta, ops.sign(diff), inside) * grad
     return {"input": grad_input, "target": lambda: -grad_input}
 
 
