@@ -401,6 +401,7 @@ def test_plots_keep_unrelated_shapes_apart() -> None:
 
 @pytest.mark.parametrize(("module", "options"), [
     ("benchmarks.allocator", ["--budget", "--pairs", "--save"]),
+    ("benchmarks.floor", ["--budget", "--rounds", "--save"]),
     ("benchmarks.out_of_core", ["--log2-elements", "--chunk-log2", "--save"])])
 def test_the_other_commands_help_is_plain_text_with_defaults(
         module: str, options: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -412,6 +413,27 @@ def test_the_other_commands_help_is_plain_text_with_defaults(
     assert "``" not in out and not re.search(r"::$", out, re.M) and ":func:" not in out
     assert out.count("(default: ") == len(options)
     assert all(option in out for option in options)
+
+
+def test_floor_verdicts_read_the_slow_side_of_the_rounds() -> None:
+    from benchmarks.floor import verdict
+
+    assert verdict(0.9).startswith("within reach")  # a fifth of the rounds or more: faster
+    assert verdict(1.2).startswith("out of reach on one thread")
+    assert verdict(2.1).startswith("out of reach: the floor halved")
+
+
+def test_floor_cases_run() -> None:
+    """Every case builds its three calls on tensors, and each runs (arrayloss's through
+    ``backward()`` where the case says so)."""
+    pytest.importorskip("torch")
+    from benchmarks import floor
+
+    for label, build in floor.CASES:
+        calls = build()
+        assert set(calls) == {"PyTorch", "arrayloss", "NumPy floor"}, label
+        for call in calls.values():
+            call()
 
 
 def test_plain_text_drops_restructuredtext_markup() -> None:
