@@ -70,6 +70,14 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60]
 
 
+def cpu_record(save: bool) -> tuple[str, Path]:
+    """This CPU's name, and the folder a CPU command writes its record to: the committed
+    ``results/<cpu>/`` with ``--save``, else the git-ignored ``results/_scratch/<cpu>/``."""
+    name = _device_description("cpu")["device_name"]
+    slug = _slug(f"cpu-{name}")
+    return name, ROOT / "results" / (slug if save else f"_scratch/{slug}")
+
+
 def measure_copy_bandwidth(nbytes: int = 1 << 30) -> float:
     """Device-to-device copy GB/s (bytes read + written) of a ``nbytes`` buffer."""
     import cupy

@@ -16,15 +16,13 @@ committed record with ``--save``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
-from .__main__ import ROOT, _device_description, _slug
-from ._cli import HelpFormatter, plain_text
+from .__main__ import cpu_record
+from ._cli import check_budget_and_torch, torch_cpu_parser, write_record
 
 #: (name, setup, call): NumPy cases whose temporaries are large enough for the allocator to
 #: return them to the OS between calls.
@@ -100,26 +98,15 @@ def allocator_verdict(ratios: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.allocator",
-                                     description=plain_text(__doc__),
-                                     formatter_class=HelpFormatter)
-    parser.add_argument("--budget", type=float, default=1.0, help="seconds per process")
+    parser = torch_cpu_parser("python -m benchmarks.allocator", __doc__, 1.0,
+                              "seconds per process")
     parser.add_argument("--pairs", type=int, default=3,
                         help="process pairs (without, with torch) per case")
-    parser.add_argument("--save", action="store_true",
-                        help="write the committed record benchmarks/results/<device>/")
     args = parser.parse_args(argv)
-    if not args.budget > 0:
-        parser.error(f"--budget must be positive, got {args.budget}")
+    check_budget_and_torch(parser, args)
     if args.pairs < 1:
         parser.error(f"--pairs must be at least 1, got {args.pairs}")
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        parser.error("PyTorch is not installed: nothing to compare")
-    name = _device_description("cpu")["device_name"]
-    out = ROOT / "results" / (_slug(f"cpu-{name}") if args.save else
-                              f"_scratch/{_slug(f'cpu-{name}')}")
+    name, out = cpu_record(args.save)
     rows = []
     for label, setup, call in CASES:
         pairs = [(measure(setup, call, False, args.budget)["median_s"],
@@ -146,10 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {label} | {without_s * 1e3:,.3f} ms | {with_s * 1e3:,.3f} ms | "
                      f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f}) | "
                      f"{allocator_verdict(ratios)} |")
-    out.mkdir(parents=True, exist_ok=True)
-    path = Path(out) / "allocator.md"
-    path.write_text("\n".join(lines) + "\n")
-    print(f"wrote {path}")
+    write_record(out, "allocator.md", lines)
     return 0
 
 

@@ -18,17 +18,15 @@ committed record with ``--save``.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .__main__ import ROOT, _device_description, _slug
-from ._cli import HelpFormatter, plain_text
+from .__main__ import cpu_record
+from ._cli import check_budget_and_torch, torch_cpu_parser, write_record
 from .timing import time_cpu_interleaved
 
 Call = Callable[[], Any]
@@ -129,26 +127,16 @@ def verdict(low: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.floor",
-                                     description=plain_text(__doc__),
-                                     formatter_class=HelpFormatter)
-    parser.add_argument("--budget", type=float, default=3.0, help="seconds per case")
+    parser = torch_cpu_parser("python -m benchmarks.floor", __doc__, 3.0, "seconds per case")
     parser.add_argument("--rounds", type=int, default=60, help="interleaved rounds per case, "
                         "at most")
-    parser.add_argument("--save", action="store_true",
-                        help="write the committed record benchmarks/results/<device>/")
     args = parser.parse_args(argv)
-    if not args.budget > 0:
-        parser.error(f"--budget must be positive, got {args.budget}")
+    check_budget_and_torch(parser, args)
     if args.rounds < 7:
         parser.error(f"--rounds must be at least 7, got {args.rounds}")
-    try:
-        import torch
-    except ImportError:
-        parser.error("PyTorch is not installed: nothing to compare")
-    name = _device_description("cpu")["device_name"]
-    out = ROOT / "results" / (_slug(f"cpu-{name}") if args.save else
-                              f"_scratch/{_slug(f'cpu-{name}')}")
+    import torch
+
+    name, out = cpu_record(args.save)
     lines = [f"# The least NumPy work of the torch CPU cases arrayloss misses: {name}", "",
              "`python -m benchmarks.floor` (its `--help` explains the method): PyTorch's whole "
              "call, arrayloss's call on the same tensors and the NumPy floor (the NumPy calls "
@@ -174,10 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                f"{median:.2f}x ({low:.2f}-{high:.2f}) | {verdict(low)} |")
         print(row, flush=True)
         lines.append(row)
-    out.mkdir(parents=True, exist_ok=True)
-    path = Path(out) / "floor.md"
-    path.write_text("\n".join(lines) + "\n")
-    print(f"wrote {path}")
+    write_record(out, "floor.md", lines)
     return 0
 
 
