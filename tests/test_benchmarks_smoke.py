@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 pytest.importorskip("matplotlib")
@@ -423,17 +424,45 @@ def test_floor_verdicts_read_the_slow_side_of_the_rounds() -> None:
     assert verdict(2.1).startswith("out of reach: the floor halved")
 
 
-def test_floor_cases_run() -> None:
-    """Every case builds its three calls on tensors, and each runs (arrayloss's through
-    ``backward()`` where the case says so)."""
-    pytest.importorskip("torch")
+def test_floor_cases_do_the_work_they_claim() -> None:
+    """Every case's calls run, and each floor computes what PyTorch's call needs, checked
+    against PyTorch: NLL's values at the targets (times their weights) and the places of
+    its gradient's nonzeros, cross-entropy's log-sum-exp of each row."""
+    torch = pytest.importorskip("torch")
     from benchmarks import floor
 
-    for label, build in floor.CASES:
-        calls = build()
-        assert set(calls) == {"PyTorch", "arrayloss", "NumPy floor"}, label
-        for call in calls.values():
-            call()
+    def nll_reference(n: int, c: int, weighted: bool) -> None:
+        calls = floor._nll_case(n, c, weighted)
+        calls["arrayloss"]()
+        calls["PyTorch"]()
+        # The same draws as the case's (its generator's seed and order).
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(n, c, generator=generator).log_softmax(1)
+        t = torch.randint(0, c, (n,), generator=generator)
+        w = torch.ones(c)
+        if weighted:
+            t[::7] = -100
+            w = torch.rand(c, generator=generator)
+        active = t != -100
+        picked, grad = calls["NumPy floor"]()
+        expected = (x[active, t[active]] * w[t[active]]).numpy()
+        np.testing.assert_allclose(picked[active.numpy()], expected, rtol=1e-6)
+        x.requires_grad_()
+        torch.nn.functional.nll_loss(x, t, weight=w if weighted else None).backward()
+        rows = active.numpy()
+        assert np.array_equal(x.grad.numpy()[rows] != 0, grad.reshape(n, c)[rows] != 0)
+
+    nll_reference(64, 10, False)
+    nll_reference(70, 10, True)
+    for _, build in floor.CASES:
+        assert set(build()) == {"PyTorch", "arrayloss", "NumPy floor"}
+    calls = floor._cross_entropy_case(8, 50)
+    for call in calls.values():
+        call()
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(8, 50, generator=generator)
+    np.testing.assert_allclose(np.log(calls["NumPy floor"]()),
+                               torch.logsumexp(logits, 1).numpy(), rtol=1e-5)
 
 
 def test_plain_text_drops_restructuredtext_markup() -> None:
