@@ -54,8 +54,11 @@ VARIANTS = [
     Variant("smooth_l1_loss", integer_target=True),
     Variant("smooth_l1_loss", {"beta": 0.5}),
     Variant("smooth_l1_loss", {"beta": 0.0}),
+    Variant("mse_loss", weights=("weight",)),
+    Variant("l1_loss", weights=("weight",), integer_target=True),
     Variant("huber_loss", integer_target=True),
     Variant("huber_loss", {"delta": 0.3}),
+    Variant("huber_loss", {"delta": 0.3}, weights=("weight",)),
     Variant("binary_cross_entropy", broadcast_target=False),
     Variant("binary_cross_entropy", weights=("weight",), broadcast_target=False),
     Variant("binary_cross_entropy_with_logits", broadcast_target=False),
@@ -74,6 +77,13 @@ VARIANTS = [
 #: (input shape, target shape) cases: 0-d, empty, plain, broadcast (target smaller, larger).
 SHAPES = [((), ()), ((0,), (0,)), ((7,), (7,)), ((4, 5), (4, 5)), ((3, 4, 2), (3, 4, 2))]
 BROADCAST_SHAPES = [((4, 5), (5,)), ((4, 1), (4, 5)), ((5,), (3, 5)), ((2, 1, 3), (4, 1))]
+
+
+def spec(variant: Variant) -> Any:
+    """The variant's loss's declaration."""
+    from arrayloss.losses import SPECS
+
+    return next(declared for declared in SPECS if declared.name == variant.loss)
 
 
 def shapes_for(variant: Variant) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -111,7 +121,11 @@ def make_arrays(variant: Variant, input_shape: tuple[int, ...],
     arrays = {"input": np.asarray(x), "target": np.asarray(t)}
     loss_shape = np.broadcast_shapes(input_shape, target_shape)
     if "weight" in variant.weights:
-        arrays["weight"] = rng.uniform(0.2, 2, loss_shape[-1:] if loss_shape else ())
+        # A weight of the input's shape (mse_loss's, PyTorch's rule), or one broadcast into
+        # the loss along its last axis (the binary cross-entropies').
+        shape = (input_shape if spec(variant).argument("weight").shape == "input"
+                 else loss_shape[-1:])
+        arrays["weight"] = rng.uniform(0.2, 2, shape)
     if "pos_weight" in variant.weights:
         arrays["pos_weight"] = rng.uniform(0.5, 3, loss_shape[-1:] if loss_shape else ())
     return arrays
@@ -124,9 +138,9 @@ def make_arrays(variant: Variant, input_shape: tuple[int, ...],
 SPECIAL_INPUT = [math.nan, math.inf, 1.0, -math.inf, 0.0, 2.0, -3.0, math.nan, 0.5, -0.25,
                  0.3, -0.3]
 SPECIAL_TARGET = [0.0, math.inf, 0.0, 1.0, 0.0, 2.5, 1.0, math.nan, 0.5, 0.0, 0.0, 0.0]
-#: The variants those differences are for.
-SPECIAL_VARIANTS = [v for v in VARIANTS
-                    if v.loss in ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss")]
+#: The variants those differences are for (unweighted: a weight only multiplies them).
+SPECIAL_VARIANTS = [v for v in VARIANTS if not v.weights
+                    and v.loss in ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss")]
 
 
 def special_arrays(dtype: str) -> dict[str, np.ndarray]:

@@ -141,4 +141,12 @@ def elementwise_cases() -> list[Any]:
         cases.append(pytest.param((variant_id, "float32", "sum", (6, 1, 7), (5, 1)),
                                   id=f"{variant_id}-broadcast-sum"))
     cases.append(pytest.param(("kl_div", "float32", "batchmean"), id="kl_div-batchmean"))
+    # Per-element weights: PyTorch's weighted mean (the weights' sum divides) in float16,
+    # rounded once after the division, and over a broadcast target; a weighted 'none'.
+    cases.append(pytest.param(("mse_loss-weight", "float16", "mean"),
+                              id="mse_loss-weight-float16-mean"))
+    cases.append(pytest.param(("l1_loss-weight", "float32", "mean", (6, 1, 7), (5, 1)),
+                              id="l1_loss-weight-broadcast-mean"))
+    cases.append(pytest.param(("huber_loss-delta=0.3-weight", "float32", "none"),
+                              id="huber_loss-delta=0.3-weight-float32-none"))
     return cases

@@ -8,7 +8,9 @@ inputs, float16, bfloat16, float32 and float64.
 
 from __future__ import annotations
 
+import inspect
 import itertools
+import re
 import warnings
 from typing import Any
 
@@ -288,7 +290,9 @@ def test_float64_finite_differences(variant: ec.Variant) -> None:
                                    err_msg=f"{variant.id} d/d{name}")
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", [
+    pytest.param(variant, id=variant.id) for variant in ec.VARIANTS
+    if all(ec.spec(variant).argument(name).held for name in variant.weights)])
 def test_module_holds_the_options(variant: ec.Variant) -> None:
     values = ec.make_arrays(variant, (4, 5), (4, 5))
     spec = next(module for module in _modules() if module._spec.name == variant.loss)
@@ -301,6 +305,16 @@ def test_module_holds_the_options(variant: ec.Variant) -> None:
     np.testing.assert_array_equal(loss, want)
     assert grads[1] is None
     assert repr(loss_object).startswith(spec.__name__ + "(")
+
+
+@pytest.mark.parametrize("name", ["MSELoss", "L1Loss", "HuberLoss"])
+def test_per_element_weights_come_with_each_call_not_the_object(name: str) -> None:
+    # PyTorch's modules take no per-element weight (F.mse_loss does, with each call).
+    torch = pytest.importorskip("torch")
+    assert "weight" not in inspect.signature(getattr(al, name)).parameters
+    assert "weight" not in inspect.signature(getattr(torch.nn, name)).parameters
+    with pytest.raises(TypeError, match="weight"):
+        getattr(al, name)(weight=np.ones(3))
 
 
 def _modules() -> list[Any]:
@@ -401,6 +415,64 @@ class TestErrors:
         assert grads[1] is None  # an integer target has no gradient
 
 
+class TestPerElementWeights:
+    """PyTorch 2.13's ``weight=`` of mse_loss, l1_loss and huber_loss beyond the case table:
+    its shape rule, its dtypes, weights that sum to zero, and autograd."""
+
+    names = ("mse_loss", "l1_loss", "huber_loss")
+    x = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]])
+    t = np.array([0.0, 0.5, -0.25])
+
+    @pytest.mark.parametrize("name", names)
+    def test_weight_must_have_the_inputs_shape(self, name: str) -> None:
+        # PyTorch: "Weights and input must have the same size.", even where it broadcasts.
+        for shape in ((3,), (1, 3), (2, 3, 1)):
+            with pytest.raises(ValueError, match=rf"^weight with shape {re.escape(str(shape))}"
+                                                 r" must have input's shape \(2, 3\)"):
+                getattr(al, name)(self.x, self.t, np.ones(shape))
+
+    @pytest.mark.parametrize("name", names)
+    def test_dtypes_as_pytorch(self, name: str) -> None:
+        torch = pytest.importorskip("torch")
+        F = torch.nn.functional
+        x32, t32 = self.x.astype(np.float32), self.t.astype(np.float32)
+        for weight in (np.array([[1, 2, 3], [0, 1, 4]]), self.x.astype(np.float64) ** 2):
+            ours = getattr(al, name)(x32, t32, weight)
+            theirs = getattr(F, name)(torch.tensor(x32), torch.tensor(t32),
+                                      weight=torch.tensor(weight))
+            assert ours.dtype == np.dtype(str(theirs.dtype).removeprefix("torch."))
+            np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-6)
+        with pytest.raises(TypeError, match="weight must have a real floating or integer"):
+            getattr(al, name)(self.x, self.t, np.ones((2, 3), dtype=complex))
+
+    @pytest.mark.parametrize("name", names)
+    def test_weights_summing_to_zero_give_pytorchs_infinities_and_nans(self, name: str
+                                                                       ) -> None:
+        torch = pytest.importorskip("torch")
+        weight = np.array([[1.0, -1.0, 0.0], [2.0, -2.0, 0.0]])
+        x = torch.tensor(self.x, requires_grad=True)
+        want = getattr(torch.nn.functional, name)(x, torch.tensor(self.t),
+                                                  weight=torch.tensor(weight))
+        want.backward()
+        loss, (grad_input, grad_target) = getattr(al, name + "_and_grad")(self.x, self.t,
+                                                                         weight)
+        np.testing.assert_array_equal(loss, want.detach().numpy())
+        np.testing.assert_allclose(grad_input, x.grad.numpy(), rtol=1e-12)
+        assert grad_target.shape == self.t.shape
+
+    @pytest.mark.parametrize("name", names)
+    def test_torch_autograd_takes_the_weight_as_a_constant(self, name: str) -> None:
+        torch = pytest.importorskip("torch")
+        weight = torch.tensor(self.x ** 2, requires_grad=True)
+        x = torch.tensor(self.x, requires_grad=True)
+        getattr(al, name)(x, torch.tensor(self.t), weight).backward()
+        assert weight.grad is None  # documented: PyTorch's weight has a gradient
+        x_torch = torch.tensor(self.x, requires_grad=True)
+        getattr(torch.nn.functional, name)(x_torch, torch.tensor(self.t),
+                                           weight=weight.detach()).backward()
+        np.testing.assert_allclose(x.grad.numpy(), x_torch.grad.numpy(), rtol=1e-12)
+
+
 def test_empty_and_0d_results_are_arrays() -> None:
     empty = np.zeros((0, 3))
     assert np.isnan(al.mse_loss(empty, empty))
@@ -446,18 +518,25 @@ def test_torch_func_and_compile(variant: ec.Variant) -> None:
     values = ec.make_arrays(variant, (3, 4), (3, 4))
     tensors = {name: torch.tensor(value) for name, value in values.items()}
     keywords = ec.arrayloss_keywords(variant, tensors)
+    # A weight per element (mse_loss's) is mapped by vmap with the input; others are held.
+    mapped = [name for name in variant.weights
+              if ec.spec(variant).argument(name).shape == "input"]
+    for name in mapped:
+        del keywords[name]
     function = variant.function()
 
-    def ours(x: Any, t: Any) -> Any:
-        return function(x, t, reduction="sum", validate=False, **keywords)
+    def ours(x: Any, t: Any, *weights: Any) -> Any:
+        return function(x, t, reduction="sum", validate=False, **keywords,
+                        **dict(zip(mapped, weights, strict=True)))
 
+    arguments = (tensors["input"], tensors["target"], *(tensors[name] for name in mapped))
     want = ec.oracle(variant, values, "sum", 1.0)
-    grad = torch.func.grad(ours)(tensors["input"], tensors["target"])
+    grad = torch.func.grad(ours)(*arguments)
     ec.assert_close(grad.numpy(), want["grad_input"], "float64", f"{variant.id} func.grad")
-    rows = torch.func.vmap(torch.func.grad(ours))(tensors["input"], tensors["target"])
+    rows = torch.func.vmap(torch.func.grad(ours))(*arguments)
     ec.assert_close(rows.numpy(), want["grad_input"], "float64", f"{variant.id} vmap")
     torch._dynamo.reset()
     load_lazy_modules()
     compiled = torch.compile(ours, fullgraph=True, backend="eager")
-    ec.assert_close(compiled(tensors["input"], tensors["target"]).numpy(), want["loss"],
-                    "float64", f"{variant.id} compiled")
+    ec.assert_close(compiled(*arguments).numpy(), want["loss"], "float64",
+                    f"{variant.id} compiled")

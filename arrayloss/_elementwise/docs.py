@@ -149,7 +149,8 @@ def and_grad_doc(spec: ElementwiseLoss) -> str:
 
 
 def module_doc(spec: ElementwiseLoss) -> str:
-    held = [a.name for a in spec.arguments if a.optional] + [o.name for o in spec.options]
+    held = ([a.name for a in spec.arguments if a.optional and a.held]
+            + [o.name for o in spec.options])
     listed = ", ".join([*held, "reduction", "validate"])
     return "\n".join([
         f"{spec.summary.rstrip('.')}, with its options held by the object.",

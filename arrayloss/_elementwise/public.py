@@ -10,6 +10,7 @@ backend of the arrays' library (:mod:`arrayloss._dispatch`).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple, cast
@@ -21,6 +22,7 @@ from . import docs
 from .call import ElementwiseCall, check_options, check_wrt, make_call
 from .generic import ElementwiseBackend
 from .spec import ElementwiseLoss
+from .weighted_mean import with_weighted_mean
 
 __all__ = ["Defined", "define"]
 
@@ -64,17 +66,19 @@ def _split(spec: ElementwiseLoss, values: dict[str, Any]
 
 def define(spec: ElementwiseLoss) -> Defined:
     """The public functions and the loss class of ``spec``; registers its backends."""
-    generic = ElementwiseBackend(spec)
+    generic = with_weighted_mean(spec, ElementwiseBackend(spec))
 
+    @functools.cache
     def cupy_backend() -> Any:
         from .._cupy.elementwise import cupy_backend
 
-        return cupy_backend(spec)
+        return with_weighted_mean(spec, cupy_backend(spec))
 
+    @functools.cache
     def dask_backend() -> Any:
         from .dask import DaskBackend
 
-        return DaskBackend(spec, functions)
+        return with_weighted_mean(spec, DaskBackend(spec, functions))
 
     _registry.register(spec.name, _registry.Backends(generic=lambda: generic,
                                                      cupy=cupy_backend, dask=dask_backend))
@@ -237,7 +241,7 @@ class ElementwiseModule:
 def _module_signature(spec: ElementwiseLoss) -> inspect.Signature:
     parameters = []
     for argument in spec.arguments:
-        if argument.optional:
+        if argument.optional and argument.held:
             kind = _P.KEYWORD_ONLY if argument.keyword else _P.POSITIONAL_OR_KEYWORD
             parameters.append(_P(argument.name, kind, default=None))
     parameters += [_P(option.name, _P.KEYWORD_ONLY, default=option.default)

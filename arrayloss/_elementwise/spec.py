@@ -50,6 +50,10 @@ class Argument:
     promotes: bool = True
     #: Whether it is keyword-only in the public functions (PyTorch's ``pos_weight``).
     keyword: bool = False
+    #: Whether the loss object takes it when built (an optional argument): PyTorch's
+    #: ``BCELoss(weight)`` holds its weight, ``MSELoss`` none (``mse_loss``'s per-element
+    #: weight comes with each call, so the object does not take it).
+    held: bool = True
     #: Its docstring entry: the type line's description.
     doc: str = ""
 
@@ -115,6 +119,10 @@ class ElementwiseLoss:
     #: input's shape (``'batchmean'``: the batch size).
     extra_reductions: Mapping[str, Callable[[tuple[int, ...]], int]] = field(
         default_factory=dict)
+    #: An optional argument whose sum ``'mean'`` divides by when it is given, instead of the
+    #: element count: PyTorch's weighted mean, ``sum(w * loss) / sum(w)``, of ``mse_loss``
+    #: and ``l1_loss`` (:mod:`.weighted_mean`); ``""`` for none.
+    mean_over: str = ""
     #: Whether a target of another shape than the input's warns, as PyTorch's regression
     #: losses do (a ``(N,)`` target against an ``(N, 1)`` input broadcasts to ``(N, N)``).
     warns_on_broadcast: bool = False
@@ -128,6 +136,11 @@ class ElementwiseLoss:
     notes: str = ""
     pytorch: str = ""
     example: str = ""
+
+    def __post_init__(self) -> None:
+        if self.mean_over and not self.argument(self.mean_over).optional:
+            raise ValueError(f"{self.name}: mean_over names {self.mean_over!r}, which must be "
+                             "an optional argument (a weight that may be absent)")
 
     @property
     def reductions(self) -> tuple[str, ...]:

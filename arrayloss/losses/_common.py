@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .._elementwise.spec import Argument
 
-__all__ = ["INPUT", "TARGET", "integer_target", "same_shape_target"]
+__all__ = ["ELEMENT_WEIGHT", "INPUT", "TARGET", "integer_target", "same_shape_target",
+           "weighted"]
 
 INPUT = Argument("input", doc="Predictions, any shape, real floating dtype.")
 
@@ -22,3 +25,17 @@ def same_shape_target(doc: str) -> Argument:
     """A floating target of exactly the input's shape (PyTorch's rule for the binary
     cross-entropies)."""
     return Argument("target", shape="input", doc=doc)
+
+
+#: PyTorch 2.13's ``weight=`` of ``mse_loss``, ``l1_loss`` and ``huber_loss``: one weight per
+#: element of the input, which promotes as an operand does; not a gradient's argument (as the
+#: binary cross-entropies' weights), and not held by the loss objects (``MSELoss`` takes none).
+ELEMENT_WEIGHT = Argument(
+    "weight", shape="input", integer=True, optional=True, differentiable=False, held=False,
+    doc="Weights, one per element of ``input`` (its shape); each element's loss is "
+        "multiplied by its weight.  An integer dtype is accepted.")
+
+
+def weighted(value: Any, weight: Any) -> Any:
+    """``value`` times ``weight``, or ``value`` where there is no weight."""
+    return value if weight is None else value * weight

@@ -225,13 +225,33 @@ class HostArray:
         COUNTERS.record("cupy copy", [self], [copied])
         return copied
 
-    def sum(self, axis: Any = None, keepdims: bool = False, dtype: Any = None) -> HostArray:
-        # CuPy's own reduction (not arrayloss's kernels), computed in the array's dtype.
+    def sum(self, axis: Any = None, dtype: Any = None, out: Any = None,
+            keepdims: bool = False) -> HostArray:
+        # CuPy's own reduction (not arrayloss's kernels), computed in the array's dtype;
+        # cupy.ndarray.sum's parameters, in its order (cupy.sum passes them by position).
+        if out is not None:
+            raise NotImplementedError("the harness's sum takes no out=")
         with np.errstate(all="ignore"):
             summed = np.asarray(self._array.sum(axis=axis, keepdims=keepdims, dtype=dtype))
         result = HostArray.allocate(summed, written=True)
         COUNTERS.record("cupy sum", [self], [result])
         return result
+
+    def __truediv__(self, other: Any) -> HostArray:
+        # CuPy's elementwise division (a kernel of its own), with NumPy's promotion; like the
+        # device, it never warns (x / 0 is inf).
+        operands = [self] + ([other] if isinstance(other, HostArray) else [])
+        divisor = other._array if isinstance(other, HostArray) else other
+        with np.errstate(all="ignore"):
+            quotient = HostArray.allocate(np.asarray(self._array / divisor), written=True)
+        COUNTERS.record("cupy divide", operands, [quotient])
+        return quotient
+
+    def __rtruediv__(self, other: float) -> HostArray:
+        with np.errstate(all="ignore"):
+            quotient = HostArray.allocate(np.asarray(other / self._array), written=True)
+        COUNTERS.record("cupy divide", [self], [quotient])
+        return quotient
 
     # ---------------------------------------------------------------- reads to the host
     def get(self) -> np.ndarray:
