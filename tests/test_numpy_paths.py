@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import arrayloss as al
-from arrayloss._agnostic import _gaussian_numpy, _nll_numpy
+from arrayloss._agnostic import _gaussian_numpy, _nll_blocks, _nll_numpy
 
 SHAPES = [  # (input shape, var shape or None for a number)
     ((100,), (100,)),
@@ -221,7 +221,7 @@ def test_nll_gradient_scattered_by_threads_matches_the_generic_code(
     """A large gradient's scatter runs in parts in the worker threads (every gradient here,
     the threshold lowered): the same gradient as the generic code, bit for bit, weighted,
     masked, in one block and in several."""
-    monkeypatch.setattr(_nll_numpy, "THREADED_SCATTER_BYTES", 0)
+    monkeypatch.setattr(_nll_blocks, "THREADED_SCATTER_BYTES", 0)
     rng = np.random.default_rng(shape[0])
     n_classes = shape[1]
     x = rng.standard_normal(shape).astype(np.float32)
