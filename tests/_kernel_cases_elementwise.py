@@ -19,7 +19,8 @@ from _kernel_cases import Device
 
 import arrayloss as al
 
-__all__ = ["case_elementwise", "case_elementwise_invalid", "case_elementwise_special",
+__all__ = ["case_elementwise", "case_elementwise_invalid", "case_elementwise_mask",
+           "case_elementwise_special",
            "elementwise_cases", "special_cases"]
 
 
@@ -66,6 +67,14 @@ def case_elementwise(device: Device, variant_id: str, dtype: str, reduction: str
     if reduction != "none":
         want_one = _want(variant, values, reduction, 1.0)
         unchecked = dict(keywords, validate=False)
+        # No pass reads the device with validate=False: the forward, the backward of a
+        # device upstream (a 0-d array) and the loss with its gradients.
+        device.assert_no_host_sync(lambda: variant.function()(
+            arrays["input"], arrays["target"], reduction=reduction, **unchecked))
+        device_scalar = device.put(np.asarray(0.5, dtype=values["input"].dtype))
+        device.assert_no_host_sync(lambda: variant.function("_backward")(
+            device_scalar, arrays["input"], arrays["target"], reduction=reduction,
+            **unchecked))
         device.assert_no_host_sync(lambda: variant.function("_and_grad")(
             arrays["input"], arrays["target"], reduction=reduction, **unchecked))
         loss, grads = variant.function("_and_grad")(arrays["input"], arrays["target"],
@@ -117,6 +126,22 @@ def case_elementwise_invalid(device: Device) -> None:
             function(good, bad)
     unchecked = al.binary_cross_entropy(bad, good, validate=False)
     assert np.isnan(device.asnumpy(unchecked)) or np.isfinite(device.asnumpy(unchecked))
+
+
+def case_elementwise_mask(device: Device) -> None:
+    """A bool mask as the per-element weight: the kernels read it as 0 and 1, and MSE's
+    'mean' is the mean over its True elements (against the float64 loss of those alone)."""
+    rng = np.random.default_rng(3)
+    x, t = rng.normal(size=(37, 29)), rng.normal(size=(37, 29))
+    mask = rng.uniform(size=x.shape) < 0.4
+    kept = x[mask] - t[mask]
+    arrays = [device.put(v) for v in (x.astype(np.float32), t.astype(np.float32), mask)]
+    loss, (grad_input, _) = al.mse_loss_and_grad(arrays[0], arrays[1], weight=arrays[2])
+    np.testing.assert_allclose(device.asnumpy(loss), np.mean(kept ** 2), rtol=1e-5)
+    want = np.where(mask, 2 * (x - t), 0.0) / mask.sum()
+    np.testing.assert_allclose(device.asnumpy(grad_input), want, rtol=1e-5, atol=1e-7)
+    l1 = al.l1_loss(arrays[0], arrays[1], weight=arrays[2], reduction="sum")
+    np.testing.assert_allclose(device.asnumpy(l1), np.abs(kept).sum(), rtol=1e-5)
 
 
 def elementwise_cases() -> list[Any]:

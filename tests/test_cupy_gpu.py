@@ -58,6 +58,10 @@ def test_elementwise_range_checks() -> None:
     kee.case_elementwise_invalid(DEVICE)
 
 
+def test_elementwise_bool_mask_weight() -> None:
+    kee.case_elementwise_mask(DEVICE)
+
+
 @pytest.mark.parametrize(("case", "arguments"), kc.gpu_and_host_cases())
 def test_kernel_case(case: Any, arguments: tuple[Any, ...]) -> None:
     """The cases the host harness runs too (``_kernel_cases.py``), here on the device."""

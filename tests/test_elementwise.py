@@ -30,6 +30,11 @@ def _grad_output(reduction: str, shape: tuple[int, ...], seed: int = 0) -> Any:
     return np.random.default_rng(seed).uniform(0.5, 1.5, shape)
 
 
+def _scalar_reductions(variant: ec.Variant) -> tuple[str, ...]:
+    """'sum', and 'mean' too where a weight's sum divides it (the weighted-mean adapter)."""
+    return ("sum", "mean") if ec.spec(variant).mean_over and variant.weights else ("sum",)
+
+
 def _check(xp: Any, variant: ec.Variant, input_shape: tuple[int, ...],
            target_shape: tuple[int, ...], reduction: str, dtype: str) -> None:
     """One call of forward, backward and loss-and-grad on ``xp`` against PyTorch."""
@@ -194,7 +199,8 @@ def test_numpy_blocks_in_threads(variant: ec.Variant) -> None:
     shapes = [((600, 300), (600, 300)), ((3, 2**17), (3, 2**17))]
     if variant.broadcast_target:
         shapes += [((600, 300), (300,)), ((600, 300), (600, 1))]
-    for (input_shape, target_shape), reduction in itertools.product(shapes, ("none", "sum")):
+    reductions = ("none", *_scalar_reductions(variant))
+    for (input_shape, target_shape), reduction in itertools.product(shapes, reductions):
         _check(xp, variant, input_shape, target_shape, reduction, "float32")
 
 
@@ -230,15 +236,18 @@ def test_jax_grad_and_jit(variant: ec.Variant) -> None:
     keywords = {name: jnp.asarray(values[name]) for name in variant.weights}
     function = variant.function()
 
-    def objective(x: Any, t: Any) -> Any:
-        return function(x, t, reduction="sum", **variant.options, **keywords)
-
     x, t = jnp.asarray(values["input"]), jnp.asarray(values["target"])
-    grad_x, grad_t = jax.jit(jax.grad(objective, argnums=(0, 1)))(x, t)
-    want = ec.oracle(variant, values, "sum", 1.0)
-    ec.assert_close(np.asarray(jax.jit(objective)(x, t)), want["loss"], "float64", "jit loss")
-    ec.assert_close(np.asarray(grad_x), want["grad_input"], "float64", "grad input")
-    ec.assert_close(np.asarray(grad_t), want["grad_target"], "float64", "grad target")
+    for reduction in _scalar_reductions(variant):
+        def objective(x: Any, t: Any, reduction: str = reduction) -> Any:
+            return function(x, t, reduction=reduction, **variant.options, **keywords)
+
+        grad_x, grad_t = jax.jit(jax.grad(objective, argnums=(0, 1)))(x, t)
+        want = ec.oracle(variant, values, reduction, 1.0)
+        what = f"{variant.id} {reduction}"
+        ec.assert_close(np.asarray(jax.jit(objective)(x, t)), want["loss"], "float64",
+                        what + " jit loss")
+        ec.assert_close(np.asarray(grad_x), want["grad_input"], "float64", what + " input")
+        ec.assert_close(np.asarray(grad_t), want["grad_target"], "float64", what + " target")
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -269,25 +278,26 @@ def test_float64_finite_differences(variant: ec.Variant) -> None:
     values = ec.make_arrays(variant, (3, 4), (3, 4), seed=7)
     keywords = ec.arrayloss_keywords(variant, values)
     function = variant.function()
-    grads = variant.function("_backward")(1.0, values["input"], values["target"],
-                                          reduction="sum", **keywords)
     step = 1e-6
-    for position, name in enumerate(("input", "target")):
+    for reduction, (position, name) in itertools.product(_scalar_reductions(variant),
+                                                         enumerate(("input", "target"))):
         if name == "target" and (variant.integer_target or variant.options.get("full")):
             # Counts are integers; the Stirling term's mask at t = 1 has no derivative there.
             continue
+        grads = variant.function("_backward")(1.0, values["input"], values["target"],
+                                              reduction=reduction, **keywords)
         numeric = np.empty_like(values[name])
         for index in np.ndindex(values[name].shape):
             shifted = {key: value.copy() for key, value in values.items()}
             shifted[name][index] += step
-            up = float(function(shifted["input"], shifted["target"], reduction="sum",
+            up = float(function(shifted["input"], shifted["target"], reduction=reduction,
                                 **ec.arrayloss_keywords(variant, shifted)))
             shifted[name][index] -= 2 * step
-            down = float(function(shifted["input"], shifted["target"], reduction="sum",
+            down = float(function(shifted["input"], shifted["target"], reduction=reduction,
                                   **ec.arrayloss_keywords(variant, shifted)))
             numeric[index] = (up - down) / (2 * step)
         np.testing.assert_allclose(grads[position], numeric, rtol=1e-5, atol=1e-6,
-                                   err_msg=f"{variant.id} d/d{name}")
+                                   err_msg=f"{variant.id} {reduction} d/d{name}")
 
 
 @pytest.mark.parametrize("variant", [
@@ -429,21 +439,38 @@ class TestPerElementWeights:
         for shape in ((3,), (1, 3), (2, 3, 1)):
             with pytest.raises(ValueError, match=rf"^weight with shape {re.escape(str(shape))}"
                                                  r" must have input's shape \(2, 3\)"):
-                getattr(al, name)(self.x, self.t, np.ones(shape))
+                getattr(al, name)(self.x, self.t, weight=np.ones(shape))
 
     @pytest.mark.parametrize("name", names)
     def test_dtypes_as_pytorch(self, name: str) -> None:
         torch = pytest.importorskip("torch")
         F = torch.nn.functional
         x32, t32 = self.x.astype(np.float32), self.t.astype(np.float32)
-        for weight in (np.array([[1, 2, 3], [0, 1, 4]]), self.x.astype(np.float64) ** 2):
-            ours = getattr(al, name)(x32, t32, weight)
+        mask = np.array([[True, False, True], [True, True, False]])
+        for weight in (np.array([[1, 2, 3], [0, 1, 4]]), self.x.astype(np.float64) ** 2, mask):
+            ours = getattr(al, name)(x32, t32, weight=weight)
             theirs = getattr(F, name)(torch.tensor(x32), torch.tensor(t32),
                                       weight=torch.tensor(weight))
             assert ours.dtype == np.dtype(str(theirs.dtype).removeprefix("torch."))
             np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-6)
-        with pytest.raises(TypeError, match="weight must have a real floating or integer"):
-            getattr(al, name)(self.x, self.t, np.ones((2, 3), dtype=complex))
+        with pytest.raises(TypeError, match="weight must have a real floating, integer or "
+                                            "bool dtype, got complex128"):
+            getattr(al, name)(self.x, self.t, weight=np.ones((2, 3), dtype=complex))
+
+    @pytest.mark.parametrize("name", names)
+    def test_weight_is_keyword_only(self, name: str) -> None:
+        # PyTorch's comes after reduction (and the legacy arguments): never third.
+        with pytest.raises(TypeError, match="positional"):
+            getattr(al, name)(self.x, self.t, np.ones((2, 3)))
+
+    @pytest.mark.parametrize("name", ["mse_loss", "l1_loss"])
+    def test_float16_weighted_mean_is_rounded_once(self, name: str) -> None:
+        # PyTorch divides two float16 sums, inf / inf past 65504 (NaN): documented.
+        x = np.full((300, 400), 1.5, dtype=np.float16)
+        weight = np.ones(x.shape, dtype=np.float16)
+        loss = getattr(al, name)(x, np.zeros_like(x), weight=weight)
+        assert loss.dtype == np.float16
+        assert float(loss) == (2.25 if name == "mse_loss" else 1.5)
 
     @pytest.mark.parametrize("name", names)
     def test_weights_summing_to_zero_give_pytorchs_infinities_and_nans(self, name: str
@@ -455,7 +482,7 @@ class TestPerElementWeights:
                                                   weight=torch.tensor(weight))
         want.backward()
         loss, (grad_input, grad_target) = getattr(al, name + "_and_grad")(self.x, self.t,
-                                                                         weight)
+                                                                         weight=weight)
         np.testing.assert_array_equal(loss, want.detach().numpy())
         np.testing.assert_allclose(grad_input, x.grad.numpy(), rtol=1e-12)
         assert grad_target.shape == self.t.shape
@@ -465,7 +492,7 @@ class TestPerElementWeights:
         torch = pytest.importorskip("torch")
         weight = torch.tensor(self.x ** 2, requires_grad=True)
         x = torch.tensor(self.x, requires_grad=True)
-        getattr(al, name)(x, torch.tensor(self.t), weight).backward()
+        getattr(al, name)(x, torch.tensor(self.t), weight=weight).backward()
         assert weight.grad is None  # documented: PyTorch's weight has a gradient
         x_torch = torch.tensor(self.x, requires_grad=True)
         getattr(torch.nn.functional, name)(x_torch, torch.tensor(self.t),
@@ -525,18 +552,21 @@ def test_torch_func_and_compile(variant: ec.Variant) -> None:
         del keywords[name]
     function = variant.function()
 
-    def ours(x: Any, t: Any, *weights: Any) -> Any:
-        return function(x, t, reduction="sum", validate=False, **keywords,
-                        **dict(zip(mapped, weights, strict=True)))
-
     arguments = (tensors["input"], tensors["target"], *(tensors[name] for name in mapped))
-    want = ec.oracle(variant, values, "sum", 1.0)
-    grad = torch.func.grad(ours)(*arguments)
-    ec.assert_close(grad.numpy(), want["grad_input"], "float64", f"{variant.id} func.grad")
-    rows = torch.func.vmap(torch.func.grad(ours))(*arguments)
-    ec.assert_close(rows.numpy(), want["grad_input"], "float64", f"{variant.id} vmap")
-    torch._dynamo.reset()
-    load_lazy_modules()
-    compiled = torch.compile(ours, fullgraph=True, backend="eager")
-    ec.assert_close(compiled(*arguments).numpy(), want["loss"], "float64",
-                    f"{variant.id} compiled")
+    for reduction in _scalar_reductions(variant):
+        def ours(x: Any, t: Any, *weights: Any, reduction: str = reduction) -> Any:
+            return function(x, t, reduction=reduction, validate=False, **keywords,
+                            **dict(zip(mapped, weights, strict=True)))
+
+        what = f"{variant.id} {reduction}"
+        want = ec.oracle(variant, values, reduction, 1.0)
+        grad = torch.func.grad(ours)(*arguments)
+        ec.assert_close(grad.numpy(), want["grad_input"], "float64", what + " func.grad")
+        if reduction == "sum":  # (vmap maps rows: a row's 'mean' is another mean)
+            rows = torch.func.vmap(torch.func.grad(ours))(*arguments)
+            ec.assert_close(rows.numpy(), want["grad_input"], "float64", what + " vmap")
+        torch._dynamo.reset()
+        load_lazy_modules()
+        compiled = torch.compile(ours, fullgraph=True, backend="eager")
+        ec.assert_close(compiled(*arguments).numpy(), want["loss"], "float64",
+                        what + " compiled")

@@ -78,6 +78,10 @@ def test_elementwise_range_checks() -> None:
     kee.case_elementwise_invalid(DEVICE)
 
 
+def test_elementwise_bool_mask_weight() -> None:
+    kee.case_elementwise_mask(DEVICE)
+
+
 # ------------------------------------------------------------------ the PyTorch parity cases
 
 HOST_NAMESPACE = types.SimpleNamespace(

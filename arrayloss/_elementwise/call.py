@@ -116,10 +116,12 @@ def make_call(spec: ElementwiseLoss, arrays: Mapping[str, Array | None], *,
         if argument.name not in named:
             continue
         dtype = named[argument.name].dtype
+        if argument.boolean and dtype == xp.bool:
+            continue
         if argument.integer:
             if not (_is_floating(xp, dtype) or _is_integer(xp, dtype)):
-                raise TypeError(f"{argument.name} must have a real floating or integer dtype, "
-                                f"got {dtype}")
+                kinds = "floating, integer or bool" if argument.boolean else "floating or integer"
+                raise TypeError(f"{argument.name} must have a real {kinds} dtype, got {dtype}")
         elif not _is_floating(xp, dtype):
             raise TypeError(f"{argument.name} must have a real floating dtype, got {dtype}"
                             + ("; cast it with astype" if _is_integer(xp, dtype) else ""))

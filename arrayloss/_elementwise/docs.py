@@ -23,8 +23,19 @@ def _indent(text: str, spaces: int = 4) -> str:
 
 def _reductions(spec: ElementwiseLoss) -> str:
     names = ", ".join(repr(name) for name in spec.reductions)
-    listed = "; ".join(_REDUCTION[name] for name in spec.reductions)
+    described = dict(_REDUCTION)
+    if spec.mean_over:
+        described["mean"] = (f"``'mean'`` divides their sum by the sum of ``{spec.mean_over}`` "
+                             "where it is given, else averages them over the broadcast shape")
+    listed = "; ".join(described[name] for name in spec.reductions)
     return f"reduction : {{{names}}}, default 'mean'\n    {listed}."
+
+
+def _result_dtype(spec: ElementwiseLoss) -> str:
+    """Which arguments the result's dtype comes from, in words."""
+    cast = [a.name for a in spec.arguments if not a.promotes]
+    excluded = "integer arrays" + (f" and ``{'``, ``'.join(cast)}``" if cast else "")
+    return f"the floating result type of the inputs ({excluded}\n    do not take part)"
 
 
 def _argument_lines(spec: ElementwiseLoss) -> str:
@@ -85,8 +96,7 @@ def forward_doc(spec: ElementwiseLoss) -> str:
         "",
         "Returns\n-------\nloss : array\n    A 0-d array for a reduced loss; the broadcast "
         "shape of the arguments for ``'none'``.\n    Same library and device as ``input``, "
-        "the floating result type of the inputs (integer\n    arrays and weights do not take "
-        "part).",
+        + _result_dtype(spec) + ".",
         "",
         "Raises\n------\nValueError\n    A bad option or ``reduction``, shapes that do not "
         "fit" + (", values out of range" if spec.checks else "") + ".\nTypeError\n    A "
@@ -111,7 +121,11 @@ def backward_doc(spec: ElementwiseLoss) -> str:
         + " and ".join(f"``{n}``" for n in spec.gradient_names) + ".",
         "",
         "With :math:`G` the upstream gradient reaching each loss element (``grad_output`` for "
-        "``'none'`` and\n``'sum'``, ``grad_output`` over the divisor of ``'mean'``):\n\n"
+        "``'none'`` and\n``'sum'``, ``grad_output`` over the divisor of ``'mean'``: "
+        + (f"the sum of ``{spec.mean_over}`` where it is\ngiven, else " if spec.mean_over
+           else "") + "the number of loss elements"
+        + ("; over that of the other reductions" if spec.extra_reductions else "")
+        + "):\n\n"
         ".. math::\n\n" + _indent(spec.gradient_formula)
         + "\n\neach summed back over the dimensions its argument was broadcast along.",
         "",

@@ -41,6 +41,9 @@ class Argument:
     shape: ShapeRule = "broadcast"
     #: Whether an integer dtype is accepted (it has no gradient then).
     integer: bool = False
+    #: Whether a bool dtype is accepted too (a mask as a weight: True is 1, as PyTorch
+    #: multiplies it).
+    boolean: bool = False
     #: Whether the loss has a gradient with respect to it (``wrt`` may name it).
     differentiable: bool = True
     #: Whether ``None`` may be passed (a weight that is absent: the loss is unweighted).
@@ -138,9 +141,14 @@ class ElementwiseLoss:
     example: str = ""
 
     def __post_init__(self) -> None:
-        if self.mean_over and not self.argument(self.mean_over).optional:
-            raise ValueError(f"{self.name}: mean_over names {self.mean_over!r}, which must be "
-                             "an optional argument (a weight that may be absent)")
+        names = [argument.name for argument in self.arguments]
+        if self.mean_over and (
+                self.mean_over not in names or not self.argument(self.mean_over).optional
+                or self.argument(self.mean_over).differentiable):
+            # Differentiable, it would need the quotient rule's term, which the adapter
+            # (a 'sum' over the weights' sum) does not add.
+            raise ValueError(f"{self.name}: mean_over must name an optional argument "
+                             f"without a gradient (a weight), got {self.mean_over!r}")
 
     @property
     def reductions(self) -> tuple[str, ...]:

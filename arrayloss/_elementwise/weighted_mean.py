@@ -11,8 +11,9 @@ loss is the sum divided by their sum, and a gradient is the ``'sum'`` gradient o
 divided by it.  The division is an array operation, so no backend reads the weights' sum to
 the host (a CuPy call stays free of host syncs) and Dask keeps it lazy.  The sum is taken in
 the compute dtype and the loss rounded once, after the division.  ``loss_and_grad`` is a
-forward and a backward pass, as the upstream of its gradients is known only after the
-weights' sum.
+forward and a backward pass: a backend's fused loss-and-gradient pass takes its upstream as
+a host number (a CuPy kernel's scalar argument), and the weights' sum is an array on the
+arrays' device, which only a host read (a sync) would make a number.
 """
 
 from __future__ import annotations

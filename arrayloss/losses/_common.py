@@ -28,12 +28,15 @@ def same_shape_target(doc: str) -> Argument:
 
 
 #: PyTorch 2.13's ``weight=`` of ``mse_loss``, ``l1_loss`` and ``huber_loss``: one weight per
-#: element of the input, which promotes as an operand does; not a gradient's argument (as the
-#: binary cross-entropies' weights), and not held by the loss objects (``MSELoss`` takes none).
+#: element of the input, which promotes as an operand does (integers and bools too); not a
+#: gradient's argument (as the binary cross-entropies' weights), and not held by the loss
+#: objects (``MSELoss`` takes none).  Keyword-only: PyTorch's comes after ``reduction``.
 ELEMENT_WEIGHT = Argument(
-    "weight", shape="input", integer=True, optional=True, differentiable=False, held=False,
+    "weight", shape="input", integer=True, boolean=True, optional=True, differentiable=False,
+    held=False, keyword=True,
     doc="Weights, one per element of ``input`` (its shape); each element's loss is "
-        "multiplied by its weight.  An integer dtype is accepted.")
+        "multiplied by its weight.  An integer or bool dtype is accepted (a bool mask "
+        "weighs its True elements by 1, the others by 0).")
 
 
 def weighted(value: Any, weight: Any) -> Any:

@@ -11,14 +11,17 @@ from ._common import ELEMENT_WEIGHT, INPUT, TARGET, weighted
 def forward(ops: Any, input: Any, target: Any, delta: Any, weight: Any = None) -> Any:
     diff = input - target
     distance = ops.abs(diff)
-    return weighted(ops.where(distance < delta, 0.5 * diff * diff,
-                              delta * (distance - 0.5 * delta)), weight)
+    linear = delta * (distance - 0.5 * delta)
+    loss = ops.where(distance < delta, 0.5 * diff * diff, linear)
+    return weighted(loss, weight)
 
 
 def gradients(ops: Any, grad: Any, input: Any, target: Any, delta: Any, weight: Any = None
               ) -> dict[str, Any]:
     # d within [-delta, delta]: d inside, delta sign(d) outside, in one pass.
-    grad_input = weighted(ops.clip(input - target, -delta, delta) * grad, weight)
+    grad_input = ops.clip(input - target, -delta, delta) * grad
+    grad_input = weighted(grad_input, weight)
+    # A function: computed only when wrt asks for the target's gradient.
     return {"input": grad_input, "target": lambda: -grad_input}
 
 
