@@ -256,6 +256,34 @@ def test_numpy_gradient_at_flat_target_positions_matches_pytorch(smoothing: floa
     np.testing.assert_array_equal(grad[~active], 0)
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_probability_targets_beyond_the_one_pass_sum_match_pytorch(xp: Any,
+                                                                  smoothing: float) -> None:
+    # sum(q) * lse - sum(q * z) is inf * 0 = NaN for an infinite target where lse is 0, and
+    # overflows for targets near the largest float64: such rows are summed term by term, as
+    # PyTorch does (also where out=input has overwritten the logits).
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(40, 5))
+    x[0] = [-50.0, 50.0, -60.0, 10.0, 0.0]
+    x[1] = [1.0, 2.0, -30.0, -30.0, -30.0]
+    q = rng.dirichlet(np.ones(5), 40)
+    q[0, 0], q[2, 3] = np.inf, -np.inf
+    q[1] = [1e308, 1e308, 0.0, 0.0, 0.0]
+    want = torch.nn.functional.cross_entropy(torch.tensor(x), torch.tensor(q),
+                                             reduction="none", label_smoothing=smoothing)
+    got = al.cross_entropy(from_numpy(xp, x), from_numpy(xp, q), reduction="none",
+                           label_smoothing=smoothing)
+    np.testing.assert_allclose(to_numpy(got), want.numpy(), rtol=1e-12)
+    assert np.isfinite(want[1].item()) and np.isinf(want[0].item())
+    total = float(torch.nn.functional.cross_entropy(
+        torch.tensor(x[3:]), torch.tensor(q[3:]), reduction="sum", label_smoothing=smoothing))
+    rows = np.ascontiguousarray(x[[2, *range(3, 40)]])
+    loss, _ = al.cross_entropy_and_grad(rows, q[[2, *range(3, 40)]], reduction="sum",
+                                        label_smoothing=smoothing, out=rows)
+    assert float(loss) == -np.inf == total + want[2].item()
+
+
 def test_numpy_forward_allocates_o_of_n_plus_blocks() -> None:
     """The forward with index targets keeps no N x C temporary: its peak is the per-sample
     arrays plus a few cache-sized blocks per worker thread (PyTorch's log-softmax alone

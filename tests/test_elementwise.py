@@ -178,6 +178,27 @@ def test_kl_div_target_gradient_where_no_upstream_reaches(xp: Any) -> None:
     np.testing.assert_allclose(to_numpy(got), leaf.grad.numpy(), rtol=1e-6, equal_nan=True)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_kl_div_log_target_gradient_in_pytorchs_order(xp: Any, dtype: str) -> None:
+    """With ``log_target``, PyTorch's autograd through exp(t) (t - x) gives the target
+    G (t - x) exp(t) + G exp(t): NaN where G (t - x) overflows against exp(t) = 0 (or
+    against exp(t) = inf), which exp(t) (t - x + 1) G would give as -0 (or -inf)."""
+    import torch
+
+    big = float(np.finfo(dtype).max)
+    x = np.array([0.5, np.inf, 0.3, -1.2, 2.0], dtype=dtype)
+    t = np.array([-big, 1000.0 if dtype == "float64" else 100.0, -0.4, 1.5, -3.0], dtype=dtype)
+    upstream = np.array([1.5, 1.0, 0.7, 1.0, 2.0], dtype=dtype)
+    leaf = torch.tensor(t, requires_grad=True)
+    torch.nn.functional.kl_div(torch.tensor(x), leaf, reduction="none",
+                               log_target=True).backward(torch.tensor(upstream))
+    got = to_numpy(al.kl_div_backward(from_numpy(xp, upstream), from_numpy(xp, x),
+                                      from_numpy(xp, t), reduction="none", log_target=True)[1])
+    want = leaf.grad.numpy()
+    assert np.isnan(want[:2]).all()
+    np.testing.assert_allclose(got, want, rtol=1e-6, equal_nan=True)
+
+
 def test_binary_cross_entropy_clamp_is_pytorchs_float_constant(xp: Any) -> None:
     """PyTorch clamps x (1 - x) at a C++ float 1e-12 (9.99999996e-13) in every dtype: a
     float64 gradient at x = 0, 1 or 1e-13 divides by that, 4e-9 away from 1e-12."""

@@ -137,6 +137,8 @@ def _block(call: CrossEntropyCall, prep: _Prepared, rows: slice, cols: slice,
     weighted_q: Any = None
     linear: Any = None
     picked: Any = None
+    unsafe: np.ndarray | None = None
+    unsafe_shifted: np.ndarray | None = None
     if call.probabilities:
         q = prep.target3[rows, :, cols]
         weighted_q = scratch(z.shape, dtype, slot=1)
@@ -149,6 +151,11 @@ def _block(call: CrossEntropyCall, prep: _Prepared, rows: slice, cols: slice,
             weighted_q *= weight
         mass = weighted_q.sum(axis=1)
         linear = np.einsum("bcs,bcs->bs", weighted_q, work) if want_loss else None
+        if linear is not None:
+            unsafe = _unsafe_rows(mass, linear, n_classes)
+            # Their shifted logits, before the exponential overwrites them (and, with
+            # out=input, the logits themselves): nothing is copied for finite rows.
+            unsafe_shifted = None if unsafe is None else np.moveaxis(work, 1, 2)[unsafe]
     else:
         index = prep.target3[rows, cols]
         positions = _target_positions(work, index)
@@ -168,6 +175,9 @@ def _block(call: CrossEntropyCall, prep: _Prepared, rows: slice, cols: slice,
         if call.probabilities:
             assert mass is not None and linear is not None
             loss = mass * log_sum - linear
+            if unsafe is not None and unsafe_shifted is not None:
+                loss[unsafe] = _term_by_term(unsafe_shifted, log_sum[unsafe],
+                                             np.moveaxis(weighted_q, 1, 2)[unsafe])
         else:
             target_weight = prep.target_weight[rows, cols]
             loss = np.subtract(picked, log_sum, out=picked)
@@ -220,6 +230,29 @@ def _block(call: CrossEntropyCall, prep: _Prepared, rows: slice, cols: slice,
     if work is not slot:
         slot[...] = work
     return total
+
+
+def _unsafe_rows(mass: np.ndarray, linear: np.ndarray, n_classes: int) -> np.ndarray | None:
+    """The rows (a ``(b, s)`` mask, None where there are none) whose one-pass loss,
+    ``mass * log_sum - linear``, may be NaN or overflow where PyTorch's term-by-term sum of
+    ``q * log p`` is not: an infinite target (``inf * 0`` where ``log_sum`` is 0) or a sum
+    near the dtype's largest value.  ``log_sum`` of shifted logits lies in ``[0, log C]``, so
+    where ``|mass| log C + |linear|`` stays under a quarter of the largest float the loss is
+    finite.  A NaN there (NaN logits, or targets of both infinities) is NaN term by term
+    too: such rows are left alone."""
+    bound = np.finfo(mass.dtype).max / 4
+    with quiet_floating_point():
+        size = np.abs(mass) * max(np.log(max(n_classes, 2)), 1.0) + np.abs(linear)
+        unsafe = ~(size < bound) & ~np.isnan(size)
+    return unsafe if unsafe.any() else None
+
+
+def _term_by_term(shifted: np.ndarray, log_sum: np.ndarray, weighted_q: np.ndarray
+                  ) -> np.ndarray:
+    """``-sum_c q'_c (z_c - max - log_sum)`` of ``(k, C)`` rows: PyTorch's order, for the
+    rows :func:`_unsafe_rows` found."""
+    with quiet_floating_point():
+        return -np.sum(weighted_q * (shifted - log_sum[:, None]), axis=1)
 
 
 #: Up to this many classes (and no spatial dims), a reduction over the classes runs class by

@@ -24,8 +24,10 @@ def gradients(ops: Any, grad: Any, input: Any, target: Any, log_target: bool
               ) -> dict[str, Any]:
     if log_target:
         probability = ops.exp(target)
+        # PyTorch's autograd through exp(t) * (t - x), term by term (the same bits, and the
+        # same NaN where G (t - x) overflows against exp(t) = 0).
         return {"input": -probability * grad,
-                "target": lambda: probability * (target - input + 1.0) * grad}
+                "target": lambda: grad * (target - input) * probability + grad * probability}
 
     def grad_target() -> Any:  # PyTorch's autograd through xlogy(t, t): log t + t / t
         log_term = ops.where(target == 0.0, 0.0, ops.log(target))
