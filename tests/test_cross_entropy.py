@@ -259,29 +259,48 @@ def test_numpy_gradient_at_flat_target_positions_matches_pytorch(smoothing: floa
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_probability_targets_beyond_the_one_pass_sum_match_pytorch(xp: Any,
                                                                   smoothing: float) -> None:
-    # sum(q) * lse - sum(q * z) is inf * 0 = NaN for an infinite target where lse is 0, and
-    # overflows for targets near the largest float64: such rows are summed term by term, as
-    # PyTorch does (also where out=input has overwritten the logits).
+    # sum(q) lse - sum(q z) is NaN for an infinite probability where lse is 0 (row 0) or at
+    # the largest logit (row 3, inf * 0 in sum(q z)), and overflows for probabilities near
+    # the largest float64 (row 1): such rows are summed term by term, as PyTorch does.
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(11)
     x = rng.normal(size=(40, 5))
     x[0] = [-50.0, 50.0, -60.0, 10.0, 0.0]
     x[1] = [1.0, 2.0, -30.0, -30.0, -30.0]
+    x[3] = [2.0, 2.0, 0.0, 0.0, 0.0]
     q = rng.dirichlet(np.ones(5), 40)
     q[0, 0], q[2, 3] = np.inf, -np.inf
     q[1] = [1e308, 1e308, 0.0, 0.0, 0.0]
+    q[3] = [np.inf, 0.0, 0.1, 0.0, 0.0]
     want = torch.nn.functional.cross_entropy(torch.tensor(x), torch.tensor(q),
                                              reduction="none", label_smoothing=smoothing)
     got = al.cross_entropy(from_numpy(xp, x), from_numpy(xp, q), reduction="none",
                            label_smoothing=smoothing)
     np.testing.assert_allclose(to_numpy(got), want.numpy(), rtol=1e-12)
-    assert np.isfinite(want[1].item()) and np.isinf(want[0].item())
-    total = float(torch.nn.functional.cross_entropy(
-        torch.tensor(x[3:]), torch.tensor(q[3:]), reduction="sum", label_smoothing=smoothing))
-    rows = np.ascontiguousarray(x[[2, *range(3, 40)]])
-    loss, _ = al.cross_entropy_and_grad(rows, q[[2, *range(3, 40)]], reduction="sum",
-                                        label_smoothing=smoothing, out=rows)
-    assert float(loss) == -np.inf == total + want[2].item()
+    assert np.isfinite(want[1].item()) and np.isinf(want[[0, 2, 3]].numpy()).all()
+    # out=input: the exponential overwrites the logits before the loss is known.
+    for row in (0, 3):
+        rows = [row, *range(4, 40)]
+        logits = np.ascontiguousarray(x[rows])
+        loss, _ = al.cross_entropy_and_grad(logits, q[rows], reduction="sum",
+                                            label_smoothing=smoothing, out=logits)
+        total = torch.nn.functional.cross_entropy(
+            torch.tensor(x[rows]), torch.tensor(q[rows]), reduction="sum",
+            label_smoothing=smoothing).item()
+        assert float(loss) == total == np.inf
+
+
+def test_class_weighted_probabilities_overflow_as_pytorchs(xp: Any) -> None:
+    # PyTorch multiplies logp q, then w: a weight above 1 can keep a term finite that q w
+    # alone would overflow, one below 1 cannot save a logp q that overflowed.
+    torch = pytest.importorskip("torch")
+    for logits, weight in (([0.0, -5.0], [10.0, 1.0]), ([0.0, 2.0], [0.5, 1.0])):
+        x, q, w = np.array([logits]), np.array([[1e308, 0.0]]), np.array(weight)
+        want = torch.nn.functional.cross_entropy(torch.tensor(x), torch.tensor(q),
+                                                 torch.tensor(w), reduction="none")
+        got = al.cross_entropy(from_numpy(xp, x), from_numpy(xp, q), from_numpy(xp, w),
+                               reduction="none")
+        np.testing.assert_allclose(to_numpy(got), want.numpy(), rtol=1e-12)
 
 
 def test_numpy_forward_allocates_o_of_n_plus_blocks() -> None:

@@ -176,8 +176,9 @@ def _block(call: CrossEntropyCall, prep: _Prepared, rows: slice, cols: slice,
             assert mass is not None and linear is not None
             loss = mass * log_sum - linear
             if unsafe is not None and unsafe_shifted is not None:
-                loss[unsafe] = _term_by_term(unsafe_shifted, log_sum[unsafe],
-                                             np.moveaxis(weighted_q, 1, 2)[unsafe])
+                q_rows = np.moveaxis(prep.target3[rows, :, cols], 1, 2)[unsafe]
+                loss[unsafe] = _term_by_term(unsafe_shifted, log_sum[unsafe], q_rows,
+                                             eps, None if weight is None else weight[0, :, 0])
         else:
             target_weight = prep.target_weight[rows, cols]
             loss = np.subtract(picked, log_sum, out=picked)
@@ -235,24 +236,35 @@ def _block(call: CrossEntropyCall, prep: _Prepared, rows: slice, cols: slice,
 def _unsafe_rows(mass: np.ndarray, linear: np.ndarray, n_classes: int) -> np.ndarray | None:
     """The rows (a ``(b, s)`` mask, None where there are none) whose one-pass loss,
     ``mass * log_sum - linear``, may be NaN or overflow where PyTorch's term-by-term sum of
-    ``q * log p`` is not: an infinite target (``inf * 0`` where ``log_sum`` is 0) or a sum
-    near the dtype's largest value.  ``log_sum`` of shifted logits lies in ``[0, log C]``, so
-    where ``|mass| log C + |linear|`` stays under a quarter of the largest float the loss is
-    finite.  A NaN there (NaN logits, or targets of both infinities) is NaN term by term
-    too: such rows are left alone."""
+    ``logp q w`` is not: an infinite probability (``inf * 0`` at the largest logit, or where
+    ``log_sum`` is 0) or sums near the dtype's largest value.  ``log_sum`` of shifted logits
+    lies in ``[0, log C]``, so where ``|mass| log C + |linear|`` stays under a quarter of the
+    largest float the loss is finite and the one-pass sum is kept.  NaN rows are summed
+    again too: an infinite probability makes NaN here where PyTorch's terms give inf (NaN
+    logits give NaN either way)."""
+    if not mass.size:
+        return None
     bound = np.finfo(mass.dtype).max / 4
+    scale = max(float(np.log(max(n_classes, 2))), 1.0)
     with quiet_floating_point():
-        size = np.abs(mass) * max(np.log(max(n_classes, 2)), 1.0) + np.abs(linear)
-        unsafe = ~(size < bound) & ~np.isnan(size)
+        # Four reductions first: most blocks stop here (a NaN fails the test and goes on).
+        largest = (max(float(mass.max()), -float(mass.min())) * scale
+                   + max(float(linear.max()), -float(linear.min())))
+        if largest < bound:
+            return None
+        unsafe = ~(np.abs(mass) * scale + np.abs(linear) < bound)
     return unsafe if unsafe.any() else None
 
 
-def _term_by_term(shifted: np.ndarray, log_sum: np.ndarray, weighted_q: np.ndarray
-                  ) -> np.ndarray:
-    """``-sum_c q'_c (z_c - max - log_sum)`` of ``(k, C)`` rows: PyTorch's order, for the
-    rows :func:`_unsafe_rows` found."""
+def _term_by_term(shifted: np.ndarray, log_sum: np.ndarray, q: np.ndarray, eps: float,
+                  weight: np.ndarray | None) -> np.ndarray:
+    """``-sum_c logp_c q'_c w_c`` of ``(k, C)`` rows, with ``logp = z - max - log_sum`` and
+    ``q'`` the smoothed probabilities: PyTorch's order, for the rows :func:`_unsafe_rows`
+    found."""
     with quiet_floating_point():
-        return -np.sum(weighted_q * (shifted - log_sum[:, None]), axis=1)
+        smoothed = q.astype(shifted.dtype) * (1 - eps) + eps / q.shape[1] if eps else q
+        terms = (shifted - log_sum[:, None]) * smoothed
+        return -np.sum(terms if weight is None else terms * weight, axis=1)
 
 
 #: Up to this many classes (and no spatial dims), a reduction over the classes runs class by

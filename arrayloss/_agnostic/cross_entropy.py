@@ -157,7 +157,11 @@ def _block(call: CrossEntropyCall, prep: _Prepared, rows: slice, cols: slice,
         if eps:
             q = q * (1 - eps) + eps / n_classes
         wq = q if weight3 is None else q * weight3
-        loss = -xp.sum((shifted - log_sum) * wq, axis=1) if want_loss else None
+        loss = None
+        if want_loss:
+            # PyTorch's order, logp q w: where q w alone would overflow, logp q may not.
+            terms = (shifted - log_sum) * q
+            loss = -xp.sum(terms if weight3 is None else terms * weight3, axis=1)
         grad = None
         if want_grad:
             total = xp.sum(wq, axis=1, keepdims=True)
