@@ -89,6 +89,36 @@ def _reduce(partials: da.Array, reduction: str, divisor: Any, dtype: Any) -> da.
                          meta=total._meta.astype(dtype))
 
 
+def _in_compute(chunk: Any, compute: Any) -> Any:
+    """A floating chunk in the compute dtype (a 16-bit one widened to float32); any other
+    chunk, or a number, as it is.  A task computes in it, so that a broadcast argument's
+    gradient is summed over the chunks before it is rounded, once (:func:`_gradient`)."""
+    dtype = getattr(chunk, "dtype", None)
+    if dtype is None or dtype == compute:
+        return chunk
+    dtype = np.dtype(dtype)
+    return chunk.astype(compute) if dtype.kind == "f" or dtype.name == "bfloat16" else chunk
+
+
+def _gradient(pieces: da.Array, position: int, original: Any, loss_shape: tuple[int, ...],
+              library: Any, compute: Any) -> da.Array:
+    """One argument's gradient from the tasks' ``pieces`` (their ``position``-th item, in the
+    compute dtype): rounded to the argument's dtype chunk by chunk where the argument has the
+    loss's shape; where it was broadcast, summed back in the compute dtype and rounded once,
+    as every other backend does (a float16 sum of float16 pieces would round each)."""
+    ndim = len(loss_shape)
+    broadcast = tuple(original.shape) != tuple(loss_shape)
+    dtype = np.dtype(compute if broadcast else original.dtype)
+
+    def pick(piece: Any) -> Any:
+        return piece[position].astype(dtype, copy=False)
+
+    grad = da.map_blocks(pick, pieces, dtype=dtype, meta=_meta(library, ndim, dtype))
+    if not broadcast:
+        return grad
+    return sum_to_shape(_dask_namespace(), grad, tuple(original.shape)).astype(original.dtype)
+
+
 def _upstream_for_sum(grad_output: Any, reduction: str, divisor: Any) -> Any:
     """The upstream gradient each chunk's ``'sum'`` backward gets: ``g`` or ``g / divisor``."""
     if reduction != "mean":
@@ -182,12 +212,12 @@ class _GaussianNLL:
                 upstream, call.loss_shape).rechunk(x.chunks))
 
         def task(*chunks: Any) -> tuple[Any, ...]:
-            var = scalar if scalar is not None else chunks[2]
+            var = scalar if scalar is not None else _in_compute(chunks[2], compute)
             g = chunks[-1] if reduction == "none" else (
                 _chunk_float(chunks[-1]) if upstream_array else upstream)
-            grads = al.gaussian_nll_loss_backward(g, chunks[0], chunks[1], var,
-                                                  reduction=reduction, wrt=tuple(wanted),
-                                                  **options)
+            grads = al.gaussian_nll_loss_backward(
+                g, _in_compute(chunks[0], compute), _in_compute(chunks[1], compute), var,
+                reduction=reduction, wrt=tuple(wanted), **options)
             loss = None
             if with_loss:
                 compute_var = scalar if scalar is not None else chunks[2].astype(compute)
@@ -209,9 +239,7 @@ class _GaussianNLL:
             if name not in wanted:
                 grads.append(None)
                 continue
-            grad = da.map_blocks(operator.itemgetter(position + 1), pieces, dtype=original.dtype,
-                                     meta=_meta(library, x.ndim, original.dtype))
-            grad = sum_to_shape(_dask_namespace(), grad, tuple(original.shape))
+            grad = _gradient(pieces, position + 1, original, call.loss_shape, library, compute)
             if name == "var" and call.var_shape is not None:
                 grad = grad.reshape(call.var_shape)
             grads.append(grad.rechunk(_chunks_of(call, name)))

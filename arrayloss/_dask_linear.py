@@ -157,21 +157,25 @@ class LinearCrossEntropy:
 
         def task(h: Any, t: Any, g: Any, w: Any, b: Any, weight: Any) -> Any:
             g = g if per_token else _as_number(g)
-            if not with_loss:
+            # In the compute dtype: the loss total, and the weight's and bias's partial
+            # gradients summed over the blocks, are rounded once (as on every other backend).
+            h, w = h.astype(compute), w.astype(compute)
+            t = t.astype(compute) if call.probabilities else t
+            b = None if b is None else b.astype(compute)
+            weight = None if weight is None else weight.astype(compute)
+            loss = lse = None
+            if with_loss:
+                # One pass for the block's loss, lse and gradients, scaled by G after.
+                (loss, lse), grads = al.linear_cross_entropy_and_grad(
+                    h, w, t, linear_bias=b, weight=weight, reduction="sum", return_lse=True,
+                    **options)
+                grads = tuple(None if grad is None else grad * g for grad in grads)
+            else:
                 grads = al.linear_cross_entropy_backward(
                     g, h, w, t, linear_bias=b, weight=weight,
                     reduction="none" if per_token else "sum", **options)
-                return (*grads, None, None)
-            # One pass for the block's loss, lse and gradients, in the compute dtype (the
-            # total is rounded once), scaled by the upstream after.
-            (loss, lse), grads = al.linear_cross_entropy_and_grad(
-                h.astype(compute), w.astype(compute),
-                t.astype(compute) if call.probabilities else t,
-                linear_bias=None if b is None else b.astype(compute),
-                weight=None if weight is None else weight.astype(compute),
-                reduction="sum", return_lse=True, **options)
-            scaled = tuple(None if grad is None else (grad * g).astype(dtype) for grad in grads)
-            return (*scaled, loss, lse)
+            grad_input, grad_weight, grad_bias = grads
+            return grad_input.astype(dtype), grad_weight, grad_bias, loss, lse
 
         pieces = [dask.delayed(task, nout=5)(h, t, g, *head) for h, t, g in zip(
             h_blocks, t_blocks, g_blocks, strict=True)]
@@ -179,14 +183,14 @@ class LinearCrossEntropy:
             da.from_delayed(piece[0], (size, d), dtype=dtype, meta=_meta(library, 2, dtype))
             for piece, size in zip(pieces, rows, strict=True)]).reshape(call.input_shape)
         grad_weight = da.stack([
-            da.from_delayed(piece[1], (n_classes, d), dtype=dtype,
-                            meta=_meta(library, 2, dtype)) for piece in pieces]).sum(
+            da.from_delayed(piece[1], (n_classes, d), dtype=compute,
+                            meta=_meta(library, 2, compute)) for piece in pieces]).sum(
             axis=0, dtype=compute).astype(dtype)
         grad_bias = None
         if call.linear_bias is not None:
             grad_bias = da.stack([
-                da.from_delayed(piece[2], (n_classes,), dtype=dtype,
-                                meta=_meta(library, 1, dtype)) for piece in pieces]).sum(
+                da.from_delayed(piece[2], (n_classes,), dtype=compute,
+                                meta=_meta(library, 1, compute)) for piece in pieces]).sum(
                 axis=0, dtype=compute).astype(dtype)
         loss = lse = None
         if with_loss:

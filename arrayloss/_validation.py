@@ -314,13 +314,19 @@ def _dtype_kind(xp: ModuleType, dtype: Any) -> str:
     try:
         if xp.isdtype(dtype, "real floating"):
             return "floating"
-        return "integral" if xp.isdtype(dtype, "integral") else "other"
+        if xp.isdtype(dtype, "integral"):
+            return "integral"
     except (TypeError, ValueError):
-        # NumPy's and CuPy's isdtype reject extension dtypes such as ml_dtypes' bfloat16.
+        pass
+    # Extension dtypes such as ml_dtypes' bfloat16: NumPy's and CuPy's isdtype reject them,
+    # Dask's does not know them (False).
+    try:
         numpy_dtype = np.dtype(dtype)
-        if numpy_dtype.name == "bfloat16" or numpy_dtype.kind == "f":
-            return "floating"
-        return "integral" if numpy_dtype.kind in "iu" else "other"
+    except TypeError:  # another library's dtype that isdtype has answered for
+        return "other"
+    if numpy_dtype.name == "bfloat16" or numpy_dtype.kind == "f":
+        return "floating"
+    return "integral" if numpy_dtype.kind in "iu" else "other"
 
 
 def _is_floating(xp: ModuleType, dtype: Any) -> bool:

@@ -98,6 +98,83 @@ def test_float16_sums_in_float32_per_chunk() -> None:
     np.testing.assert_allclose(mean.compute(), 0.5, rtol=1e-3)
 
 
+def _f16_gap(got: np.ndarray, want: np.ndarray) -> float:
+    """The largest difference in float16 ulps of ``want`` (``want``: rounded once)."""
+    spacing = np.spacing(np.abs(want.astype(np.float16))).astype(np.float64)
+    return float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)) / spacing))
+
+
+def test_float16_broadcast_gradients_are_summed_before_rounding() -> None:
+    # A target, variance or linear weight shared by rows in other chunks: its gradient is the
+    # chunks' float32 partial sums, rounded to float16 once, as NumPy's (not a float16 sum of
+    # pieces rounded each: 0 where the terms cancel, 15 ulps off elsewhere).
+    rng = np.random.default_rng(4)
+    x = np.array([[1.1], [-1.0]], np.float16)
+    upstream = np.array([[0.7], [0.77]], np.float16)
+    args = (x, np.zeros((1, 1), np.float16))
+    want = al.mse_loss_backward(upstream, *args, reduction="none")[1]
+    got = al.mse_loss_backward(_dask(upstream, 1), *(_dask(a, 1) for a in args),
+                               reduction="none")[1].compute()
+    assert float(want[0, 0]) != 0.0
+    np.testing.assert_array_equal(got, want)
+    x = np.array([[1.1025390625], [0.5068359375]], np.float16)  # a shared variance's terms
+    upstream = np.array([[-0.81689453125], [-0.23828125]], np.float16)
+    args = (x, np.zeros((2, 1), np.float16), np.ones((1, 1), np.float16))
+    exact = np.sum(upstream.astype(np.float64) / 2 * (1 - x.astype(np.float64) ** 2))
+    got = al.gaussian_nll_loss_backward(_dask(upstream, 1), *(_dask(a, 1) for a in args),
+                                        reduction="none")[2].compute()
+    assert float(got[0, 0]) == float(np.float16(exact))
+
+    x, t = (rng.normal(size=(64, 6)).astype(np.float16) for _ in range(2))
+    var = rng.uniform(0.5, 2, (64, 1)).astype(np.float16)
+    upstream = rng.uniform(-1, 1, (64, 6)).astype(np.float16)
+    shared = (x, t[:1], var[:1])
+    cases = [
+        (al.mse_loss_backward, (upstream, x, t[:1]), {"reduction": "none"}, 1),
+        (al.gaussian_nll_loss_backward, (upstream, *shared), {"reduction": "none"}, 2),
+        (al.gaussian_nll_loss_backward, (1.0, *shared), {"reduction": "sum"}, 1),
+    ]
+    for function, arrays, keywords, position in cases:
+        want = function(*arrays, **keywords)[position]
+        exact = function(*(a.astype(np.float64) if isinstance(a, np.ndarray) else a
+                           for a in arrays), **keywords)[position]
+        got = function(*(_dask(a, 8) if isinstance(a, np.ndarray) else a for a in arrays),
+                       **keywords)[position].compute()
+        assert got.dtype == want.dtype == np.float16
+        assert _f16_gap(got, exact) <= 1.0 and _f16_gap(want, exact) <= 1.0, function
+
+    h = rng.normal(size=(64, 4)).astype(np.float16)
+    w = rng.normal(size=(8, 4)).astype(np.float16)
+    b = rng.normal(size=8).astype(np.float16)
+    target = rng.integers(0, 8, 64)
+    exact = al.linear_cross_entropy_backward(1.0, h.astype(np.float64), w.astype(np.float64),
+                                             target, linear_bias=b.astype(np.float64),
+                                             reduction="sum")
+    for function in (al.linear_cross_entropy_backward, al.linear_cross_entropy_and_grad):
+        arguments = (_dask(h, 1), _dask(w, -1), _dask(target, 1))
+        if function is al.linear_cross_entropy_backward:
+            grads = function(1.0, *arguments, linear_bias=_dask(b, -1), reduction="sum")
+        else:
+            grads = function(*arguments, linear_bias=_dask(b, -1), reduction="sum")[1]
+        for got, want in zip(_compute(*grads), exact, strict=True):
+            assert got.dtype == np.float16 and _f16_gap(got, want) <= 1.0
+
+
+def test_bfloat16_chunks_as_numpys() -> None:
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    rng = np.random.default_rng(8)
+    x, t = (rng.normal(size=(6, 5)).astype(ml_dtypes.bfloat16) for _ in range(2))
+    var = rng.uniform(0.5, 2, (6, 1)).astype(ml_dtypes.bfloat16)
+    target = rng.integers(0, 5, 6)
+    calls = [(al.mse_loss, (x, t)), (al.gaussian_nll_loss, (x, t, var)),
+             (al.cross_entropy, (x, target)), (al.binary_cross_entropy_with_logits, (x, t))]
+    for function, arrays in calls:
+        want = function(*arrays)
+        got = function(*(_dask(a, 2) for a in arrays)).compute()
+        assert got.dtype == want.dtype and got.dtype.name == "bfloat16"
+        np.testing.assert_array_equal(got, want)
+
+
 def test_negative_variance_raises_when_computed() -> None:
     x = np.zeros((8, 2))
     v = np.ones((8, 1))

@@ -17,12 +17,12 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from .._agnostic._helpers import sum_to_shape
 from .._dask import (
     _chunk_float,
     _chunk_library,
     _compute,
-    _dask_namespace,
+    _gradient,
+    _in_compute,
     _meta,
     _reduce,
     _upstream_for_sum,
@@ -106,7 +106,9 @@ class DaskBackend:
             named = dict(zip(names, chunks[:len(names)], strict=True))
             g = chunks[-1] if reduction == "none" else (
                 _chunk_float(chunks[-1]) if upstream_array else upstream)
-            grads = backward(g, **named, reduction=reduction, wrt=wrt, **keywords)
+            grads = backward(g, **{name: _in_compute(chunk, compute)
+                                   for name, chunk in named.items()},
+                             reduction=reduction, wrt=wrt, **keywords)
             loss = None
             if with_loss:
                 loss = forward(**{name: chunk.astype(compute) for name, chunk in named.items()},
@@ -126,9 +128,7 @@ class DaskBackend:
                 grads.append(None)
                 continue
             original = call.arrays[name]
-            grad = da.map_blocks(operator.itemgetter(position + 1), pieces,
-                                 dtype=original.dtype, meta=_meta(library, ndim, original.dtype))
-            grad = sum_to_shape(_dask_namespace(), grad, tuple(original.shape))
+            grad = _gradient(pieces, position + 1, original, call.loss_shape, library, compute)
             grads.append(grad.rechunk(original.chunks))
         return loss, grads
 
