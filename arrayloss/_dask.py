@@ -212,18 +212,17 @@ class _GaussianNLL:
                 upstream, call.loss_shape).rechunk(x.chunks))
 
         def task(*chunks: Any) -> tuple[Any, ...]:
+            # Widened once, for the gradients and the loss alike.
+            x, t = _in_compute(chunks[0], compute), _in_compute(chunks[1], compute)
             var = scalar if scalar is not None else _in_compute(chunks[2], compute)
             g = chunks[-1] if reduction == "none" else (
                 _chunk_float(chunks[-1]) if upstream_array else upstream)
-            grads = al.gaussian_nll_loss_backward(
-                g, _in_compute(chunks[0], compute), _in_compute(chunks[1], compute), var,
-                reduction=reduction, wrt=tuple(wanted), **options)
+            grads = al.gaussian_nll_loss_backward(g, x, t, var, reduction=reduction,
+                                                  wrt=tuple(wanted), **options)
             loss = None
             if with_loss:
-                compute_var = scalar if scalar is not None else chunks[2].astype(compute)
-                loss = al.gaussian_nll_loss(
-                    chunks[0].astype(compute), chunks[1].astype(compute), compute_var,
-                    reduction="sum", **options).reshape((1,) * chunks[0].ndim)
+                loss = al.gaussian_nll_loss(x, t, var, reduction="sum", **options).reshape(
+                    (1,) * x.ndim)
             return (loss, *grads)
 
         pieces = da.map_blocks(task, *arrays, dtype=object,

@@ -103,16 +103,15 @@ class DaskBackend:
         wrt = tuple(wanted)
 
         def task(*chunks: Any) -> tuple[Any, ...]:
-            named = dict(zip(names, chunks[:len(names)], strict=True))
+            # Widened once, for the gradients and the loss alike.
+            named = {name: _in_compute(chunk, compute)
+                     for name, chunk in zip(names, chunks[:len(names)], strict=True)}
             g = chunks[-1] if reduction == "none" else (
                 _chunk_float(chunks[-1]) if upstream_array else upstream)
-            grads = backward(g, **{name: _in_compute(chunk, compute)
-                                   for name, chunk in named.items()},
-                             reduction=reduction, wrt=wrt, **keywords)
+            grads = backward(g, **named, reduction=reduction, wrt=wrt, **keywords)
             loss = None
             if with_loss:
-                loss = forward(**{name: chunk.astype(compute) for name, chunk in named.items()},
-                               reduction="sum", **keywords).reshape((1,) * ndim)
+                loss = forward(**named, reduction="sum", **keywords).reshape((1,) * ndim)
             return (loss, *grads)
 
         pieces = da.map_blocks(task, *inputs, dtype=object,
